@@ -1,0 +1,11 @@
+"""fnnet: functional, JAX-style neural networks in pure PyTorch.
+
+Models are frozen dataclasses with pure ``init(key)`` / ``apply(params, x)``; params
+are nested dicts named as ``torch.nn`` names them; transforms come from ``torch.func``.
+"""
+
+from . import random, tree
+from .module import Concat, Lambda, Module, ParamsError, Residual, Sequential, check_params, param_shapes
+from .transforms import grad, hessian, jacfwd, jacrev, jit, jvp, value_and_grad, vjp, vmap
+
+__version__ = "0.1.0"

@@ -1,0 +1,58 @@
+"""Function transforms, JAX-flavoured, from ``torch.func`` and ``torch.compile``."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.func
+
+__all__ = ["grad", "value_and_grad", "vmap", "jit", "jacrev", "jacfwd", "vjp", "jvp", "hessian"]
+
+
+def grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False) -> Callable:
+    """Gradient of scalar ``f`` w.r.t. argument(s) ``argnums`` (pytrees welcome).
+    With ``has_aux``: ``f`` returns ``(value, aux)`` and the result is ``(grads, aux)``."""
+    argnums = tuple(argnums) if isinstance(argnums, (list, tuple)) else argnums
+    return torch.func.grad(f, argnums=argnums, has_aux=has_aux)
+
+
+def value_and_grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False) -> Callable:
+    """JAX's order: ``value, grads = value_and_grad(f)(...)``; with ``has_aux``,
+    ``(value, aux), grads``."""
+    argnums = tuple(argnums) if isinstance(argnums, (list, tuple)) else argnums
+    g = torch.func.grad_and_value(f, argnums=argnums, has_aux=has_aux)
+
+    @functools.wraps(f)
+    def wrapped(*args: Any, **kwargs: Any):
+        grads, value = g(*args, **kwargs)
+        return value, grads
+
+    return wrapped
+
+
+def vmap(f: Callable, in_dims: Any = 0, out_dims: Any = 0, randomness: str = "error",
+         chunk_size: int | None = None) -> Callable:
+    """``torch.func.vmap``. fnnet samplers take explicit keys, so batch the keys rather
+    than asking for ``randomness="different"``."""
+    return torch.func.vmap(f, in_dims=in_dims, out_dims=out_dims, randomness=randomness,
+                           chunk_size=chunk_size)
+
+
+def jit(f: Callable | None = None, *, fullgraph: bool = True, dynamic: bool | None = None,
+        backend: str = "inductor", mode: str | None = None, **options: Any) -> Callable:
+    """``torch.compile`` with ``fullgraph=True`` by default: a graph break is an error, not a
+    silent slowdown. Usable as ``jit(f)`` or ``@jit(mode="max-autotune")``."""
+    def compile_(fun: Callable) -> Callable:
+        return torch.compile(fun, fullgraph=fullgraph, dynamic=dynamic, backend=backend,
+                             mode=mode, **options)
+
+    return compile_ if f is None else compile_(f)
+
+
+jacrev = torch.func.jacrev
+jacfwd = torch.func.jacfwd
+vjp = torch.func.vjp
+jvp = torch.func.jvp
+hessian = torch.func.hessian
