@@ -71,9 +71,9 @@ class Module:
                     params[name] = p
         return params
 
-    def init_state(self) -> dict:
+    def init_state(self, device: Any = None) -> dict:
         """Initial non-trainable state (running statistics), keyed like the params."""
-        return {name: c.init_state() for name, c in self.children().items() if c.stateful}
+        return {name: c.init_state(device) for name, c in self.children().items() if c.stateful}
 
     def apply(self, params: dict, *inputs: Any, key: torch.Tensor | None = None,
               train: bool = False) -> Any:
@@ -89,6 +89,11 @@ class Module:
 
     def check(self, params: dict, state: dict | None = None) -> None:
         check_params(self, params, state)
+
+
+def _name(module: Module) -> str:
+    """The module's repr, or just its type for a container (whose repr is the whole model)."""
+    return type(module).__name__ if module.children() else repr(module)
 
 
 def _spec(tree: Any) -> dict[str, tuple]:
@@ -116,7 +121,7 @@ def check_params(module: Module, params: Any, state: Any = None) -> None:
         problems += [f"{p!r} has shape {list(got[p])}, expected {list(s)}"
                      for p, s in want.items() if p in got and got[p] != s]
         if problems:
-            raise ParamsError(f"{what} do not fit {module!r}:\n  " + "\n  ".join(problems))
+            raise ParamsError(f"{what} do not fit {_name(module)}:\n  " + "\n  ".join(problems))
 
 
 def _split_or_none(key: torch.Tensor | None, n: int) -> list:

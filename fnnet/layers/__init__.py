@@ -1,0 +1,66 @@
+"""Layers with the names, arguments, parameter layouts and numbers of their torch.nn namesakes."""
+
+from .activations import (ELU, GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Softplus, Tanh, celu,
+                          elu, gelu, hardtanh, leaky_relu, log_softmax, logsigmoid, mish, relu, relu6,
+                          selu, sigmoid, silu, softmax, softplus, softsign, tanh, tanhshrink)
+from .conv import Conv1d, Conv2d, Conv3d, ConvTranspose1d, ConvTranspose2d, conv_output_size
+from .dropout import Dropout, Dropout2d, dropout
+from .embedding import Embedding
+from .linear import Flatten, Identity, Linear, Unflatten
+from .norm import BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm
+from .pool import (AdaptiveAvgPool1d, AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool1d, AvgPool2d,
+                   MaxPool1d, MaxPool2d)
+
+__all__ = [
+    "ELU",
+    "GELU",
+    "LeakyReLU",
+    "LogSoftmax",
+    "ReLU",
+    "Sigmoid",
+    "Softmax",
+    "Softplus",
+    "Tanh",
+    "celu",
+    "elu",
+    "gelu",
+    "hardtanh",
+    "leaky_relu",
+    "log_softmax",
+    "logsigmoid",
+    "mish",
+    "relu",
+    "relu6",
+    "selu",
+    "sigmoid",
+    "silu",
+    "softmax",
+    "softplus",
+    "softsign",
+    "tanh",
+    "tanhshrink",
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "conv_output_size",
+    "Dropout",
+    "Dropout2d",
+    "Embedding",
+    "Flatten",
+    "Identity",
+    "Linear",
+    "Unflatten",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "GroupNorm",
+    "LayerNorm",
+    "AdaptiveAvgPool1d",
+    "AdaptiveAvgPool2d",
+    "AdaptiveMaxPool2d",
+    "AvgPool1d",
+    "AvgPool2d",
+    "MaxPool1d",
+    "MaxPool2d",
+]

@@ -1,0 +1,197 @@
+"""Convolutions: Conv1d, Conv2d, Conv3d, ConvTranspose1d, ConvTranspose2d, as their ``torch.nn``
+namesakes (same arguments, same params ``{"weight", "bias"}``, same init, batched or not)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .. import init as I
+from .. import random
+from ..module import Module
+from ._util import expect, no_extra, ntuple, param
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+@dataclass(frozen=True)
+class _Conv(Module):
+    in_channels: int
+    out_channels: int
+    kernel_size: Any
+    stride: Any = 1
+    padding: Any = 0
+    dilation: Any = 1
+    groups: int = 1
+    bias: bool = True
+    padding_mode: str = "zeros"
+
+    n = 0  # spatial dims, set by subclasses
+
+    def __post_init__(self):
+        n = self.n
+        for name in ("kernel_size", "stride", "dilation"):
+            object.__setattr__(self, name, ntuple(getattr(self, name), n))
+        if not isinstance(self.padding, str):
+            object.__setattr__(self, "padding", ntuple(self.padding, n))
+        elif self.padding not in ("same", "valid"):
+            raise ValueError(f"{type(self).__name__}: padding must be 'same', 'valid' or ints, got {self.padding!r}")
+        if self.padding == "same" and any(s != 1 for s in self.stride):
+            raise ValueError(f"{type(self).__name__}: padding='same' needs stride 1 (as in torch)")
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(f"{type(self).__name__}: in_channels ({self.in_channels}) and out_channels "
+                             f"({self.out_channels}) must be divisible by groups ({self.groups})")
+        if self.padding_mode not in _PADDING_MODES:
+            raise ValueError(f"{type(self).__name__}: padding_mode must be one of {_PADDING_MODES}")
+
+    @property
+    def weight_shape(self) -> tuple:
+        return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+
+    def init(self, key):
+        kw, kb = random.split(key)
+        shape = self.weight_shape
+        p = {"weight": I.torch_default(kw, shape)}
+        if self.bias:
+            p["bias"] = I.torch_default_bias(kb, (self.out_channels,), I.fans(shape)[0])
+        return p
+
+    def _check_input(self, x):
+        n = self.n
+        dims = ", ".join("*" * n)
+        expect(self, x.ndim in (n + 1, n + 2) and x.shape[-n - 1] == self.in_channels,
+               f"input [N, {self.in_channels}, {dims}] or unbatched [{self.in_channels}, {dims}]", x)
+
+    def _padding_amounts(self) -> list[int]:
+        """F.pad amounts (last dim first) for a non-zeros padding_mode, as torch computes them."""
+        if self.padding == "valid":
+            return [0, 0] * self.n
+        if self.padding == "same":
+            pads = []
+            for d, k in zip(reversed(self.dilation), reversed(self.kernel_size)):
+                total = d * (k - 1)
+                pads += [total // 2, total - total // 2]
+            return pads
+        return [p for p in reversed(self.padding) for _ in range(2)]
+
+    def apply(self, params, x, *, key=None, train=False):
+        self._check_input(x)
+        w = param(self, params, "weight", self.weight_shape)
+        b = param(self, params, "bias", (self.out_channels,)) if self.bias else None
+        no_extra(self, params, ("weight", "bias") if self.bias else ("weight",))
+        conv = _CONV[self.n]
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._padding_amounts(), mode=self.padding_mode)
+            return conv(x, w, b, self.stride, 0, self.dilation, self.groups)
+        return conv(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+
+
+@dataclass(frozen=True)
+class Conv1d(_Conv):
+    """x: ``[N, C_in, L]`` or ``[C_in, L]``; weight ``[C_out, C_in/groups, k]``."""
+
+    n = 1
+
+
+@dataclass(frozen=True)
+class Conv2d(_Conv):
+    """x: ``[N, C_in, H, W]`` or ``[C_in, H, W]``; weight ``[C_out, C_in/groups, kH, kW]``."""
+
+    n = 2
+
+
+@dataclass(frozen=True)
+class Conv3d(_Conv):
+    """x: ``[N, C_in, D, H, W]`` or unbatched; weight ``[C_out, C_in/groups, kD, kH, kW]``."""
+
+    n = 3
+
+
+@dataclass(frozen=True)
+class _ConvTranspose(Module):
+    in_channels: int
+    out_channels: int
+    kernel_size: Any
+    stride: Any = 1
+    padding: Any = 0
+    output_padding: Any = 0
+    groups: int = 1
+    bias: bool = True
+    dilation: Any = 1
+    padding_mode: str = "zeros"
+
+    n = 0
+
+    def __post_init__(self):
+        for name in ("kernel_size", "stride", "padding", "output_padding", "dilation"):
+            object.__setattr__(self, name, ntuple(getattr(self, name), self.n))
+        if self.padding_mode != "zeros":
+            raise ValueError(f"{type(self).__name__}: only padding_mode='zeros' is supported (as in torch)")
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(f"{type(self).__name__}: channels must be divisible by groups ({self.groups})")
+        for op, s, d in zip(self.output_padding, self.stride, self.dilation):
+            if not (op < s or op < d):
+                raise ValueError(f"{type(self).__name__}: output_padding must be smaller than stride or dilation")
+
+    @property
+    def weight_shape(self) -> tuple:
+        return (self.in_channels, self.out_channels // self.groups, *self.kernel_size)
+
+    def init(self, key):
+        kw, kb = random.split(key)
+        shape = self.weight_shape
+        p = {"weight": I.torch_default(kw, shape)}
+        if self.bias:
+            p["bias"] = I.torch_default_bias(kb, (self.out_channels,), I.fans(shape)[0])
+        return p
+
+    def _output_padding(self, x, output_size) -> tuple:
+        """torch's ``_ConvTransposeNd._output_padding``: the padding that reaches ``output_size``."""
+        if output_size is None:
+            return self.output_padding
+        size = tuple(output_size)[-self.n:]
+        spatial = x.shape[-self.n:]
+        pads = []
+        for i in range(self.n):
+            smallest = ((spatial[i] - 1) * self.stride[i] - 2 * self.padding[i]
+                        + self.dilation[i] * (self.kernel_size[i] - 1) + 1)
+            if not smallest <= size[i] < smallest + self.stride[i]:
+                raise ValueError(f"{self!r}: output_size {list(size)} is not reachable; dim {i} must be in "
+                                 f"[{smallest}, {smallest + self.stride[i] - 1}]")
+            pads.append(size[i] - smallest)
+        return tuple(pads)
+
+    def apply(self, params, x, output_size=None, *, key=None, train=False):
+        n = self.n
+        expect(self, x.ndim in (n + 1, n + 2) and x.shape[-n - 1] == self.in_channels,
+               f"input [N, {self.in_channels}, ...{n} spatial dims] or unbatched", x)
+        w = param(self, params, "weight", self.weight_shape)
+        b = param(self, params, "bias", (self.out_channels,)) if self.bias else None
+        no_extra(self, params, ("weight", "bias") if self.bias else ("weight",))
+        return _CONV_T[n](x, w, b, self.stride, self.padding, self._output_padding(x, output_size),
+                          self.groups, self.dilation)
+
+
+@dataclass(frozen=True)
+class ConvTranspose1d(_ConvTranspose):
+    """x: ``[N, C_in, L]`` or ``[C_in, L]``; weight ``[C_in, C_out/groups, k]``."""
+
+    n = 1
+
+
+@dataclass(frozen=True)
+class ConvTranspose2d(_ConvTranspose):
+    """x: ``[N, C_in, H, W]`` or ``[C_in, H, W]``; weight ``[C_in, C_out/groups, kH, kW]``."""
+
+    n = 2
+
+
+def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
+    """Spatial output length of a convolution or pooling (floor mode)."""
+    return math.floor((size + 2 * padding - dilation * (kernel - 1) - 1) / stride + 1)

@@ -1,0 +1,71 @@
+"""Embedding lookup tables, as ``nn.Embedding`` (also from pretrained vectors)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .. import init as I
+from ..module import Module
+from ._util import expect, no_extra, param
+
+
+@dataclass(frozen=True)
+class Embedding(Module):
+    """indices ``[...]`` (int) -> ``[..., embedding_dim]``. Params ``{"weight": [num, dim]}``,
+    initialized N(0, 1) with the ``padding_idx`` row zero; that row gets no gradient.
+
+    ``max_norm`` rescales the looked-up rows whose norm exceeds it, with the scale treated
+    as a constant in the backward pass, as torch does; unlike torch, the params are not
+    modified in place (fnnet never mutates params), so the table itself is not renormed.
+    ``freeze=True`` stops gradients to the table (``from_pretrained``'s default).
+    """
+
+    num_embeddings: int
+    embedding_dim: int
+    padding_idx: int | None = None
+    max_norm: float | None = None
+    norm_type: float = 2.0
+    scale_grad_by_freq: bool = False
+    freeze: bool = False
+
+    def __post_init__(self):
+        if self.padding_idx is not None:
+            if not -self.num_embeddings <= self.padding_idx < self.num_embeddings:
+                raise ValueError(f"Embedding: padding_idx must be within num_embeddings "
+                                 f"({self.num_embeddings}), got {self.padding_idx}")
+            if self.padding_idx < 0:
+                object.__setattr__(self, "padding_idx", self.padding_idx + self.num_embeddings)
+
+    @classmethod
+    def from_pretrained(cls, embeddings: torch.Tensor, freeze: bool = True, padding_idx: int | None = None,
+                        max_norm: float | None = None, norm_type: float = 2.0,
+                        scale_grad_by_freq: bool = False) -> tuple["Embedding", dict]:
+        """``(module, params)`` from a ``[num, dim]`` tensor, as ``nn.Embedding.from_pretrained``."""
+        if embeddings.ndim != 2:
+            raise ValueError(f"Embedding.from_pretrained: expected a [num, dim] tensor, got {list(embeddings.shape)}")
+        m = cls(embeddings.shape[0], embeddings.shape[1], padding_idx, max_norm, norm_type,
+                scale_grad_by_freq, freeze)
+        return m, {"weight": embeddings}
+
+    def init(self, key):
+        w = I.normal(key, (self.num_embeddings, self.embedding_dim))
+        if self.padding_idx is not None:
+            w = w.index_fill(0, torch.tensor([self.padding_idx], device=w.device), 0.0)
+        return {"weight": w}
+
+    def apply(self, params, indices, *, key=None, train=False):
+        expect(self, not indices.is_floating_point() and not indices.is_complex(),
+               "integer indices", indices)
+        w = param(self, params, "weight", (self.num_embeddings, self.embedding_dim))
+        no_extra(self, params, ("weight",))
+        if self.freeze:
+            w = w.detach()
+        out = F.embedding(indices, w, self.padding_idx, None, self.norm_type, self.scale_grad_by_freq)
+        if self.max_norm is not None:
+            norms = torch.linalg.vector_norm(out.detach(), self.norm_type, dim=-1, keepdim=True)
+            scale = torch.where(norms > self.max_norm, self.max_norm / (norms + 1e-7), torch.ones_like(norms))
+            out = out * scale
+        return out

@@ -1,0 +1,161 @@
+"""Normalization: BatchNorm1d/2d (explicit running-statistics state), LayerNorm, GroupNorm."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from .. import init as I
+from ..module import Module
+from ._util import expect, no_extra, param
+
+
+@dataclass(frozen=True)
+class _BatchNorm(Module):
+    """Batch normalization with the running statistics as explicit state.
+
+    ``y, state = bn.apply(params, x, state=state, train=True)`` normalizes with the batch
+    statistics and returns the running statistics updated exactly as torch updates its
+    buffers (unbiased variance, ``momentum``; ``momentum=None`` is the cumulative average);
+    with ``train=False`` it normalizes with the running statistics and returns the state
+    unchanged. With ``track_running_stats=False`` there is no state and ``apply`` returns ``y``.
+    """
+
+    num_features: int
+    eps: float = 1e-5
+    momentum: float | None = 0.1
+    affine: bool = True
+    track_running_stats: bool = True
+
+    ndims: ClassVar[tuple] = (2, 3)  # accepted input ranks
+
+    @property
+    def stateful(self) -> bool:
+        return self.track_running_stats
+
+    def init(self, key):
+        if not self.affine:
+            return {}
+        return {"weight": I.ones(key, (self.num_features,)), "bias": I.zeros(key, (self.num_features,))}
+
+    def init_state(self, device: Any = None):
+        if not self.track_running_stats:
+            return {}
+        c = self.num_features
+        dtype = torch.get_default_dtype()
+        return {"running_mean": torch.zeros(c, dtype=dtype, device=device),
+                "running_var": torch.ones(c, dtype=dtype, device=device),
+                "num_batches_tracked": torch.zeros((), dtype=torch.int64, device=device)}
+
+    def apply(self, params, x, *, state=None, key=None, train=False):
+        expect(self, x.ndim in self.ndims and x.shape[1] == self.num_features,
+               f"input of rank {' or '.join(map(str, self.ndims))} with {self.num_features} channels "
+               f"in dim 1", x)
+        if self.track_running_stats and state is None:
+            raise ValueError(f"{self!r}: pass state= (from init_state()); it holds the running statistics")
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        dims = [0] + list(range(2, x.ndim))
+        use_batch = train or not self.track_running_stats
+        if use_batch:
+            n = x.numel() // self.num_features
+            if train and n <= 1:
+                raise ValueError(f"{self!r}: expected more than 1 value per channel when training, "
+                                 f"got input {list(x.shape)}")
+            var, mean = torch.var_mean(x, dim=dims, correction=0)
+        else:
+            mean, var = state["running_mean"].to(x.dtype), state["running_var"].to(x.dtype)
+        y = (x - mean.reshape(shape)) * torch.rsqrt(var.reshape(shape) + self.eps)
+        if self.affine:
+            w = param(self, params, "weight", (self.num_features,))
+            b = param(self, params, "bias", (self.num_features,))
+            no_extra(self, params, ("weight", "bias"))
+            y = y * w.reshape(shape) + b.reshape(shape)
+        if not self.track_running_stats:
+            return y
+        if not train:
+            return y, state
+        count = state["num_batches_tracked"] + 1
+        m = (1.0 / count) if self.momentum is None else self.momentum
+        rm, rv = state["running_mean"], state["running_var"]
+        unbiased = var.detach() * (n / max(n - 1, 1))
+        new_state = {"running_mean": (1 - m) * rm + m * mean.detach().to(rm.dtype),
+                     "running_var": (1 - m) * rv + m * unbiased.to(rv.dtype),
+                     "num_batches_tracked": count}
+        return y, new_state
+
+
+@dataclass(frozen=True)
+class BatchNorm1d(_BatchNorm):
+    """x: ``[N, C]`` or ``[N, C, L]``."""
+
+    ndims: ClassVar[tuple] = (2, 3)
+
+
+@dataclass(frozen=True)
+class BatchNorm2d(_BatchNorm):
+    """x: ``[N, C, H, W]``."""
+
+    ndims: ClassVar[tuple] = (4,)
+
+
+@dataclass(frozen=True)
+class LayerNorm(Module):
+    """Normalizes over the trailing ``normalized_shape`` dims, as ``nn.LayerNorm``."""
+
+    normalized_shape: Any
+    eps: float = 1e-5
+    elementwise_affine: bool = True
+    bias: bool = True
+
+    def __post_init__(self):
+        s = self.normalized_shape
+        object.__setattr__(self, "normalized_shape", (s,) if isinstance(s, int) else tuple(s))
+
+    def init(self, key):
+        if not self.elementwise_affine:
+            return {}
+        p = {"weight": I.ones(key, self.normalized_shape)}
+        if self.bias:
+            p["bias"] = I.zeros(key, self.normalized_shape)
+        return p
+
+    def apply(self, params, x, *, key=None, train=False):
+        k = len(self.normalized_shape)
+        expect(self, tuple(x.shape[x.ndim - k:]) == self.normalized_shape,
+               f"input [..., {', '.join(map(str, self.normalized_shape))}]", x)
+        w = b = None
+        if self.elementwise_affine:
+            w = param(self, params, "weight", self.normalized_shape)
+            if self.bias:
+                b = param(self, params, "bias", self.normalized_shape)
+        return F.layer_norm(x, self.normalized_shape, w, b, self.eps)
+
+
+@dataclass(frozen=True)
+class GroupNorm(Module):
+    """x: ``[N, C, *]``; normalizes over groups of ``C / num_groups`` channels, as ``nn.GroupNorm``."""
+
+    num_groups: int
+    num_channels: int
+    eps: float = 1e-5
+    affine: bool = True
+
+    def __post_init__(self):
+        if self.num_channels % self.num_groups:
+            raise ValueError(f"GroupNorm: num_channels ({self.num_channels}) must be divisible by "
+                             f"num_groups ({self.num_groups})")
+
+    def init(self, key):
+        if not self.affine:
+            return {}
+        return {"weight": I.ones(key, (self.num_channels,)), "bias": I.zeros(key, (self.num_channels,))}
+
+    def apply(self, params, x, *, key=None, train=False):
+        expect(self, x.ndim >= 2 and x.shape[1] == self.num_channels,
+               f"input [N, {self.num_channels}, ...]", x)
+        w = param(self, params, "weight", (self.num_channels,)) if self.affine else None
+        b = param(self, params, "bias", (self.num_channels,)) if self.affine else None
+        return F.group_norm(x, self.num_groups, w, b, self.eps)
