@@ -17,8 +17,9 @@ class Embedding(Module):
     """indices ``[...]`` (int) -> ``[..., embedding_dim]``. Params ``{"weight": [num, dim]}``,
     initialized N(0, 1) with the ``padding_idx`` row zero; that row gets no gradient.
 
-    ``max_norm`` rescales the looked-up rows whose norm exceeds it, with the scale treated
-    as a constant in the backward pass, as torch does; unlike torch, the params are not
+    ``max_norm`` rescales the looked-up rows whose norm exceeds it; the gradient w.r.t. the
+    table is the unscaled one, as torch's (which renorms the table outside autograd, then looks
+    it up); unlike torch, the params are not
     modified in place (fnnet never mutates params), so the table itself is not renormed.
     ``freeze=True`` stops gradients to the table (``from_pretrained``'s default).
     """
@@ -67,5 +68,7 @@ class Embedding(Module):
         if self.max_norm is not None:
             norms = torch.linalg.vector_norm(out.detach(), self.norm_type, dim=-1, keepdim=True)
             scale = torch.where(norms > self.max_norm, self.max_norm / (norms + 1e-7), torch.ones_like(norms))
-            out = out * scale
+            # torch renorms the table rows in place outside autograd and then looks them up, so
+            # the gradient w.r.t. the table is the plain (unscaled) one: value scaled, grad straight.
+            out = out.detach() * scale + (out - out.detach())
         return out

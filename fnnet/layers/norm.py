@@ -78,8 +78,9 @@ class _BatchNorm(Module):
         if not train:
             return y, state
         count = state["num_batches_tracked"] + 1
-        m = (1.0 / count) if self.momentum is None else self.momentum
         rm, rv = state["running_mean"], state["running_var"]
+        # momentum=None: the cumulative average 1/count, in the statistics' dtype (torch uses a double)
+        m = (1.0 / count.to(rm.dtype)) if self.momentum is None else self.momentum
         unbiased = var.detach() * (n / max(n - 1, 1))
         new_state = {"running_mean": (1 - m) * rm + m * mean.detach().to(rm.dtype),
                      "running_var": (1 - m) * rv + m * unbiased.to(rv.dtype),
