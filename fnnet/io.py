@@ -188,6 +188,10 @@ def _read_torch(path: Any) -> Any:
                                     f"{first}") from None
 
 
+def _dt(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
 def _check_like(path: Any, tree: Any, like: Any) -> Any:
     got, want = dict(T.flatten_with_paths(tree)), dict(T.flatten_with_paths(like))
     problems = [f"missing {p!r}" for p in want if p not in got]
@@ -199,7 +203,7 @@ def _check_like(path: Any, tree: Any, like: Any) -> Any:
         if isinstance(w, torch.Tensor) != isinstance(g, torch.Tensor):
             problems.append(f"{p!r} is a {type(g).__name__}, expected a {type(w).__name__}")
         elif isinstance(w, torch.Tensor) and (g.shape != w.shape or g.dtype != w.dtype):
-            problems.append(f"{p!r} is {g.dtype} {list(g.shape)}, expected {w.dtype} {list(w.shape)}")
+            problems.append(f"{p!r} is {_dt(g)} {list(g.shape)}, expected {_dt(w)} {list(w.shape)}")
     if problems:
         raise CheckpointError(path, "does not fit the like= template:\n  " + "\n  ".join(problems))
     # Rebuild in the template's own containers (its named tuples, its key order).
