@@ -56,7 +56,16 @@ class Module:
     @property
     def stateful(self) -> bool:
         """True if ``apply`` takes ``state=`` and returns ``(y, new_state)``."""
-        return any(c.stateful for c in self.children().values())
+        # Asked on every apply of every container: computed once per (immutable) module and
+        # remembered in its __dict__ (not a field: eq, hash and repr are unaffected). Not
+        # written while torch.compile traces, where it is folded to a constant anyway.
+        try:
+            return self.__dict__["_fnnet_stateful"]
+        except KeyError:
+            value = any(c.stateful for c in self.children().values())
+            if not torch.compiler.is_compiling():
+                self.__dict__["_fnnet_stateful"] = value
+            return value
 
     # -- the two pure methods ----------------------------------------------------------------
     def init(self, key: torch.Tensor) -> dict:
