@@ -318,3 +318,14 @@ def test_functional_module_compiles_with_jit():
     (v, g), (v0, g0) = step(params, buffers, x), fn.value_and_grad(lambda p: apply_fn(p, buffers, x).sum())(params)
     assert_close(v, v0)
     assert_trees_close(g, g0)
+
+
+def test_functional_module_vmaps_over_stacked_params_of_several_torch_modules():
+    torch.manual_seed(0)
+    nets = [nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double() for _ in range(3)]
+    apply_fn, _, buffers = fn.functional(nets[0])
+    ensemble = tree.stack([fn.params_from_module(n) for n in nets])
+    x = _x((5, 3), torch.float64)
+    ys = fn.vmap(apply_fn, in_dims=(0, None, None))(ensemble, buffers, x)
+    for i, net in enumerate(nets):
+        assert_close(ys[i], net(x).detach())

@@ -351,3 +351,14 @@ def test_dropout_gradient_is_the_mask_scaled():
     y = layer.apply({}, x, key=k, train=True)
     g = fn.grad(lambda x: layer.apply({}, x, key=k, train=True).sum())(x)
     assert_close(g, (y != 0).double() / 0.7)
+
+
+@pytest.mark.parametrize("layer, tmod, shape", [
+    (fn.MaxPool2d(2, return_indices=True), nn.MaxPool2d(2, return_indices=True), (2, 3, 6, 5)),
+    (fn.MaxPool1d(3, 2, 1, return_indices=True), nn.MaxPool1d(3, 2, 1, return_indices=True), (3, 7)),
+    (fn.AdaptiveMaxPool2d((2, 3), return_indices=True), nn.AdaptiveMaxPool2d((2, 3), return_indices=True), (3, 5, 7)),
+], ids=str)
+def test_max_pools_return_torchs_indices(layer, tmod, shape):
+    x = randn(0, *shape)
+    (y, idx), (y_t, idx_t) = layer.apply({}, x), tmod(x)
+    assert torch.equal(y, y_t) and torch.equal(idx, idx_t)
