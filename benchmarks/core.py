@@ -48,7 +48,7 @@ def _paired(fs: list, quick: bool) -> list[float]:
     times: list[list[float]] = [[] for _ in fs]
     for _ in range(7 if quick else 31):
         for i, f in enumerate(fs):
-            times[i].append(timeit(lambda: loop(f), warmup=0, repeats=1) / LOOP)
+            times[i].append(timeit(lambda f=f: loop(f), warmup=0, repeats=1) / LOOP)
     return [statistics.median(t) for t in times]
 
 

@@ -15,14 +15,15 @@ never changes the module and vice versa.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.func
 
 from . import tree as T
 
-__all__ = ["params_from_module", "state_from_module", "to_state_dict", "functional", "nest", "flat"]
+__all__ = ["flat", "functional", "nest", "params_from_module", "state_from_module", "to_state_dict"]
 
 
 def nest(flat_dict: dict[str, Any]) -> dict:
@@ -33,8 +34,9 @@ def nest(flat_dict: dict[str, Any]) -> dict:
         *parents, leaf = name.split(".")
         for i, part in enumerate(parents):
             node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"nest: {'.'.join(parents[:i + 1])!r} is both a leaf and a prefix of {name!r}")
+            if not isinstance(node, dict):  # a bad name, not a bad type
+                raise ValueError(  # noqa: TRY004
+                    f"nest: {'.'.join(parents[:i + 1])!r} is both a leaf and a prefix of {name!r}")
         if leaf in node:
             raise ValueError(f"nest: {name!r} is both a leaf and a prefix of another name")
         node[leaf] = value

@@ -27,7 +27,7 @@ import torch
 
 from . import tree as T
 
-__all__ = ["save", "load", "CheckpointError", "MAGIC"]
+__all__ = ["MAGIC", "CheckpointError", "load", "save"]
 
 MAGIC = b"FNNETCK1"
 _VERSION = 1
@@ -90,8 +90,7 @@ def save(path: str | os.PathLike, tree: Any) -> None:
         f.write(MAGIC)
         f.write(struct.pack("<Q", len(head)))
         f.write(head)
-        for b in blobs:
-            f.write(b)
+        f.writelines(blobs)
     os.replace(tmp, path)
 
 

@@ -50,7 +50,7 @@ def summary(params: Any, state: Any = None, model: Any = None) -> str:
     head = ("path", "shape", "dtype", "params")
     table = [head] + rows
     w = [max(len(r[i]) for r in table) for i in range(4)]
-    fmt = lambda r: f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]:>{w[3]}}"  # noqa: E731
+    fmt = lambda r: f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]:>{w[3]}}"
     lines = []
     if model is not None:
         name = type(model).__name__

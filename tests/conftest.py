@@ -11,14 +11,14 @@ import os
 import torch
 from hypothesis import HealthCheck, settings
 
-_common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+_common = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}
 settings.register_profile("default", max_examples=20, **_common)
 settings.register_profile("ci", max_examples=20, derandomize=True, **_common)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 # float64: the same math in the same order agrees to ~1e-12; 1e-10 leaves room for
 # reductions done in a different order. float32: rounding level (torch.testing's defaults).
-TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1.3e-6, atol=1e-5)}
+TOL = {torch.float64: {"rtol": 1e-10, "atol": 1e-10}, torch.float32: {"rtol": 1.3e-6, "atol": 1e-5}}
 
 
 def assert_close(actual, expected, dtype=None, msg: str = "") -> None:
@@ -33,5 +33,5 @@ def assert_trees_close(actual: dict, expected: dict, dtype=None, msg: str = "") 
     from fnnet import tree
     a, e = dict(tree.flatten_with_paths(actual)), dict(tree.flatten_with_paths(expected))
     assert a.keys() == e.keys(), f"{msg}: paths differ: {sorted(a)} vs {sorted(e)}"
-    for p in a:
-        assert_close(a[p], e[p], dtype, msg=f"{msg} {p}")
+    for p, x in a.items():
+        assert_close(x, e[p], dtype, msg=f"{msg} {p}")

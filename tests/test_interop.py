@@ -129,11 +129,11 @@ class InceptionA(fn.Module):
 
     def __post_init__(self):
         c = self.in_channels
-        for name, layer in dict(branch1x1=fn.Conv2d(c, 16, 1), branch5x5_1=fn.Conv2d(c, 16, 1),
-                                branch5x5_2=fn.Conv2d(16, 24, 5, padding=2), branch3x3dbl_1=fn.Conv2d(c, 16, 1),
-                                branch3x3dbl_2=fn.Conv2d(16, 24, 3, padding=1),
-                                branch3x3dbl_3=fn.Conv2d(24, 24, 3, padding=1),
-                                branch_pool=fn.Conv2d(c, 24, 1)).items():
+        for name, layer in {"branch1x1": fn.Conv2d(c, 16, 1), "branch5x5_1": fn.Conv2d(c, 16, 1),
+                                "branch5x5_2": fn.Conv2d(16, 24, 5, padding=2), "branch3x3dbl_1": fn.Conv2d(c, 16, 1),
+                                "branch3x3dbl_2": fn.Conv2d(16, 24, 3, padding=1),
+                                "branch3x3dbl_3": fn.Conv2d(24, 24, 3, padding=1),
+                                "branch_pool": fn.Conv2d(c, 24, 1)}.items():
             object.__setattr__(self, name, layer)
 
     def children(self):
@@ -269,7 +269,7 @@ def test_copies_do_not_alias_the_modules_storage():
     tmod = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
     before = {k: v.clone() for k, v in tmod.state_dict().items()}
     params, state = fn.params_from_module(tmod), fn.state_from_module(tmod)
-    apply_fn, p2, b2 = fn.functional(tmod)
+    _, p2, b2 = fn.functional(tmod)
     for t in tree.leaves((params, state, p2, b2)):
         t.add_(1)
         assert not t.requires_grad
@@ -289,8 +289,8 @@ def test_functional_module_gives_the_modules_outputs_and_gradients():
     # per-example gradients with vmap equal a loop of single-example gradients
     per_ex = fn.vmap(fn.grad(lambda p, xi: apply_fn(p, buffers, xi).square().sum()), in_dims=(None, 0))(params, x)
     for i in range(5):
-        gi = fn.grad(lambda p: apply_fn(p, buffers, x[i]).square().sum())(params)
-        assert_trees_close(tree.map(lambda g: g[i], per_ex), gi)
+        gi = fn.grad(lambda p, xi=x[i]: apply_fn(p, buffers, xi).square().sum())(params)
+        assert_trees_close(tree.map(lambda g, i=i: g[i], per_ex), gi)
 
 
 def test_functional_batchnorm_returns_new_buffers_and_leaves_the_given_ones_alone():

@@ -74,8 +74,8 @@ def conv_args(draw, n):
         padding = tuple(draw(st.integers(0, 2)) for _ in range(n))
         stride = tuple(draw(st.integers(1, 3)) for _ in range(n))
     size = tuple(max(4, d * (kk - 1) + 1) + draw(st.integers(0, 2)) for d, kk in zip(dilation, k))
-    return dict(in_channels=cin, out_channels=cout, kernel_size=k, stride=stride, padding=padding,
-                dilation=dilation, groups=groups, bias=draw(st.booleans()), padding_mode=mode), size
+    return {"in_channels": cin, "out_channels": cout, "kernel_size": k, "stride": stride, "padding": padding,
+                "dilation": dilation, "groups": groups, "bias": draw(st.booleans()), "padding_mode": mode}, size
 
 
 @pytest.mark.parametrize("n", [1, 2, 3])
@@ -99,11 +99,11 @@ def test_conv_transpose_matches_torch_with_output_padding_groups_and_output_size
     dilation = tuple(d(st.integers(1, 2)) for _ in range(n))
     output_padding = tuple(d(st.integers(0, max(s, dl) - 1)) for s, dl in zip(stride, dilation))
     kernel = tuple(d(st.integers(1, 3)) for _ in range(n))
-    args = dict(in_channels=groups * d(st.integers(1, 2)), out_channels=groups * d(st.integers(1, 2)),
-                kernel_size=kernel, stride=stride,
-                padding=tuple(d(st.integers(0, dl * (k - 1) // 2)) for dl, k in zip(dilation, kernel)),
-                output_padding=output_padding,
-                groups=groups, bias=d(st.booleans()), dilation=dilation)
+    args = {"in_channels": groups * d(st.integers(1, 2)), "out_channels": groups * d(st.integers(1, 2)),
+                "kernel_size": kernel, "stride": stride,
+                "padding": tuple(d(st.integers(0, dl * (k - 1) // 2)) for dl, k in zip(dilation, kernel)),
+                "output_padding": output_padding,
+                "groups": groups, "bias": d(st.booleans()), "dilation": dilation}
     size = tuple(d(st.integers(2, 4)) for _ in range(n))
     torch.manual_seed(seed)
     tmod = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d}[n](**args)
@@ -141,8 +141,8 @@ class lambda_module(nn.Module):
 @st.composite
 def pool_args(draw, n, with_dilation=True):
     k = draw(st.integers(1, 3))
-    args = dict(kernel_size=k, stride=draw(st.sampled_from([None, 1, 2, 3])),
-                padding=draw(st.integers(0, k // 2)), ceil_mode=draw(st.booleans()))
+    args = {"kernel_size": k, "stride": draw(st.sampled_from([None, 1, 2, 3])),
+                "padding": draw(st.integers(0, k // 2)), "ceil_mode": draw(st.booleans())}
     if with_dilation:
         args["dilation"] = draw(st.integers(1, 2))
     size = tuple(args.get("dilation", 1) * (k - 1) + 1 + draw(st.integers(0, 3)) for _ in range(n))
@@ -191,8 +191,8 @@ def test_adaptive_pools_match_torch(out, h, w, batched, dtype, seed):
 def test_embedding_matches_torch_with_padding_idx_max_norm_and_scale_grad_by_freq(
         num, dim, padding_idx, max_norm, norm_type, scale_grad_by_freq, batch, dtype, seed):
     torch.manual_seed(seed)
-    args = dict(padding_idx=padding_idx, max_norm=max_norm, norm_type=norm_type,
-                scale_grad_by_freq=scale_grad_by_freq)
+    args = {"padding_idx": padding_idx, "max_norm": max_norm, "norm_type": norm_type,
+                "scale_grad_by_freq": scale_grad_by_freq}
     tmod = nn.Embedding(num, dim, **args)
     idx = torch.randint(0, num, batch, generator=torch.Generator().manual_seed(seed))
     check_parity(fn.Embedding(num, dim, **args), tmod, idx, dtype, seed)
@@ -254,7 +254,7 @@ def test_batchnorm_gradients_match_torch_in_train_and_eval(shape, train, track, 
     tmod.train(train)
     layer = cls_f(c, track_running_stats=track)
     state = fn.state_from_module(tmod) if track else None
-    kwargs = dict(state=state, train=train) if track else dict(train=train)
+    kwargs = {"state": state, "train": train} if track else {"train": train}
 
     class Out(nn.Module):  # torch twin returning only y, with the same parameter names
         def __init__(self):

@@ -46,7 +46,7 @@ def test_sequential_threads_batchnorm_state_and_demands_it():
     assert model.stateful and not fn.Sequential(fn.Linear(3, 4)).stateful
     params, state = model.init(KEY), model.init_state()
     assert tree.paths(state) == ["1.running_mean", "1.running_var", "1.num_batches_tracked"]
-    y, new_state = model.apply(params, torch.randn(6, 3), state=state, train=True)
+    _, new_state = model.apply(params, torch.randn(6, 3), state=state, train=True)
     assert new_state["1"]["num_batches_tracked"].item() == 1 and state["1"]["num_batches_tracked"].item() == 0
     with pytest.raises(ValueError, match="pass state=model.init_state"):
         model.apply(params, torch.randn(6, 3))

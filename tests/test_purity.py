@@ -38,7 +38,7 @@ def test_params_state_and_inputs_are_bit_identical_after_apply_and_after_a_grad_
     rng = torch.get_rng_state()
     MODEL.apply(params, x, state=state, key=random.key(1), train=True)
     MODEL.apply(params, x, state=state, train=False)
-    (loss, new_state), grads = fn.value_and_grad(loss_fn, has_aux=True)(params, state, x, y, random.key(1))
+    (_, new_state), grads = fn.value_and_grad(loss_fn, has_aux=True)(params, state, x, y, random.key(1))
     new_params = tree.map(lambda p, g: p - 0.1 * g, params, grads)
     assert_untouched((params, state, x, y), before)
     assert torch.equal(torch.get_rng_state(), rng), "torch's global generator was used"
