@@ -1,7 +1,8 @@
 """Shared test settings: hypothesis profiles and the tolerance used by parity tests.
 
-Profiles: ``default`` (20 examples, no deadline: CPU timings on shared machines are noisy)
-and ``ci`` (derandomized, the same examples every run). Pick with ``HYPOTHESIS_PROFILE=ci``.
+Profiles: ``default`` (20 examples, no deadline: CPU timings on shared machines are noisy),
+``ci`` (derandomized, the same examples every run) and ``thorough`` (300 examples, to hunt
+bugs after a change to the layers). Pick with ``HYPOTHESIS_PROFILE=ci``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from hypothesis import HealthCheck, settings
 _common = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}
 settings.register_profile("default", max_examples=20, **_common)
 settings.register_profile("ci", max_examples=20, derandomize=True, **_common)
+settings.register_profile("thorough", max_examples=300, **_common)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 # float64: the same math in the same order agrees to ~1e-12; 1e-10 leaves room for
