@@ -6,9 +6,10 @@
 The format is fnnet's own and executes nothing when read: an 8-byte magic, a
 little-endian 8-byte header length, a JSON header describing the tree (dicts, lists,
 tuples, named tuples; tensor leaves and plain ``int``/``float``/``bool``/``str``/``None``
-leaves), then the raw bytes of the tensors. A ``torch.save`` file (zip) is also read,
-through ``torch.load(weights_only=True)``, so PyTorch state dicts load too; anything
-else (a pickle, random bytes, a truncated file) raises :class:`CheckpointError`.
+leaves; other registered pytree nodes by the paths of their leaves), then the raw bytes of
+the tensors. A ``torch.save`` file (zip) is also read, through
+``torch.load(weights_only=True)``, so PyTorch state dicts load too; anything else (a
+pickle, random bytes, a truncated file) raises :class:`CheckpointError`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 
 from . import tree as T
+from .interop import nest
 
 __all__ = ["MAGIC", "CheckpointError", "load", "save"]
 
@@ -74,6 +76,12 @@ def _encode(node: Any, path: str, blobs: list, offset: list) -> dict:
     if isinstance(node, (list, tuple)):
         return {"t": type(node).__name__,
                 "values": [_encode(v, f"{path}.{i}".lstrip("."), blobs, offset) for i, v in enumerate(node)]}
+    # Any other registered pytree node (a dataclass optimizer state, say): its leaves by path.
+    # It loads back as nested dicts, or as the node type itself through ``like=``.
+    pairs = T.flatten_with_paths(node)
+    if not (len(pairs) == 1 and pairs[0][1] is node):
+        return {"t": "node", "type": type(node).__qualname__, "paths": [p for p, _ in pairs],
+                "values": [_encode(v, f"{path}.{p}".lstrip("."), blobs, offset) for p, v in pairs]}
     raise TypeError(f"io.save: {where} is a {type(node).__name__}; checkpoints hold tensors, "
                     f"numbers, strings and None in dicts, lists and tuples")
 
@@ -150,6 +158,14 @@ def _decode(node: Any, data: memoryview, path: str, file: Any) -> Any:
             raise bad("malformed namedtuple")
         cls = collections.namedtuple(node["name"], fields)
         return cls(*(_decode(v, data, f"{path}.{f}".lstrip("."), file) for f, v in zip(fields, values)))
+    if kind == "node":
+        paths = node.get("paths")
+        if not (isinstance(paths, list) and len(paths) == len(values) and all(isinstance(p, str) for p in paths)):
+            raise bad("malformed node")
+        try:
+            return nest({p: _decode(v, data, f"{path}.{p}".lstrip("."), file) for p, v in zip(paths, values)})
+        except ValueError as e:
+            raise bad(str(e)) from None
     if kind in ("list", "tuple"):
         items = [_decode(v, data, f"{path}.{i}".lstrip("."), file) for i, v in enumerate(values)]
         return items if kind == "list" else tuple(items)

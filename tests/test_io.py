@@ -4,6 +4,7 @@ never runs code from it: anything that is not a checkpoint is a clear Checkpoint
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import pickle
 
@@ -141,3 +142,21 @@ def test_save_refuses_what_it_cannot_store_and_keeps_the_old_file(tmp_path):
     with pytest.raises(TypeError, match=r"opt.fn is a function"):
         io.save(path, {"opt": {"fn": lambda x: x}})
     assert torch.equal(io.load(path)["w"], torch.ones(1))
+
+
+@dataclasses.dataclass
+class DataclassState:
+    count: torch.Tensor
+    trace: dict
+
+
+torch.utils._pytree.register_dataclass(DataclassState)
+
+
+def test_other_pytree_nodes_save_by_path_and_come_back_as_themselves_through_like(tmp_path):
+    state = DataclassState(count=torch.tensor(4), trace={"w": torch.ones(2, 3)})
+    io.save(tmp_path / "c", {"opt": state})
+    plain = io.load(tmp_path / "c")
+    assert plain["opt"]["count"].item() == 4 and torch.equal(plain["opt"]["trace"]["w"], torch.ones(2, 3))
+    back = io.load(tmp_path / "c", like={"opt": DataclassState(torch.tensor(0), {"w": torch.zeros(2, 3)})})
+    assert isinstance(back["opt"], DataclassState) and back["opt"].count.item() == 4
