@@ -1,0 +1,17 @@
+"""Losses at parity with ``torch.nn.functional`` (same ``reduction=`` semantics, no silent
+broadcasting), GAN losses, WGAN-GP / R1 gradient penalties through ``torch.func``, metrics."""
+
+from .classification import binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy, kl_div, nll
+from .gan import discriminator_loss, generator_loss
+from .margin import cosine_embedding, hinge_embedding, margin_ranking
+from .metrics import accuracy, binary_accuracy
+from .penalty import gradient_penalty, interpolate, r1_penalty, safe_norm
+from .regression import huber, l1, mse, smooth_l1
+from .vae import gaussian_kl
+
+__all__ = [
+    "accuracy", "binary_accuracy", "binary_cross_entropy", "binary_cross_entropy_with_logits",
+    "cosine_embedding", "cross_entropy", "discriminator_loss", "gaussian_kl", "generator_loss",
+    "gradient_penalty", "hinge_embedding", "huber", "interpolate", "kl_div", "l1", "margin_ranking",
+    "mse", "nll", "r1_penalty", "safe_norm", "smooth_l1",
+]

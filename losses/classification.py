@@ -1,0 +1,83 @@
+"""Classification and divergence losses, at parity with ``torch.nn.functional``."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._util import check_reduction, same_shape
+
+
+def binary_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+                         reduction: str = "mean") -> torch.Tensor:
+    """BCE on probabilities ``input`` in ``[0, 1]`` (logs clamped at -100, as torch: finite at 0
+    and 1). input, target: ``[*]``; ``weight`` broadcasts to them."""
+    check_reduction("binary_cross_entropy", reduction)
+    same_shape("binary_cross_entropy", input, target)
+    return F.binary_cross_entropy(input, target, weight, reduction=reduction)
+
+
+def binary_cross_entropy_with_logits(input: torch.Tensor, target: torch.Tensor,
+                                     weight: torch.Tensor | None = None, reduction: str = "mean",
+                                     pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """BCE on logits, computed stably (log-sum-exp form); ``pos_weight`` weighs the positive
+    term per class (broadcast over the last dim)."""
+    check_reduction("binary_cross_entropy_with_logits", reduction)
+    same_shape("binary_cross_entropy_with_logits", input, target)
+    return F.binary_cross_entropy_with_logits(input, target, weight, reduction=reduction,
+                                              pos_weight=pos_weight)
+
+
+def _check_class_target(name: str, input: torch.Tensor, target: torch.Tensor) -> bool:
+    """True when ``target`` holds class indices, False for class probabilities."""
+    if input.ndim == 0:
+        raise ValueError(f"losses.{name}: input must be [C] or [N, C, d1, ...], got a scalar")
+    if target.is_floating_point():
+        same_shape(name, input, target, "class-probability target")
+        return False
+    expected = () if input.ndim == 1 else (input.shape[0], *input.shape[2:])
+    if tuple(target.shape) != expected:
+        raise ValueError(f"losses.{name}: class-index target must have shape {list(expected)} for "
+                         f"input {list(input.shape)} (classes in dim {0 if input.ndim == 1 else 1}), "
+                         f"got {list(target.shape)}")
+    return True
+
+
+def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+                  ignore_index: int = -100, reduction: str = "mean",
+                  label_smoothing: float = 0.0) -> torch.Tensor:
+    """Softmax cross entropy of logits, as ``F.cross_entropy``.
+
+    input: ``[N, C, d1, ...]`` or ``[C]``; target: class indices ``[N, d1, ...]`` (int) or class
+    probabilities of the input's shape (float). ``weight``: ``[C]``. With indices and
+    ``reduction="mean"`` the mean is weighted (divided by the sum of the target weights),
+    ignored targets left out.
+    """
+    check_reduction("cross_entropy", reduction)
+    _check_class_target("cross_entropy", input, target)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"losses.cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+    return F.cross_entropy(input, target, weight, ignore_index=ignore_index, reduction=reduction,
+                           label_smoothing=label_smoothing)
+
+
+def nll(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+        ignore_index: int = -100, reduction: str = "mean") -> torch.Tensor:
+    """Negative log-likelihood of log-probabilities ``input`` ``[N, C, d1, ...]`` at class
+    indices ``target`` ``[N, d1, ...]``, as ``F.nll_loss``."""
+    check_reduction("nll", reduction)
+    if not _check_class_target("nll", input, target):
+        raise ValueError("losses.nll: target must hold class indices (an integer tensor)")
+    return F.nll_loss(input, target, weight, ignore_index=ignore_index, reduction=reduction)
+
+
+def kl_div(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean",
+           log_target: bool = False) -> torch.Tensor:
+    """``KL(target || exp(input))`` pointwise, ``input`` being log-probabilities, as ``F.kl_div``.
+    ``"batchmean"`` (sum / batch size) is the mathematically right mean; ``"mean"`` averages
+    over every element, as torch does."""
+    check_reduction("kl_div", reduction, ("mean", "sum", "none", "batchmean"))
+    same_shape("kl_div", input, target)
+    if reduction == "mean":  # torch's value, without its deprecation warning
+        return F.kl_div(input, target, reduction="none", log_target=log_target).mean()
+    return F.kl_div(input, target, reduction=reduction, log_target=log_target)

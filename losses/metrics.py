@@ -1,0 +1,27 @@
+"""Metrics the course reports (no gradients flow through them)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def accuracy(logits: torch.Tensor, target: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Fraction of ``argmax(logits, dim) == target``. logits ``[N, C, ...]``, target ``[N, ...]``."""
+    if logits.ndim == 1:
+        dim = 0
+    pred = logits.argmax(dim)
+    if pred.shape != target.shape:
+        raise ValueError(f"losses.accuracy: target must have shape {list(pred.shape)} for logits "
+                         f"{list(logits.shape)}, got {list(target.shape)}")
+    return (pred == target).to(torch.get_default_dtype()).mean()
+
+
+def binary_accuracy(scores: torch.Tensor, target: torch.Tensor, *, from_logits: bool = True,
+                    threshold: float = 0.5) -> torch.Tensor:
+    """Fraction of correct 0/1 predictions from logits (``> 0``) or probabilities
+    (``> threshold``); scores and target of the same shape."""
+    if scores.shape != target.shape:
+        raise ValueError(f"losses.binary_accuracy: target must have the scores' shape "
+                         f"{list(scores.shape)}, got {list(target.shape)}")
+    pred = scores > 0 if from_logits else scores > threshold
+    return (pred == target.bool()).to(torch.get_default_dtype()).mean()

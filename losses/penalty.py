@@ -1,0 +1,77 @@
+"""Gradient penalties on a critic's input gradient: WGAN-GP and R1, through ``torch.func``.
+
+Both are pure functions of the critic's params, so ``fn.value_and_grad`` of a critic loss
+that contains them differentiates twice (through the input gradient) and the whole
+critic step compiles under ``fn.jit(fullgraph=True)`` — which the classic spelling,
+``torch.autograd.grad(..., create_graph=True)``, does not (pytorch/pytorch #91469).
+
+The input gradient is that of ``critic(params, x).sum()`` w.r.t. the batch ``x``: for a
+critic that scores each sample on its own (no BatchNorm across the batch), row ``i`` of it
+is sample ``i``'s gradient, which is what ``vmap(grad(...))`` would compute, at the cost of
+one backward pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.func
+
+from fnnet import random
+
+INTERPOLATIONS = ("uniform", "real", "fake")
+
+
+def _input_grad(critic: Callable, params: Any, x: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``d critic / d x``, the same shape as ``x``."""
+    return torch.func.grad(lambda x: critic(params, x).sum())(x)
+
+
+def safe_norm(g: torch.Tensor) -> torch.Tensor:
+    """Per-row 2-norm of ``g`` ``[N, ...]`` -> ``[N]``, with gradient 0 (not NaN) at a zero row.
+    The double ``where`` keeps the value exact elsewhere."""
+    sq = g.flatten(1).square().sum(1)
+    nonzero = sq > 0
+    return torch.where(nonzero, torch.sqrt(torch.where(nonzero, sq, torch.ones_like(sq))),
+                       torch.zeros_like(sq))
+
+
+def interpolate(real: torch.Tensor, fake: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """``eps * real + (1 - eps) * fake`` with ``eps ~ U[0, 1)`` drawn per sample from ``key``."""
+    eps = random.uniform(key, (real.shape[0],) + (1,) * (real.ndim - 1), real.dtype).to(real.device)
+    return eps * real + (1.0 - eps) * fake
+
+
+def gradient_penalty(critic: Callable, critic_params: Any, real: torch.Tensor, fake: torch.Tensor,
+                     key: torch.Tensor | None = None, *, target: float = 1.0,
+                     interpolation: str = "uniform") -> torch.Tensor:
+    """WGAN-GP's ``E[(||grad_x D(x_hat)||_2 - target)^2]``.
+
+    critic: an fnnet Module or any ``(params, x) -> scores`` (``[N]`` or ``[N, 1]``).
+    real, fake: ``[N, ...]`` (the same shape). ``x_hat`` is a per-sample random interpolate of
+    the two drawn from ``key`` (``interpolation="uniform"``), or ``real`` / ``fake`` themselves.
+    Finite, with finite gradients, when the critic is constant in ``x`` (penalty ``target^2``).
+    Multiply by lambda (10 in the paper) yourself.
+    """
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"losses.gradient_penalty: interpolation must be one of {INTERPOLATIONS}, "
+                         f"got {interpolation!r}")
+    if real.shape != fake.shape:
+        raise ValueError(f"losses.gradient_penalty: real {list(real.shape)} and fake "
+                         f"{list(fake.shape)} must have the same shape")
+    if interpolation == "uniform":
+        if key is None:
+            raise ValueError("losses.gradient_penalty: interpolation='uniform' needs a key")
+        x = interpolate(real, fake, key)
+    else:
+        x = real if interpolation == "real" else fake
+    g = _input_grad(critic, critic_params, x)
+    return ((safe_norm(g) - target) ** 2).mean()
+
+
+def r1_penalty(critic: Callable, critic_params: Any, real: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): ``E[||grad_x D(x)||^2]`` on real data. Multiply by
+    ``gamma / 2`` yourself."""
+    g = _input_grad(critic, critic_params, real)
+    return g.flatten(1).square().sum(1).mean()
