@@ -11,5 +11,6 @@ from .layers import __all__ as _layers_all  # noqa: F401
 from .module import Concat, Lambda, Module, ParamsError, Residual, Sequential, check_params, param_shapes
 from .summary import summary
 from .transforms import grad, hessian, jacfwd, jacrev, jit, jvp, value_and_grad, vjp, vmap
+from . import optim  # noqa: E402 - after the transforms it uses
 
 __version__ = "0.1.0"

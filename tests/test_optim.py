@@ -1,0 +1,260 @@
+"""Every optimizer follows its torch.optim namesake step for step on random problems."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import fnnet as fn
+from fnnet import optim
+
+STEPS = 30
+
+
+def _problem(seed: int, shapes: list[tuple], dtype):
+    """Several leaves and a smooth, non-quadratic loss with a different curvature per leaf."""
+    g = torch.Generator().manual_seed(seed)
+    params = {f"w{i}": torch.randn(s, generator=g, dtype=torch.float64).to(dtype) for i, s in enumerate(shapes)}
+    targets = {k: torch.randn(v.shape, generator=g, dtype=torch.float64).to(dtype) for k, v in params.items()}
+
+    def loss_fn(p):
+        return sum(((i + 1) * (x - targets[k]) ** 2).sum() + 0.1 * torch.cos(x).sum()
+                   for i, (k, x) in enumerate(p.items()))
+
+    return params, loss_fn
+
+
+def _torch_run(params, loss_fn, make_opt, steps=STEPS, between=None):
+    leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
+    opt = make_opt(list(leaves.values()))
+    out = []
+    for i in range(steps):
+        opt.zero_grad()
+        loss_fn(leaves).backward()
+        opt.step()
+        if between:
+            between(i, opt)
+        out.append({k: v.detach().clone() for k, v in leaves.items()})
+    return out, opt
+
+
+def _fn_run(params, loss_fn, opt, steps=STEPS, between=None):
+    state = opt.init(params)
+    out = []
+    for i in range(steps):
+        grads = fn.grad(loss_fn)(params)
+        updates, state = opt.update(grads, state, params)
+        params = optim.apply_updates(params, updates)
+        if between:
+            state = between(i, state)
+        out.append(params)
+    return out, state
+
+
+@pytest.fixture(autouse=True)
+def _torch_scalars_in_float64():
+    """torch.optim keeps some per-step scalars (ASGD's eta, the step) as tensors of the default
+    dtype; float64 parity needs them in float64 as well."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+shapes = st.lists(st.tuples(st.integers(1, 4), st.integers(1, 3)), min_size=1, max_size=3)
+DTYPES = st.sampled_from([torch.float64, torch.float32])
+common = dict(seed=st.integers(0, 10**6), shapes=shapes, dtype=DTYPES, maximize=st.booleans())
+
+
+def _check(fn_traj, torch_traj, dtype):
+    # float32: rounding differences grow along the trajectory, so compare at a looser level
+    tol = {"rtol": 1e-9, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-5}
+    for step, (a, b) in enumerate(zip(fn_traj, torch_traj)):
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], **tol, msg=lambda m, k=k, step=step: f"step {step} {k}: {m}")
+
+
+@given(**common, lr=st.floats(1e-3, 0.1), momentum=st.sampled_from([0.0, 0.5, 0.9]),
+       dampening=st.sampled_from([0.0, 0.3]), nesterov=st.booleans(), wd=st.sampled_from([0.0, 0.01]))
+def test_sgd_follows_torch(seed, shapes, dtype, maximize, lr, momentum, dampening, nesterov, wd):
+    if nesterov and (momentum == 0 or dampening != 0):
+        dampening, momentum = 0.0, 0.9
+    params, loss_fn = _problem(seed, shapes, dtype)
+    f = (lambda p: -loss_fn(p)) if maximize else loss_fn
+    kw = dict(momentum=momentum, dampening=dampening, weight_decay=wd, nesterov=nesterov, maximize=maximize)
+    a, _ = _fn_run(params, f, optim.sgd(lr, **kw))
+    b, _ = _torch_run(params, f, lambda ps: torch.optim.SGD(ps, lr, **kw))
+    _check(a, b, dtype)
+
+
+@given(**common, lr=st.floats(1e-3, 0.1), b1=st.sampled_from([0.0, 0.8, 0.9]), b2=st.sampled_from([0.99, 0.999]),
+       wd=st.sampled_from([0.0, 0.05]), amsgrad=st.booleans(), decoupled=st.booleans())
+def test_adam_and_adamw_follow_torch(seed, shapes, dtype, maximize, lr, b1, b2, wd, amsgrad, decoupled):
+    params, loss_fn = _problem(seed, shapes, dtype)
+    f = (lambda p: -loss_fn(p)) if maximize else loss_fn
+    kw = dict(betas=(b1, b2), eps=1e-8, weight_decay=wd, amsgrad=amsgrad, maximize=maximize)
+    ours, theirs = (optim.adamw, torch.optim.AdamW) if decoupled else (optim.adam, torch.optim.Adam)
+    a, _ = _fn_run(params, f, ours(lr, **kw))
+    b, _ = _torch_run(params, f, lambda ps: theirs(ps, lr, **kw))
+    _check(a, b, dtype)
+
+
+@given(**common, lr=st.floats(1e-3, 0.1), wd=st.sampled_from([0.0, 0.05]))
+def test_adamax_follows_torch(seed, shapes, dtype, maximize, lr, wd):
+    params, loss_fn = _problem(seed, shapes, dtype)
+    f = (lambda p: -loss_fn(p)) if maximize else loss_fn
+    a, _ = _fn_run(params, f, optim.adamax(lr, weight_decay=wd, maximize=maximize))
+    b, _ = _torch_run(params, f, lambda ps: torch.optim.Adamax(ps, lr, weight_decay=wd, maximize=maximize))
+    _check(a, b, dtype)
+
+
+@given(**common, lr=st.floats(1e-3, 0.5), lr_decay=st.sampled_from([0.0, 0.01]), wd=st.sampled_from([0.0, 0.05]),
+       init_acc=st.sampled_from([0.0, 0.1]), eps=st.sampled_from([1e-10, 1e-6]))
+def test_adagrad_follows_torch(seed, shapes, dtype, maximize, lr, lr_decay, wd, init_acc, eps):
+    params, loss_fn = _problem(seed, shapes, dtype)
+    f = (lambda p: -loss_fn(p)) if maximize else loss_fn
+    kw = dict(lr_decay=lr_decay, weight_decay=wd, initial_accumulator_value=init_acc, eps=eps, maximize=maximize)
+    a, _ = _fn_run(params, f, optim.adagrad(lr, **kw))
+    b, _ = _torch_run(params, f, lambda ps: torch.optim.Adagrad(ps, lr, **kw))
+    _check(a, b, dtype)
+
+
+@given(**common, lr=st.floats(1e-3, 0.05), alpha=st.sampled_from([0.9, 0.99]), centered=st.booleans(),
+       momentum=st.sampled_from([0.0, 0.5]), wd=st.sampled_from([0.0, 0.05]))
+def test_rmsprop_follows_torch(seed, shapes, dtype, maximize, lr, alpha, centered, momentum, wd):
+    params, loss_fn = _problem(seed, shapes, dtype)
+    f = (lambda p: -loss_fn(p)) if maximize else loss_fn
+    kw = dict(alpha=alpha, eps=1e-8, weight_decay=wd, momentum=momentum, centered=centered, maximize=maximize)
+    a, _ = _fn_run(params, f, optim.rmsprop(lr, **kw))
+    b, _ = _torch_run(params, f, lambda ps: torch.optim.RMSprop(ps, lr, **kw))
+    _check(a, b, dtype)
+
+
+@given(**common, lr=st.floats(1e-3, 0.1), etas=st.sampled_from([(0.5, 1.2), (0.3, 1.5)]),
+       sizes=st.sampled_from([(1e-6, 50.0), (1e-3, 0.2)]))
+def test_rprop_follows_torch(seed, shapes, dtype, maximize, lr, etas, sizes):
+    params, loss_fn = _problem(seed, shapes, dtype)
+    f = (lambda p: -loss_fn(p)) if maximize else loss_fn
+    a, _ = _fn_run(params, f, optim.rprop(lr, etas, sizes, maximize=maximize))
+    b, _ = _torch_run(params, f, lambda ps: torch.optim.Rprop(ps, lr, etas, sizes, maximize=maximize))
+    _check(a, b, dtype)
+
+
+@given(**common, lr=st.floats(1e-3, 0.05), lambd=st.sampled_from([1e-4, 0.05]), alpha=st.sampled_from([0.75, 0.5]),
+       t0=st.sampled_from([1e6, 5.0]), wd=st.sampled_from([0.0, 0.05]))
+def test_asgd_follows_torch_including_the_averaged_params(seed, shapes, dtype, maximize, lr, lambd, alpha, t0, wd):
+    params, loss_fn = _problem(seed, shapes, dtype)
+    f = (lambda p: -loss_fn(p)) if maximize else loss_fn
+    kw = dict(lambd=lambd, alpha=alpha, t0=t0, weight_decay=wd, maximize=maximize)
+    a, state = _fn_run(params, f, optim.asgd(lr, **kw))
+    b, opt = _torch_run(params, f, lambda ps: torch.optim.ASGD(ps, lr, **kw))
+    _check(a, b, dtype)
+    torch_ax = {k: opt.state[p]["ax"] for k, p in zip(params, opt.param_groups[0]["params"])}
+    _check([state["ax"]], [torch_ax], dtype)
+
+
+def test_chain_of_clipping_and_adam_equals_clip_grad_norm_then_adam():
+    params, loss_fn = _problem(0, [(3, 2), (4,)], torch.float64)
+    opt = optim.chain(optim.clip_by_global_norm(0.5), optim.adam(0.05))
+
+    def clip_then_step(ps):
+        class Clipped(torch.optim.Adam):
+            def step(self, closure=None):
+                torch.nn.utils.clip_grad_norm_(ps, 0.5)
+                return super().step(closure)
+        return Clipped(ps, 0.05)
+
+    a, _ = _fn_run(params, loss_fn, opt)
+    b, _ = _torch_run(params, loss_fn, clip_then_step)
+    _check(a, b, torch.float64)
+
+
+def test_clip_by_global_norm_raises_on_a_nonfinite_norm_when_asked():
+    clip = optim.clip_by_global_norm(1.0, error_if_nonfinite=True)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        clip.update({"a": torch.tensor([float("nan")])}, clip.init(None))
+    g = {"a": torch.tensor([3.0, 4.0])}
+    clipped, _ = optim.clip_by_global_norm(1.0).update(g, {})
+    p = torch.nn.Parameter(torch.zeros(2))
+    p.grad = g["a"].clone()
+    torch.nn.utils.clip_grad_norm_([p], 1.0)
+    torch.testing.assert_close(clipped["a"], p.grad)
+
+
+def test_two_param_groups_with_different_lr_and_weight_decay_match_torch():
+    params, loss_fn = _problem(3, [(3, 2), (4,)], torch.float64)
+    opt = optim.multi_transform({"fast": optim.sgd(0.05, momentum=0.9, weight_decay=0.1),
+                                 "slow": optim.sgd(0.01, momentum=0.9)},
+                                lambda path, p: "fast" if path == "w0" else "slow")
+    a, _ = _fn_run(params, loss_fn, opt)
+    b, _ = _torch_run(params, loss_fn, lambda ps: torch.optim.SGD(
+        [{"params": [ps[0]], "lr": 0.05, "weight_decay": 0.1}, {"params": [ps[1]], "lr": 0.01}], momentum=0.9))
+    _check(a, b, torch.float64)
+
+
+def test_a_frozen_subtree_stays_bit_identical_and_has_no_optimizer_state():
+    params = {"encoder": {"w": torch.randn(3)}, "head": {"w": torch.randn(2)}}
+    opt = optim.freeze(optim.adam(0.1), lambda path, p: path.startswith("encoder"))
+    state = opt.init(params)
+    assert "encoder.w" not in fn.tree.paths(state["train"]) and not fn.tree.leaves(state["frozen"])
+    before = params["encoder"]["w"].clone()
+    for _ in range(3):
+        grads = fn.grad(lambda p: (p["encoder"]["w"] ** 2).sum() + (p["head"]["w"] ** 2).sum())(params)
+        updates, state = opt.update(grads, state, params)
+        params = optim.apply_updates(params, updates)
+    assert torch.equal(params["encoder"]["w"], before)
+    assert not torch.equal(params["head"]["w"], torch.zeros(2))
+
+
+def test_changing_lr_mid_run_through_the_state_matches_torch_param_group_lr():
+    params, loss_fn = _problem(5, [(3,), (2, 2)], torch.float64)
+
+    def ours(i, state):
+        return optim.set_hyperparams(state, lr=0.002) if i == 9 else state
+
+    def theirs(i, opt):
+        if i == 9:
+            opt.param_groups[0]["lr"] = 0.002
+
+    a, _ = _fn_run(params, loss_fn, optim.adam(0.05), between=ours)
+    b, _ = _torch_run(params, loss_fn, lambda ps: torch.optim.Adam(ps, 0.05), between=theirs)
+    _check(a, b, torch.float64)
+    with pytest.raises(KeyError, match="no optimizer state holds"):
+        optim.set_hyperparams(optim.adam(0.1).init(params), nesterov=True)
+
+
+@pytest.mark.parametrize("line_search_fn", [None, "strong_wolfe"])
+@pytest.mark.parametrize("problem", ["quadratic", "rosenbrock"])
+def test_lbfgs_follows_torch(line_search_fn, problem):
+    if problem == "quadratic":
+        A = torch.tensor([[3.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+
+        def loss_fn(p):
+            return 0.5 * p["x"] @ A @ p["x"] - p["x"].sum()
+    else:
+        def loss_fn(p):
+            x = p["x"]
+            return (1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2
+
+    params = {"x": torch.tensor([-1.5, 2.0], dtype=torch.float64)}
+    opt = optim.lbfgs(1.0, max_iter=10, history_size=5, line_search_fn=line_search_fn)
+    state = opt.init(params)
+    x = params["x"].clone().requires_grad_()
+    torch_opt = torch.optim.LBFGS([x], 1.0, max_iter=10, history_size=5, line_search_fn=line_search_fn)
+
+    def closure():
+        torch_opt.zero_grad()
+        loss = loss_fn({"x": x})
+        loss.backward()
+        return loss
+
+    for _ in range(8):
+        params, state, loss = opt.step(loss_fn, params, state)
+        torch_loss = torch_opt.step(closure)
+        torch.testing.assert_close(params["x"], x.detach(), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(loss, torch_loss.detach(), rtol=1e-10, atol=1e-12)
+    if line_search_fn == "strong_wolfe":
+        torch.testing.assert_close(params["x"], torch.tensor([1.0, 1.0], dtype=torch.float64) if problem == "rosenbrock"
+                                   else torch.linalg.solve(A, torch.ones(2, dtype=torch.float64)), atol=1e-3, rtol=0)
