@@ -9,6 +9,7 @@ from .interop import functional, params_from_module, state_from_module, to_state
 from .layers import *  # noqa: F401,F403 - the layer names are the public API
 from .layers import __all__ as _layers_all  # noqa: F401
 from .module import Concat, Lambda, Module, ParamsError, Residual, Sequential, check_params, param_shapes
+from .scan import scan
 from .summary import summary
 from .transforms import grad, hessian, jacfwd, jacrev, jit, jvp, value_and_grad, vjp, vmap
 from . import optim  # noqa: E402 - after the transforms it uses

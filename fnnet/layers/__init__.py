@@ -47,6 +47,7 @@ __all__ = [
     "conv_output_size",
     "Dropout",
     "Dropout2d",
+    "dropout",
     "Embedding",
     "Flatten",
     "Identity",

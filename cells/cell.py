@@ -1,0 +1,143 @@
+"""Recurrent cells with ``torch.nn``'s names, weight layouts, gate orders and init.
+
+    h = cells.RNNCell(i, h_size).apply(params, x, h)
+    h, c = cells.LSTMCell(i, h_size).apply(params, x, (h, c))
+    h = cells.GRUCell(i, h_size).apply(params, x, h)
+
+x: ``[B, I]`` or unbatched ``[I]``; states ``[B, H]`` or ``[H]`` (``None``: zeros).
+Params: ``weight_ih [G*H, I]``, ``weight_hh [G*H, H]``, ``bias_ih [G*H]``, ``bias_hh [G*H]``
+with G = 1 (RNN), 4 (LSTM: gates i, f, g, o), 3 (GRU: r, z, n).
+
+Each cell splits its math in two, so that sequence layers can hoist the input half out of
+the time loop as one matmul over all steps:
+``input_projection(params, x) = x W_ih^T + b_ih`` (any leading dims), and
+``step(params, xp, state) -> (state, h)`` the recurrence given a projected input ``xp``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+import fnnet as fn
+from fnnet import random
+from fnnet.layers._util import expect, param
+
+
+@dataclass(frozen=True)
+class _Cell(fn.Module):
+    input_size: int
+    hidden_size: int
+    bias: bool = True
+
+    gates: ClassVar[int] = 1
+
+    # -- params ------------------------------------------------------------------------------
+    def shapes(self, input_size: int | None = None, state_size: int | None = None, suffix: str = "") -> dict:
+        """Param shapes, by name (with a layer suffix such as ``_l0_reverse``)."""
+        g, h = self.gates * self.hidden_size, self.hidden_size
+        out = {f"weight_ih{suffix}": (g, input_size or self.input_size),
+               f"weight_hh{suffix}": (g, state_size or h)}
+        if self.bias:
+            out[f"bias_ih{suffix}"] = (g,)
+            out[f"bias_hh{suffix}"] = (g,)
+        return out
+
+    def init_from_shapes(self, key: torch.Tensor, shapes: dict) -> dict:
+        """torch.nn's RNN init: every weight and bias uniform on ``+-1/sqrt(hidden_size)``."""
+        bound = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0.0
+        keys = random.split(key, len(shapes))
+        return {name: fn.init.uniform(k, shape, bound) for (name, shape), k in zip(shapes.items(), keys)}
+
+    def init(self, key):
+        return self.init_from_shapes(key, self.shapes())
+
+    def weights(self, params: dict, suffix: str = "", input_size: int | None = None,
+                state_size: int | None = None) -> tuple:
+        """``(w_ih, w_hh, b_ih, b_hh)`` checked against their expected shapes."""
+        shapes = self.shapes(input_size, state_size, suffix)
+        names = list(shapes)
+        got = [param(self, params, n, shapes[n]) for n in names]
+        return tuple(got) if self.bias else (*got, None, None)
+
+    # -- math --------------------------------------------------------------------------------
+    @staticmethod
+    def input_projection(w_ih: torch.Tensor, b_ih: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, w_ih, b_ih)
+
+    def zero_state(self, batch_shape: tuple, like: torch.Tensor) -> Any:
+        return torch.zeros(*batch_shape, self.hidden_size, dtype=like.dtype, device=like.device)
+
+    def apply(self, params, x, state=None, *, key=None, train=False):
+        expect(self, x.ndim in (1, 2) and x.shape[-1] == self.input_size,
+               f"input [B, {self.input_size}] or [{self.input_size}]", x)
+        w_ih, w_hh, b_ih, b_hh = self.weights(params)
+        if state is None:
+            state = self.zero_state(tuple(x.shape[:-1]), x)
+        self._check_state(state, tuple(x.shape[:-1]))
+        new_state, _ = self.step(w_hh, b_hh, self.input_projection(w_ih, b_ih, x), state)
+        return new_state
+
+    def _check_state(self, state, batch: tuple) -> None:
+        for s in (state if isinstance(state, tuple) else (state,)):
+            if tuple(s.shape) != (*batch, self.hidden_size):
+                raise ValueError(f"{self!r}: expected state of shape {[*batch, self.hidden_size]}, "
+                                 f"got {list(s.shape)}")
+
+
+@dataclass(frozen=True)
+class RNNCell(_Cell):
+    """``h' = act(W_ih x + b_ih + W_hh h + b_hh)``, act ``tanh`` or ``relu``."""
+
+    nonlinearity: str = "tanh"
+
+    def __post_init__(self):
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"RNNCell: nonlinearity must be 'tanh' or 'relu', got {self.nonlinearity!r}")
+
+    def step(self, w_hh, b_hh, xp, h):
+        pre = xp + F.linear(h, w_hh, b_hh)
+        h = torch.tanh(pre) if self.nonlinearity == "tanh" else torch.relu(pre)
+        return h, h
+
+
+@dataclass(frozen=True)
+class LSTMCell(_Cell):
+    """Gates ``i, f, g, o``: ``c' = f c + i g``, ``h' = o tanh(c')``. State ``(h, c)``."""
+
+    gates: ClassVar[int] = 4
+
+    def zero_state(self, batch_shape, like):
+        z = super().zero_state(batch_shape, like)
+        return z, z
+
+    def step(self, w_hh, b_hh, xp, state, w_hr=None):
+        h, c = state
+        gates = xp + F.linear(h, w_hh, b_hh)
+        i, f, g, o = gates.chunk(4, -1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        if w_hr is not None:
+            h = F.linear(h, w_hr)
+        return (h, c), h
+
+
+@dataclass(frozen=True)
+class GRUCell(_Cell):
+    """Gates ``r, z, n``: ``n = tanh(W_in x + b_in + r (W_hn h + b_hn))``, ``h' = (1 - z) n + z h``."""
+
+    gates: ClassVar[int] = 3
+
+    def step(self, w_hh, b_hh, xp, h):
+        hp = F.linear(h, w_hh, b_hh)
+        xr, xz, xn = xp.chunk(3, -1)
+        hr, hz, hn = hp.chunk(3, -1)
+        r = torch.sigmoid(xr + hr)
+        z = torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
+        h = n + z * (h - n)
+        return h, h

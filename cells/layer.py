@@ -1,0 +1,256 @@
+"""Sequence layers: RNN, LSTM and GRU with every ``torch.nn`` option, as one implementation
+parametrised by the cell.
+
+    out, h_n = cells.GRU(I, H, num_layers=2, bidirectional=True).apply(params, x, h0, lengths=lengths)
+    out, (h_n, c_n) = cells.LSTM(I, H).apply(params, x, (h0, c0))
+
+x: ``[T, B, I]`` (``[B, T, I]`` with ``batch_first``) or unbatched ``[T, I]``.
+h0, c0: ``[L*D, B, H]`` (``[L*D, H]`` unbatched; LSTM's h with ``proj_size`` P: ``[L*D, B, P]``),
+zeros when ``None``. out: ``[T, B, D*H_out]``; h_n, c_n like h0, c0.
+Params: torch's names (``weight_ih_l0``, ``weight_hh_l1_reverse``, ``bias_ih_l0``, LSTM's
+``weight_hr_l0``), so ``fn.params_from_module(nn.LSTM(...))`` is directly usable; with
+``learn_initial_state=True`` also ``h0`` (and ``c0``) of shape ``[L*D, H]``, broadcast
+over the batch.
+
+``lengths`` (``[B]`` integers, any order, no sorting needed) gives what ``nn.LSTM`` gives on
+``pack_padded_sequence(..., enforce_sorted=False)`` followed by ``pad_packed_sequence``:
+outputs are zero past each sequence's length, ``h_n`` is taken at each sequence's last valid
+step, and the reverse direction starts at each sequence's own end.
+
+``dropout`` applies between layers (not after the last), in training only, with masks drawn
+from ``key``. The input projection of all time steps is one matmul outside the time loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+import fnnet as fn
+from fnnet import random
+from fnnet.layers._util import expect, param
+from fnnet.scan import scan
+
+from .cell import GRUCell, LSTMCell, RNNCell, _Cell
+
+
+@dataclass(frozen=True)
+class _RNNBase(fn.Module):
+    input_size: int
+    hidden_size: int
+    num_layers: int = 1
+    bias: bool = True
+    batch_first: bool = False
+    dropout: float = 0.0
+    bidirectional: bool = False
+    learn_initial_state: bool = False
+
+    cell_type: ClassVar[type] = RNNCell
+
+    def __post_init__(self):
+        if self.num_layers < 1 or self.hidden_size < 1 or self.input_size < 1:
+            raise ValueError(f"{type(self).__name__}: sizes and num_layers must be positive")
+        if not 0.0 <= self.dropout <= 1.0:
+            raise ValueError(f"{type(self).__name__}: dropout must be in [0, 1], got {self.dropout}")
+
+    # -- structure ------------------------------------------------------------------------------
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def output_size(self) -> int:
+        """Size of h (per direction)."""
+        return self.hidden_size
+
+    def cell(self) -> _Cell:
+        return self.cell_type(self.input_size, self.hidden_size, self.bias)
+
+    def _suffix(self, layer: int, direction: int) -> str:
+        return f"_l{layer}" + ("_reverse" if direction else "")
+
+    def _layer_input(self, layer: int) -> int:
+        return self.input_size if layer == 0 else self.output_size * self.num_directions
+
+    def _extra_shapes(self, suffix: str) -> dict:
+        return {}
+
+    def _shapes(self) -> dict:
+        cell, shapes = self.cell(), {}
+        for layer in range(self.num_layers):
+            for d in range(self.num_directions):
+                sfx = self._suffix(layer, d)
+                shapes.update(cell.shapes(self._layer_input(layer), self.output_size, sfx))
+                shapes.update(self._extra_shapes(sfx))
+        return shapes
+
+    def _state_sizes(self) -> tuple[int, ...]:
+        return (self.output_size,)
+
+    def init(self, key):
+        k_w, k_h = random.split(key)
+        params = self.cell().init_from_shapes(k_w, self._shapes())
+        if self.learn_initial_state:
+            n = self.num_layers * self.num_directions
+            for name, size in zip(("h0", "c0"), self._state_sizes()):
+                params[name] = fn.init.zeros(k_h, (n, size))
+        return params
+
+    # -- apply --------------------------------------------------------------------------------
+    def _check_input(self, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        layout = "[B, T, {0}]" if self.batch_first else "[T, B, {0}]"
+        expect(self, x.ndim in (2, 3) and x.shape[-1] == self.input_size,
+               f"input of shape {layout.format(self.input_size)} or unbatched [T, {self.input_size}]", x)
+        unbatched = x.ndim == 2
+        if unbatched:
+            x = x.unsqueeze(1)
+        elif self.batch_first:
+            x = x.transpose(0, 1)
+        return x, unbatched
+
+    def _initial_states(self, params: dict, h0: Any, batch: int, x: torch.Tensor, unbatched: bool) -> list:
+        """One tensor ``[L*D, B, size]`` per state component (h; and c for LSTM)."""
+        n, sizes = self.num_layers * self.num_directions, self._state_sizes()
+        given = h0 if isinstance(h0, tuple) else (h0,)
+        if h0 is not None and len(given) != len(sizes):
+            raise ValueError(f"{self!r}: h0 must be {'(h0, c0)' if len(sizes) == 2 else 'a tensor'}")
+        states = []
+        for i, size in enumerate(sizes):
+            name = ("h0", "c0")[i]
+            if h0 is not None:
+                s = given[i]
+                want = (n, size) if unbatched else (n, batch, size)
+                if tuple(s.shape) != want:
+                    raise ValueError(f"{self!r}: expected {name} of shape {list(want)}, got {list(s.shape)}")
+                states.append(s.unsqueeze(1) if unbatched else s)
+            elif self.learn_initial_state:
+                learned = param(self, params, name, (n, size))
+                states.append(learned.unsqueeze(1).expand(n, batch, size))
+            else:
+                states.append(x.new_zeros(n, batch, size))
+        return states
+
+    def _check_lengths(self, lengths: Any, T: int, batch: int, unbatched: bool) -> torch.Tensor:  # noqa: N803
+        if not isinstance(lengths, torch.Tensor):
+            lengths = torch.as_tensor(lengths)
+        if lengths.is_floating_point() or lengths.dtype == torch.bool:
+            raise ValueError(f"{self!r}: lengths must be an integer tensor, got {lengths.dtype}")
+        want = () if unbatched else (batch,)
+        if tuple(lengths.shape) != want:
+            raise ValueError(f"{self!r}: lengths must have shape {list(want)} (one per sequence), "
+                             f"got {list(lengths.shape)}")
+        if not torch.compiler.is_compiling() and lengths.numel() and (
+                bool((lengths < 1).any()) or bool((lengths > T).any())):
+            raise ValueError(f"{self!r}: lengths must be in [1, {T}] (the padded length), got "
+                             f"{lengths.tolist()}")
+        return lengths.reshape(batch)
+
+    def _run_direction(self, weights: tuple, x: torch.Tensor, state: Any, mask: torch.Tensor | None,
+                       reverse: bool) -> tuple[Any, torch.Tensor]:
+        """One layer, one direction. x ``[T, B, I]`` -> (final state, outputs ``[T, B, H]``)."""
+        w_ih, w_hh, b_ih, b_hh, *extra = weights
+        cell = self.cell()
+        xp = cell.input_projection(w_ih, b_ih, x)  # all time steps in one matmul
+
+        if mask is None:
+            def body(s, xp_t):
+                return cell.step(w_hh, b_hh, xp_t, s, *extra)
+            return scan(body, state, xp, reverse=reverse)
+
+        def masked(s, inp):
+            xp_t, m_t = inp
+            new, y = cell.step(w_hh, b_hh, xp_t, s, *extra)
+            new = fn.tree.map(lambda a, b: torch.where(m_t, a, b), new, s)  # past the end: keep
+            return new, y * m_t
+        return scan(masked, state, (xp, mask), reverse=reverse)
+
+    def _weights(self, params: dict, layer: int, d: int) -> tuple:
+        sfx = self._suffix(layer, d)
+        return self.cell().weights(params, sfx, self._layer_input(layer), self.output_size)
+
+    def apply(self, params, x, h0=None, *, lengths=None, key=None, train=False):
+        x, unbatched = self._check_input(x)
+        T, B = x.shape[0], x.shape[1]  # noqa: N806
+        states = self._initial_states(params, h0, B, x, unbatched)
+        mask = None
+        if lengths is not None:
+            lengths = self._check_lengths(lengths, T, B, unbatched)
+            steps = torch.arange(T, device=x.device).unsqueeze(1)
+            mask = (steps < lengths.to(x.device).unsqueeze(0)).unsqueeze(-1)  # [T, B, 1]
+        dropping = train and self.dropout > 0 and self.num_layers > 1
+        if dropping and key is None:
+            raise ValueError(f"{self!r}: train=True with dropout needs a key=")
+
+        finals: list[list[torch.Tensor]] = [[] for _ in states]
+        inp = x
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(self.num_directions):
+                i = layer * self.num_directions + d
+                s0 = tuple(s[i] for s in states)
+                s0 = s0 if len(s0) > 1 else s0[0]
+                final, y = self._run_direction(self._weights(params, layer, d), inp, s0, mask, reverse=d == 1)
+                for store, f in zip(finals, final if isinstance(final, tuple) else (final,)):
+                    store.append(f)
+                outs.append(y)
+            inp = torch.cat(outs, -1) if len(outs) > 1 else outs[0]
+            if dropping and layer < self.num_layers - 1:
+                inp = fn.dropout(inp, self.dropout, random.fold_in(key, layer))
+
+        out = inp
+        finals = [torch.stack(f) for f in finals]
+        if unbatched:
+            out, finals = out.squeeze(1), [f.squeeze(1) for f in finals]
+        elif self.batch_first:
+            out = out.transpose(0, 1)
+        return out, (tuple(finals) if len(finals) > 1 else finals[0])
+
+
+@dataclass(frozen=True)
+class RNN(_RNNBase):
+    """Elman RNN (``nn.RNN``); ``nonlinearity`` ``"tanh"`` or ``"relu"``."""
+
+    nonlinearity: str = "tanh"
+
+    def cell(self) -> _Cell:
+        return RNNCell(self.input_size, self.hidden_size, self.bias, self.nonlinearity)
+
+
+@dataclass(frozen=True)
+class GRU(_RNNBase):
+    """``nn.GRU``."""
+
+    cell_type: ClassVar[type] = GRUCell
+
+
+@dataclass(frozen=True)
+class LSTM(_RNNBase):
+    """``nn.LSTM``, with ``proj_size`` (h projected to P by ``weight_hr_l{k}``: ``[P, H]``)."""
+
+    proj_size: int = 0
+
+    cell_type: ClassVar[type] = LSTMCell
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.proj_size < 0 or (self.proj_size and self.proj_size >= self.hidden_size):
+            raise ValueError(f"LSTM: proj_size must be in [0, hidden_size), got {self.proj_size}")
+
+    @property
+    def output_size(self) -> int:
+        return self.proj_size or self.hidden_size
+
+    def _state_sizes(self) -> tuple[int, ...]:
+        return (self.output_size, self.hidden_size)
+
+    def _extra_shapes(self, suffix: str) -> dict:
+        return {f"weight_hr{suffix}": (self.proj_size, self.hidden_size)} if self.proj_size else {}
+
+    def _weights(self, params, layer, d):
+        w = super()._weights(params, layer, d)
+        if self.proj_size:
+            sfx = self._suffix(layer, d)
+            return (*w, param(self, params, f"weight_hr{sfx}", (self.proj_size, self.hidden_size)))
+        return w
