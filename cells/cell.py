@@ -10,8 +10,10 @@ with G = 1 (RNN), 4 (LSTM: gates i, f, g, o), 3 (GRU: r, z, n).
 
 Each cell splits its math in two, so that sequence layers can hoist the input half out of
 the time loop as one matmul over all steps:
-``input_projection(params, x) = x W_ih^T + b_ih`` (any leading dims), and
-``step(params, xp, state) -> (state, h)`` the recurrence given a projected input ``xp``.
+``project(w_ih, b_ih, b_hh, x)`` (``x W_ih^T + b_ih``, plus ``b_hh`` where the cell's math
+allows folding it in; any leading dims), and ``step(w_hh, b_hh, xp, state) -> (state, h)``,
+the recurrence given a projected input ``xp: [B, G*H]``: one ``addmm`` and a few fused
+elementwise ops per step.
 """
 
 from __future__ import annotations
@@ -65,9 +67,17 @@ class _Cell(fn.Module):
         return tuple(got) if self.bias else (*got, None, None)
 
     # -- math --------------------------------------------------------------------------------
-    @staticmethod
-    def input_projection(w_ih: torch.Tensor, b_ih: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, w_ih, b_ih)
+    folds_hidden_bias: ClassVar[bool] = True  # W_hh h + b_hh enters the gates additively
+
+    def project(self, w_ih, b_ih, b_hh, x: torch.Tensor) -> torch.Tensor:
+        xp = F.linear(x, w_ih, b_ih)
+        return xp + b_hh if self.folds_hidden_bias and b_hh is not None else xp
+
+    def _hidden(self, w_hh, b_hh, xp, h):
+        """``xp + h W_hh^T`` (+ ``b_hh`` unless folded into ``xp``), as one addmm."""
+        if not self.folds_hidden_bias and b_hh is not None:
+            xp = xp + b_hh
+        return torch.addmm(xp, h, w_hh.t()) if h.ndim == 2 else xp + h @ w_hh.t()
 
     def zero_state(self, batch_shape: tuple, like: torch.Tensor) -> Any:
         return torch.zeros(*batch_shape, self.hidden_size, dtype=like.dtype, device=like.device)
@@ -79,7 +89,7 @@ class _Cell(fn.Module):
         if state is None:
             state = self.zero_state(tuple(x.shape[:-1]), x)
         self._check_state(state, tuple(x.shape[:-1]))
-        new_state, _ = self.step(w_hh, b_hh, self.input_projection(w_ih, b_ih, x), state)
+        new_state, _ = self.step(w_hh, b_hh, self.project(w_ih, b_ih, b_hh, x), state)
         return new_state
 
     def _check_state(self, state, batch: tuple) -> None:
@@ -100,7 +110,7 @@ class RNNCell(_Cell):
             raise ValueError(f"RNNCell: nonlinearity must be 'tanh' or 'relu', got {self.nonlinearity!r}")
 
     def step(self, w_hh, b_hh, xp, h):
-        pre = xp + F.linear(h, w_hh, b_hh)
+        pre = self._hidden(w_hh, b_hh, xp, h)
         h = torch.tanh(pre) if self.nonlinearity == "tanh" else torch.relu(pre)
         return h, h
 
@@ -117,10 +127,11 @@ class LSTMCell(_Cell):
 
     def step(self, w_hh, b_hh, xp, state, w_hr=None):
         h, c = state
-        gates = xp + F.linear(h, w_hh, b_hh)
-        i, f, g, o = gates.chunk(4, -1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
+        gates = self._hidden(w_hh, b_hh, xp, h)
+        i, f, _, o = torch.sigmoid(gates).chunk(4, -1)  # one sigmoid for the three sigmoid gates
+        g = torch.tanh(gates.narrow(-1, 2 * self.hidden_size, self.hidden_size))
+        c = torch.addcmul(f * c, i, g)
+        h = o * torch.tanh(c)
         if w_hr is not None:
             h = F.linear(h, w_hr)
         return (h, c), h
@@ -131,6 +142,7 @@ class GRUCell(_Cell):
     """Gates ``r, z, n``: ``n = tanh(W_in x + b_in + r (W_hn h + b_hn))``, ``h' = (1 - z) n + z h``."""
 
     gates: ClassVar[int] = 3
+    folds_hidden_bias: ClassVar[bool] = False  # b_hn sits inside r * (W_hn h + b_hn)
 
     def step(self, w_hh, b_hh, xp, h):
         hp = F.linear(h, w_hh, b_hh)

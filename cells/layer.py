@@ -152,7 +152,7 @@ class _RNNBase(fn.Module):
         """One layer, one direction. x ``[T, B, I]`` -> (final state, outputs ``[T, B, H]``)."""
         w_ih, w_hh, b_ih, b_hh, *extra = weights
         cell = self.cell()
-        xp = cell.input_projection(w_ih, b_ih, x)  # all time steps in one matmul
+        xp = cell.project(w_ih, b_ih, b_hh, x)  # all time steps in one matmul
 
         if mask is None:
             def body(s, xp_t):
