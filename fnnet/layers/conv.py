@@ -7,7 +7,6 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 
 from .. import init as I
@@ -20,8 +19,28 @@ _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
+class _Weighted(Module):
+    """Convolutions and their transposes: a ``weight`` of ``weight_shape`` and an optional
+    ``bias [out_channels]``, both initialized as torch.nn's (uniform on +-1/sqrt(fan_in))."""
+
+    def init(self, key):
+        kw, kb = random.split(key)
+        shape = self.weight_shape
+        p = {"weight": I.torch_default(kw, shape)}
+        if self.bias:
+            p["bias"] = I.torch_default_bias(kb, (self.out_channels,), I.fans(shape)[0])
+        return p
+
+    def weights(self, params: dict) -> tuple:
+        """``(weight, bias or None)``, checked against their shapes, nothing else in ``params``."""
+        w = param(self, params, "weight", self.weight_shape)
+        b = param(self, params, "bias", (self.out_channels,)) if self.bias else None
+        no_extra(self, params, ("weight", "bias") if self.bias else ("weight",))
+        return w, b
+
+
 @dataclass(frozen=True)
-class _Conv(Module):
+class _Conv(_Weighted):
     in_channels: int
     out_channels: int
     kernel_size: Any
@@ -54,14 +73,6 @@ class _Conv(Module):
     def weight_shape(self) -> tuple:
         return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
 
-    def init(self, key):
-        kw, kb = random.split(key)
-        shape = self.weight_shape
-        p = {"weight": I.torch_default(kw, shape)}
-        if self.bias:
-            p["bias"] = I.torch_default_bias(kb, (self.out_channels,), I.fans(shape)[0])
-        return p
-
     def _check_input(self, x):
         n = self.n
         dims = ", ".join("*" * n)
@@ -82,9 +93,7 @@ class _Conv(Module):
 
     def apply(self, params, x, *, key=None, train=False):
         self._check_input(x)
-        w = param(self, params, "weight", self.weight_shape)
-        b = param(self, params, "bias", (self.out_channels,)) if self.bias else None
-        no_extra(self, params, ("weight", "bias") if self.bias else ("weight",))
+        w, b = self.weights(params)
         conv = _CONV[self.n]
         if self.padding_mode != "zeros":
             x = F.pad(x, self._padding_amounts(), mode=self.padding_mode)
@@ -114,7 +123,7 @@ class Conv3d(_Conv):
 
 
 @dataclass(frozen=True)
-class _ConvTranspose(Module):
+class _ConvTranspose(_Weighted):
     in_channels: int
     out_channels: int
     kernel_size: Any
@@ -143,14 +152,6 @@ class _ConvTranspose(Module):
     def weight_shape(self) -> tuple:
         return (self.in_channels, self.out_channels // self.groups, *self.kernel_size)
 
-    def init(self, key):
-        kw, kb = random.split(key)
-        shape = self.weight_shape
-        p = {"weight": I.torch_default(kw, shape)}
-        if self.bias:
-            p["bias"] = I.torch_default_bias(kb, (self.out_channels,), I.fans(shape)[0])
-        return p
-
     def _output_padding(self, x, output_size) -> tuple:
         """torch's ``_ConvTransposeNd._output_padding``: the padding that reaches ``output_size``."""
         if output_size is None:
@@ -171,9 +172,7 @@ class _ConvTranspose(Module):
         n = self.n
         expect(self, x.ndim in (n + 1, n + 2) and x.shape[-n - 1] == self.in_channels,
                f"input [N, {self.in_channels}, ...{n} spatial dims] or unbatched", x)
-        w = param(self, params, "weight", self.weight_shape)
-        b = param(self, params, "bias", (self.out_channels,)) if self.bias else None
-        no_extra(self, params, ("weight", "bias") if self.bias else ("weight",))
+        w, b = self.weights(params)
         return _CONV_T[n](x, w, b, self.stride, self.padding, self._output_padding(x, output_size),
                           self.groups, self.dilation)
 
