@@ -10,9 +10,14 @@ Design: a tight Python loop. Each leaf of ``xs`` is unbound once (no per-step in
 tree rebuilding beyond the step itself), so eager overhead is the step's own ops; it is
 differentiated by autograd, so ``fn.grad``, ``fn.vmap`` and ``fn.jit`` compose with it.
 Under ``fn.jit`` the loop is unrolled: compile time grows with the sequence length (about
-linearly), while the compiled step fuses each time step's elementwise work. torch's
-``scan`` higher-order op keeps compile time flat but, on the torch versions fnnet supports,
-cannot be differentiated under inductor (pytorch/pytorch #195977) — see the cells benchmark.
+linearly), while the compiled step fuses each time step's elementwise work.
+
+The two ways torch offers to trace a repeated body once were measured here (torch 2.13,
+CPU) and both fail for what fnnet needs, a ``torch.func`` gradient inside ``fn.jit``:
+the ``scan`` higher-order op cannot be differentiated under inductor
+(pytorch/pytorch #195977), and a step marked ``torch.compiler.nested_compile_region``
+raises "Expected FakeTensor" under ``torch.func.grad`` when compiled. Until one of them
+works, long sequences are best trained eagerly or compiled with short ``T``.
 """
 
 from __future__ import annotations
