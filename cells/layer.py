@@ -34,6 +34,7 @@ from fnnet.layers._util import expect, param
 from fnnet.scan import scan
 
 from .cell import GRUCell, LSTMCell, RNNCell, _Cell
+from .fused import lstm_recurrence
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class _RNNBase(fn.Module):
     learn_initial_state: bool = False
 
     cell_type: ClassVar[type] = RNNCell
+    fused: ClassVar[bool] = False  # a hand-written VJP for the recurrence (cells.fused)
 
     def __post_init__(self):
         if self.num_layers < 1 or self.hidden_size < 1 or self.input_size < 1:
@@ -153,6 +155,9 @@ class _RNNBase(fn.Module):
         w_ih, w_hh, b_ih, b_hh, *extra = weights
         cell = self.cell()
         xp = cell.project(w_ih, b_ih, b_hh, x)  # all time steps in one matmul
+        if self.fused and not extra:
+            ys, h, c = lstm_recurrence(xp, state[0], state[1], w_hh, mask, reverse)
+            return (h, c), ys
 
         if mask is None:
             def body(s, xp_t):
@@ -232,6 +237,7 @@ class LSTM(_RNNBase):
     proj_size: int = 0
 
     cell_type: ClassVar[type] = LSTMCell
+    fused: ClassVar[bool] = True  # without proj_size; the op-by-op step is the reference
 
     def __post_init__(self):
         super().__post_init__()

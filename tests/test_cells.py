@@ -225,3 +225,40 @@ def test_vmap_over_a_batch_of_param_sets():
     outs = fn.vmap(lambda p: gru.apply(p, x)[0])(stacked)
     for i, p in enumerate(fn.tree.unstack(stacked)):
         assert_close(outs[i], gru.apply(p, x)[0])
+
+
+@given(T=st.integers(1, 6), B=st.integers(1, 3), H=st.integers(1, 4), reverse=st.booleans(), masked=st.booleans(),
+       seed=st.integers(0, 10**6))
+def test_the_hand_written_lstm_vjp_equals_differentiating_the_cell_step_by_step(T, B, H, reverse, masked, seed):  # noqa: N803
+    from cells.fused import lstm_recurrence
+    from fnnet.scan import scan
+
+    g = torch.Generator().manual_seed(seed)
+    xp, w = torch.randn(T, B, 4 * H, generator=g, dtype=torch.float64), torch.randn(4 * H, H, generator=g, dtype=torch.float64)
+    h0, c0 = torch.randn(B, H, generator=g, dtype=torch.float64), torch.randn(B, H, generator=g, dtype=torch.float64)
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    mask = (torch.arange(T).unsqueeze(1) < lengths).unsqueeze(-1) if masked else None
+    cell = cells.LSTMCell(1, H)
+
+    def reference(xp, h0, c0, w):
+        def body(s, inp):
+            x_t, m_t = inp
+            new, y = cell.step(w, None, x_t, s)
+            return tuple(torch.where(m_t, a, b) for a, b in zip(new, s)), y * m_t
+        m = mask if mask is not None else torch.ones(T, B, 1, dtype=torch.bool)
+        (h, c), ys = scan(body, (h0, c0), (xp, m), reverse=reverse)
+        return ys, h, c
+
+    def weighted(f):
+        return lambda *a: sum((k + 1) * o.pow(2).sum() for k, o in enumerate(f(*a)))
+
+    fused = weighted(lambda *a: lstm_recurrence(*a, mask, reverse))
+    ours, ref = fn.value_and_grad(fused, (0, 1, 2, 3)), fn.value_and_grad(weighted(reference), (0, 1, 2, 3))
+    (v1, g1), (v2, g2) = ours(xp, h0, c0, w), ref(xp, h0, c0, w)
+    assert_close(v1, v2)
+    for a, b in zip(g1, g2):
+        assert_close(a, b)
+    # a batch of weights under vmap, gradients included
+    ws = torch.stack([w, 2 * w])
+    batched = fn.vmap(fn.grad(lambda w: fused(xp, h0, c0, w)))(ws)
+    assert_close(batched[1], fn.grad(lambda w: fused(xp, h0, c0, w))(2 * w))
