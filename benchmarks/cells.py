@@ -13,14 +13,13 @@ from torch import nn
 
 import cells
 import fnnet as fn
-from fnnet import random
 
 from .common import first_call, row, timeit
 
 I, H, B = 32, 128, 32  # noqa: E741
 
 
-def _case(kind: str, T: int, compile_: bool, repeats: int, **kw) -> list[dict]:  # noqa: N803
+def _case(kind: str, T: int, compile_: bool, repeats: int, **kw) -> list[dict]:
     torch.manual_seed(0)
     native = getattr(nn, kind)(I, H, **kw)
     ours = getattr(cells, kind)(I, H, **kw)
@@ -56,7 +55,7 @@ def _peak_rss_mb(f) -> float:
 
 
 def _long(repeats: int) -> list[dict]:
-    T = 4096  # noqa: N806
+    T = 4096
     torch.manual_seed(0)
     native = nn.LSTM(I, H)
     params = fn.params_from_module(native)

@@ -36,7 +36,7 @@ def _step_times(rank: int, world: int, port: int, steps: int, out: str) -> None:
     grad_fn = fn.value_and_grad(loss_fn)
     per_rank = GLOBAL_BATCH // world
     times = []
-    for i in range(steps):
+    for _ in range(steps):
         t0 = time.perf_counter()
         sl = slice(rank * per_rank, (rank + 1) * per_rank)
         _, g = grad_fn(params, x[sl], y[sl])

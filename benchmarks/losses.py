@@ -61,7 +61,7 @@ def run(quick: bool = False) -> list[dict]:
         ct = first_call(lambda: classic_c(real, fake, eps))
         rows.append(row("losses", case, "classic, torch.compile (graph breaks allowed)",
                         timeit(lambda: classic_c(real, fake, eps), repeats=repeats), base, compile_s=round(ct, 1)))
-    except Exception as e:  # noqa: BLE001 - report, don't hide, what torch refuses
+    except Exception as e:
         rows.append(row("losses", case, f"classic, torch.compile: fails ({type(e).__name__})", float("nan")))
     rows.append(row("losses", case, "fnnet torch.func, eager", timeit(lambda: step(params, real, fake, key),
                                                                       repeats=repeats), base))

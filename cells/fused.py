@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 
-def _order(T: int, reverse: bool) -> range:  # noqa: N803
+def _order(T: int, reverse: bool) -> range:
     return range(T - 1, -1, -1) if reverse else range(T)
 
 
@@ -34,7 +34,7 @@ class _LSTMRecurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(xp, h0, c0, w_hh, mask, reverse):
-        T, H = xp.shape[0], h0.shape[-1]  # noqa: N806
+        T, H = xp.shape[0], h0.shape[-1]
         w_t = w_hh.t()
         sig, tanh_g, c_new_all, h_prev_all, c_prev_all, ys = [], [], [], [], [], []
         h, c = h0, c0
@@ -62,7 +62,7 @@ class _LSTMRecurrence(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        xp, h0, c0, w_hh, mask, reverse = inputs
+        _, _, _, w_hh, mask, reverse = inputs
         saved = output[3:]
         ctx.save_for_backward(w_hh, mask, *saved)
         ctx.reverse = reverse
@@ -70,17 +70,17 @@ class _LSTMRecurrence(torch.autograd.Function):
         ctx.set_materialize_grads(False)  # no zero-filled gradients for the saved outputs
 
     @staticmethod
-    def backward(ctx, dys, dh_T, dc_T, *_):  # noqa: N803
+    def backward(ctx, dys, dh_T, dc_T, *_):
         w_hh, mask, sig, g, c_new, h_prev, c_prev = ctx.saved_tensors
-        T, H = sig.shape[0], g.shape[-1]  # noqa: N806
+        T, H = sig.shape[0], g.shape[-1]
         i, f, o = sig[..., :H], sig[..., H:2 * H], sig[..., 3 * H:]
         tc = torch.tanh(c_new)
         # everything that does not depend on the incoming gradient, for all steps at once:
         # d gates_t = [dc, dc, dc, dh] * K_t and dc_t = dc_{t+1} + dh * A_t
         # three gates scale dc, the output gate scales dh: K3 [T, B, 3, H], Ko [T, B, H]
-        K3 = torch.stack([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)], -2)  # noqa: N806
-        Ko = tc * o * (1 - o)  # noqa: N806
-        A = o * (1 - tc * tc)  # noqa: N806
+        K3 = torch.stack([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)], -2)
+        Ko = tc * o * (1 - o)
+        A = o * (1 - tc * tc)
         w3, wo = w_hh[:3 * H].reshape(3, H, H), w_hh[3 * H:]
         keep = None if mask is None else 1 - mask.to(sig.dtype)
         dh = dh_T if dh_T is not None else torch.zeros_like(h_prev[0])

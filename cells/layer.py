@@ -134,7 +134,7 @@ class _RNNBase(fn.Module):
                 states.append(x.new_zeros(n, batch, size))
         return states
 
-    def _check_lengths(self, lengths: Any, T: int, batch: int, unbatched: bool) -> torch.Tensor:  # noqa: N803
+    def _check_lengths(self, lengths: Any, T: int, batch: int, unbatched: bool) -> torch.Tensor:
         if not isinstance(lengths, torch.Tensor):
             lengths = torch.as_tensor(lengths)
         if lengths.is_floating_point() or lengths.dtype == torch.bool:
@@ -177,7 +177,7 @@ class _RNNBase(fn.Module):
 
     def apply(self, params, x, h0=None, *, lengths=None, key=None, train=False):
         x, unbatched = self._check_input(x)
-        T, B = x.shape[0], x.shape[1]  # noqa: N806
+        T, B = x.shape[0], x.shape[1]
         states = self._initial_states(params, h0, B, x, unbatched)
         mask = None
         if lengths is not None:

@@ -6,12 +6,12 @@ are nested dicts named as ``torch.nn`` names them; transforms come from ``torch.
 
 from . import init, io, random, tree
 from .interop import functional, params_from_module, state_from_module, to_state_dict
-from .layers import *  # noqa: F401,F403 - the layer names are the public API
-from .layers import __all__ as _layers_all  # noqa: F401
+from .layers import *
+from .layers import __all__ as _layers_all
 from .module import Concat, Lambda, Module, ParamsError, Residual, Sequential, check_params, param_shapes
 from .scan import scan
 from .summary import summary
 from .transforms import grad, hessian, jacfwd, jacrev, jit, jvp, value_and_grad, vjp, vmap
-from . import optim  # noqa: E402 - after the transforms it uses
+from . import optim
 
 __version__ = "0.1.0"

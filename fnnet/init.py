@@ -7,7 +7,7 @@ Every initializer is ``f(key, shape, ...) -> tensor``, on the key's device, in
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

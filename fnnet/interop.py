@@ -35,7 +35,7 @@ def nest(flat_dict: dict[str, Any]) -> dict:
         for i, part in enumerate(parents):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):  # a bad name, not a bad type
-                raise ValueError(  # noqa: TRY004
+                raise ValueError(
                     f"nest: {'.'.join(parents[:i + 1])!r} is both a leaf and a prefix of {name!r}")
         if leaf in node:
             raise ValueError(f"nest: {name!r} is both a leaf and a prefix of another name")

@@ -185,7 +185,8 @@ def _read_fnnet(path: Any, blob: bytes) -> Any:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(path, f"corrupt header (not JSON: {e})") from None
     if not isinstance(header, dict) or header.get("version") != _VERSION:
-        raise CheckpointError(path, f"unsupported checkpoint version {header.get('version') if isinstance(header, dict) else header!r}")
+        version = header.get("version") if isinstance(header, dict) else header
+        raise CheckpointError(path, f"unsupported checkpoint version {version!r}")
     if header.get("byteorder") != sys.byteorder:
         raise CheckpointError(path, f"written on a {header.get('byteorder')}-endian machine; this one is "
                                     f"{sys.byteorder}-endian")

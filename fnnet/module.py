@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import torch
 
@@ -46,7 +47,7 @@ class Module:
     """Base class of every fnnet model. Subclasses are ``@dataclass(frozen=True)``."""
 
     # -- structure ---------------------------------------------------------------------------
-    def children(self) -> dict[str, "Module"]:
+    def children(self) -> dict[str, Module]:
         """Named sub-modules, in field order (the default: Module-typed dataclass fields)."""
         if not dataclasses.is_dataclass(self):
             return {}

@@ -14,7 +14,7 @@ Nothing here reads or advances torch's global generator.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -22,7 +22,8 @@ works, long sequences are best trained eagerly or compiled with short ``T``.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import torch
 

@@ -7,7 +7,8 @@ so the rest of fnnet speaks in these names. ``None`` is an empty subtree, as in 
 from __future__ import annotations
 
 import builtins
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import torch
 import torch.utils._pytree as _pt
@@ -22,7 +23,7 @@ __all__ = [
 TreeDef = _pt.TreeSpec
 
 
-def map(f: Callable, tree: Any, *rest: Any) -> Any:  # noqa: A001 - reads like jax.tree.map
+def map(f: Callable, tree: Any, *rest: Any) -> Any:
     """``f`` applied leaf-wise over ``tree`` and trees of the same structure ``rest``."""
     return _pt.tree_map(f, tree, *rest)
 

@@ -71,7 +71,7 @@ def rnn_configs(draw):
 
 @given(cfg=rnn_configs(), T=st.integers(1, 5), batch=st.sampled_from([None, 1, 3]), with_h0=st.booleans(),
        with_lengths=st.booleans(), dtype=DTYPES, data=st.data())
-def test_sequence_layers_match_torch_with_h0_and_packed_lengths(cfg, T, batch, with_h0, with_lengths, dtype, data):  # noqa: N803
+def test_sequence_layers_match_torch_with_h0_and_packed_lengths(cfg, T, batch, with_h0, with_lengths, dtype, data):
     kind, i, h, kw = cfg
     torch.manual_seed(data.draw(st.integers(0, 10**6)))
     theirs_t, ours_t = KINDS[kind]
@@ -208,7 +208,7 @@ def test_lstm_forward_and_backward_compile_in_one_graph_and_match_eager():
     lengths = torch.tensor([6, 3, 1, 5])
 
     def loss(p, x):
-        out, (h, c) = lstm.apply(p, x, lengths=lengths)
+        out, (h, _) = lstm.apply(p, x, lengths=lengths)
         return out.square().mean() + h.sum()
 
     step = fn.value_and_grad(loss)
@@ -229,7 +229,7 @@ def test_vmap_over_a_batch_of_param_sets():
 
 @given(T=st.integers(1, 6), B=st.integers(1, 3), H=st.integers(1, 4), reverse=st.booleans(), masked=st.booleans(),
        seed=st.integers(0, 10**6))
-def test_the_hand_written_lstm_vjp_equals_differentiating_the_cell_step_by_step(T, B, H, reverse, masked, seed):  # noqa: N803
+def test_the_hand_written_lstm_vjp_equals_differentiating_the_cell_step_by_step(T, B, H, reverse, masked, seed):
     from cells.fused import lstm_recurrence
     from fnnet.scan import scan
 

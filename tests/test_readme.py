@@ -11,7 +11,7 @@ def test_readme_python_blocks_run_as_written(capsys):
     assert len(blocks) >= 2, "the quickstart and the torch.nn round trip"
     namespace: dict = {}
     for block in blocks:
-        exec(compile(block, str(README), "exec"), namespace)  # noqa: S102 - our own README
+        exec(compile(block, str(README), "exec"), namespace)
     printed = capsys.readouterr().out
     loss = float(re.search(r"loss (\d+\.\d+)", printed).group(1))
     assert loss < 0.5, printed

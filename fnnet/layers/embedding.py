@@ -43,7 +43,7 @@ class Embedding(Module):
     @classmethod
     def from_pretrained(cls, embeddings: torch.Tensor, freeze: bool = True, padding_idx: int | None = None,
                         max_norm: float | None = None, norm_type: float = 2.0,
-                        scale_grad_by_freq: bool = False) -> tuple["Embedding", dict]:
+                        scale_grad_by_freq: bool = False) -> tuple[Embedding, dict]:
         """``(module, params)`` from a ``[num, dim]`` tensor, as ``nn.Embedding.from_pretrained``."""
         if embeddings.ndim != 2:
             raise ValueError(f"Embedding.from_pretrained: expected a [num, dim] tensor, got {list(embeddings.shape)}")

@@ -81,7 +81,7 @@ def one_cycle_lr(max_lr: float, total_steps: int, pct_start: float = 0.3, anneal
     def schedule(count):
         c = _f(count)
         lr, start = None, 0.0
-        for i, (end, (a, b)) in enumerate(zip(ends, phases)):
+        for end, (a, b) in zip(ends, phases):
             value = anneal(a, b, (c - start) / (end - start))
             if lr is None:
                 lr = value
