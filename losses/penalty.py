@@ -40,7 +40,7 @@ def safe_norm(g: torch.Tensor) -> torch.Tensor:
 
 def interpolate(real: torch.Tensor, fake: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     """``eps * real + (1 - eps) * fake`` with ``eps ~ U[0, 1)`` drawn per sample from ``key``."""
-    eps = random.uniform(key, (real.shape[0],) + (1,) * (real.ndim - 1), real.dtype).to(real.device)
+    eps = random.uniform(key.to(real.device), (real.shape[0],) + (1,) * (real.ndim - 1), real.dtype)
     return eps * real + (1.0 - eps) * fake
 
 

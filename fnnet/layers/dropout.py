@@ -17,7 +17,7 @@ def dropout(x: torch.Tensor, p: float, key: torch.Tensor, mask_shape: tuple | No
         return x
     if p == 1.0:
         return x * 0.0
-    keep = random.bernoulli(key, 1.0 - p, tuple(mask_shape or x.shape))
+    keep = random.bernoulli(key.to(x.device), 1.0 - p, tuple(mask_shape or x.shape))  # drawn where x lives
     return x * keep.to(x.dtype) * (1.0 / (1.0 - p))
 
 

@@ -53,7 +53,7 @@ def reduce_on_plateau(factor: float = 0.1, patience: int = 10, threshold: float 
             state = {"scale": torch.tensor(scale, dtype=torch.float64), "best": torch.tensor(best, dtype=torch.float64),
                      "num_bad_epochs": torch.tensor(bad), "cooldown_counter": torch.tensor(cool)}
         flat, spec = T.flatten(grads)
-        s = state["scale"].to(flat[0].dtype) if flat else state["scale"]
+        s = state["scale"].to(device=flat[0].device, dtype=flat[0].dtype) if flat else state["scale"]
         return T.unflatten(spec, _ops.mul(flat, s)), state
 
     return GradientTransformation(init, update)

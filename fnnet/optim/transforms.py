@@ -51,7 +51,8 @@ def scale_by_schedule(schedule: Callable[[torch.Tensor], Any]) -> GradientTransf
     """Multiply by ``schedule(count)``; the state is the step count."""
 
     def init(params):
-        return {"count": torch.zeros((), dtype=torch.int64)}
+        leaves = T.leaves(params)
+        return {"count": torch.zeros((), dtype=torch.int64, device=leaves[0].device if leaves else None)}
 
     def update(grads, state, params=None, **_):
         f = schedule(state["count"])
