@@ -1,9 +1,10 @@
 """The course's workloads as short fnnet scripts: ``python -m examples`` lists them,
 ``python -m examples NAME`` runs one (``--help`` for the options).
 
-Each module has ``run(steps=None, device="cpu", seed=0, out=None, compile=True, progress=True)``
+Each module has ``run(steps=None, device="cpu", seed=0, out=None, compile=None, progress=True)``
 returning a dict of its metrics (``steps=None``: its defaults, which finish in about a minute
-on a 2-core CPU and reach the result stated in its docstring).
+on a 2-core CPU and reach the result stated in its docstring; ``compile=None``: the
+example's own default, ``True`` for all but the two long-sequence RNNs).
 """
 
 from __future__ import annotations

@@ -32,8 +32,10 @@ def parser(name: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--seed", type=int, default=0, help="the key everything is drawn from")
     p.add_argument("--out", default=None, help="folder for the plots (default: out/NAME)")
-    p.add_argument("--no-compile", dest="compile", action="store_false",
+    p.add_argument("--no-compile", dest="compile", action="store_false", default=None,
                    help="run the train step eagerly instead of through fnnet.jit")
+    p.add_argument("--compile", dest="compile", action="store_true",
+                   help="compile the train step with fnnet.jit even where the example does not by default")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return p
 

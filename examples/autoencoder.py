@@ -42,7 +42,7 @@ def plot_rows(rows: list, titles: list[str]):
     return fig
 
 
-def run(steps=None, device="cpu", seed=0, out=None, compile=True, progress=True):
+def run(steps=None, device="cpu", seed=0, out=None, compile=None, progress=True):
     steps = STEPS if steps is None else steps
     dev = common.device(device)
     out = common.out_dir(out, "autoencoder")

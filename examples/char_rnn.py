@@ -93,7 +93,7 @@ def decode(logits: torch.Tensor) -> str:
     return "".join(VOCAB[i] for i in logits.argmax(-1).reshape(-1).tolist())
 
 
-def run(steps=None, device="cpu", seed=0, out=None, compile=True, progress=True):
+def run(steps=None, device="cpu", seed=0, out=None, compile=None, progress=True):
     steps = STEPS if steps is None else steps
     dev = common.device(device)
     out = common.out_dir(out, "char_rnn")

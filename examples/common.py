@@ -40,15 +40,19 @@ def device(name: str | torch.device = "cpu") -> torch.device:
     return dev
 
 
-def compile_step(step: Callable, compile: bool | str | Callable = True) -> Callable:
+def compile_step(step: Callable, compile: bool | str | Callable | None = True,
+                 default: bool = True) -> Callable:
     """The train step, compiled with ``fn.jit`` (``torch.compile``, ``fullgraph=True``: a graph
     break is an error). ``compile=False`` runs it eagerly; a string or callable picks the
     ``torch.compile`` backend (the tests use a cheap one to check the graph is whole).
 
     Shapes and the model's hyperparameters are compiled as constants (``dynamic=False``): the
     batches all have one shape, and an example that compiles the same step function for two
-    models (char_rnn) gets a graph for each instead of symbolic sizes."""
-    if compile is False or compile is None:
+    models (char_rnn) gets a graph for each instead of symbolic sizes. ``compile=None`` takes
+    the example's ``default``."""
+    if compile is None:
+        compile = default
+    if compile is False:
         return step
     backend = "inductor" if compile is True else compile
     return fn.jit(step, backend=backend, dynamic=False)

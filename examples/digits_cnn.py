@@ -62,7 +62,7 @@ def add_arguments(parser):
                         help="course CNN (default), Inception blocks, or residual blocks")
 
 
-def run(steps=None, device="cpu", seed=0, out=None, compile=True, progress=True, arch="course"):
+def run(steps=None, device="cpu", seed=0, out=None, compile=None, progress=True, arch="course"):
     model = make_model(arch)
     steps = STEPS[arch] if steps is None else steps
     dev = common.device(device)

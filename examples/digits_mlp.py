@@ -29,7 +29,7 @@ def plot_predictions(ax_grid, images, labels, preds):
         ax.axis("off")
 
 
-def run(steps=None, device="cpu", seed=0, out=None, compile=True, progress=True):
+def run(steps=None, device="cpu", seed=0, out=None, compile=None, progress=True):
     steps = STEPS if steps is None else steps
     dev = common.device(device)
     out = common.out_dir(out, "digits_mlp")

@@ -18,7 +18,7 @@ from . import common
 STEPS = 300
 
 
-def run(steps=None, device="cpu", seed=0, out=None, compile=True, progress=True):
+def run(steps=None, device="cpu", seed=0, out=None, compile=None, progress=True):
     steps = STEPS if steps is None else steps
     dev = common.device(device)
     out = common.out_dir(out, "linear_regression")

@@ -46,7 +46,7 @@ class VAE(fn.Module):
         return self.decoder.apply(params["decoder"], z)
 
 
-def run(steps=None, device="cpu", seed=0, out=None, compile=True, progress=True):
+def run(steps=None, device="cpu", seed=0, out=None, compile=None, progress=True):
     steps = STEPS if steps is None else steps
     dev = common.device(device)
     out = common.out_dir(out, "vae")
