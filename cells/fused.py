@@ -12,6 +12,12 @@ gradients flow to ``xp``, ``h0``, ``c0`` and ``w_hh`` (autograd carries them on 
 ``w_ih`` and the biases). It is a ``torch.autograd.Function`` with ``setup_context`` and a
 generated vmap rule, so ``fn.grad`` and ``fn.vmap`` compose with it. The op-by-op path in
 ``cells.cell.LSTMCell.step`` stays the reference it is tested against.
+
+Under ``fn.jit`` both loops are unrolled. Steady state is then at or below ``nn.LSTM``
+(I=32 H=128 B=32 fwd+bwd here: 1.06x at T=16, 0.67x at T=64), but compile time grows with
+T (28 s at T=16, 132 s at T=64). Running the two loops - which are never differentiated -
+as torch's scan higher-order op would keep it flat, but on torch 2.13 that still fails
+inside a compiled ``torch.func.grad`` ("Expected FakeTensor").
 """
 
 from __future__ import annotations
