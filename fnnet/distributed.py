@@ -39,7 +39,7 @@ import torch.distributed as dist
 from . import random
 from . import tree as T
 
-__all__ = ["init", "shutdown", "is_initialized", "rank", "world_size", "is_main", "device",
+__all__ = ["launched", "init", "shutdown", "is_initialized", "rank", "world_size", "is_main", "device",
            "broadcast", "all_reduce_mean", "rank_key", "shard_batches", "DistributedError"]
 
 _ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -47,6 +47,12 @@ _ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 class DistributedError(RuntimeError):
     """A set-up problem: no launcher environment, or ranks that disagree on a tree."""
+
+
+def launched() -> bool:
+    """True when this process was started by torchrun (its environment is set), so a script
+    can run data-parallel under torchrun and as a single process otherwise."""
+    return all(v in os.environ for v in _ENV)
 
 
 def init(backend: str | None = None, timeout: float = 300.0) -> torch.device:

@@ -106,6 +106,7 @@ def test_two_gloo_processes_follow_the_single_process_trajectory(tmp_path):
 def test_init_without_torchrun_environment_says_how_to_launch(monkeypatch):
     for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(v, raising=False)
+    assert not dist.launched()
     with pytest.raises(dist.DistributedError, match="torchrun"):
         dist.init()
 
