@@ -64,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(module, "add_arguments"):
         module.add_arguments(p)
     p.error = lambda msg: sys.exit(_usage_error(msg))  # one line, exit 2, no usage dump
-    args = vars(p.parse_args(argv[1:]))
+    try:
+        args = vars(p.parse_args(argv[1:]))
+    except SystemExit as e:      # --help (0) or a bad option (2, already printed)
+        return int(e.code or 0)
 
     from .common import ExampleError
 

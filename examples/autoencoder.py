@@ -83,7 +83,7 @@ def run(steps=None, device="cpu", seed=0, out=None, compile=None, progress=True)
     plot = common.save(plot_rows([sample, reconstruct(params, sample)], ["held-out digits", "reconstructions"]),
                        out, "reconstructions.png")
 
-    result = {"test_mse": test_mse, "loss": history[-1] if history else float("nan"), "plots": [plot]}
+    result = {"test_mse": test_mse, "baseline_mse": baseline, "loss": history[-1] if history else float("nan"), "plots": [plot]}
     common.report("autoencoder", {"held-out reconstruction MSE": f"{test_mse:.4f} per pixel "
                                   f"(mean image: {baseline:.4f})"}, [plot])
     return result

