@@ -109,6 +109,10 @@ class RNNCell(_Cell):
         if self.nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"RNNCell: nonlinearity must be 'tanh' or 'relu', got {self.nonlinearity!r}")
 
+    @property
+    def kind(self) -> str:
+        return f"rnn_{self.nonlinearity}"
+
     def step(self, w_hh, b_hh, xp, h):
         pre = self._hidden(w_hh, b_hh, xp, h)
         h = torch.tanh(pre) if self.nonlinearity == "tanh" else torch.relu(pre)
@@ -120,6 +124,7 @@ class LSTMCell(_Cell):
     """Gates ``i, f, g, o``: ``c' = f c + i g``, ``h' = o tanh(c')``. State ``(h, c)``."""
 
     gates: ClassVar[int] = 4
+    kind: ClassVar[str] = "lstm"
 
     def zero_state(self, batch_shape, like):
         z = super().zero_state(batch_shape, like)
@@ -142,6 +147,7 @@ class GRUCell(_Cell):
     """Gates ``r, z, n``: ``n = tanh(W_in x + b_in + r (W_hn h + b_hn))``, ``h' = (1 - z) n + z h``."""
 
     gates: ClassVar[int] = 3
+    kind: ClassVar[str] = "gru"
     folds_hidden_bias: ClassVar[bool] = False  # b_hn sits inside r * (W_hn h + b_hn)
 
     def step(self, w_hh, b_hh, xp, h):

@@ -1,119 +1,362 @@
-"""A hand-written VJP for the LSTM recurrence, the way JAX users write ``custom_vjp``.
+"""Hand-written VJPs for the RNN, LSTM and GRU recurrences, the way JAX users write
+``custom_vjp``.
 
 Differentiating the time loop op by op makes autograd record ~10 nodes per step and replay
-them; here the forward loop runs without recording and keeps what the backward needs (the
-gate activations and the cell states), and the backward is itself a loop of the BPTT
-recurrence: per step a few elementwise ops and one ``[B, 4H] @ [4H, H]`` matmul; the
-weight gradient is one matmul over all steps after the loop.
+them. Here the forward loop runs without recording and keeps what the backward needs (gate
+activations, cell states, previous hidden states); the backward is itself a loop, the BPTT
+recurrence, with per step a few elementwise ops and one ``[B, G*H] @ [G*H, H]`` matmul; the
+weight gradients are one matmul over all steps after the loop.
 
-``lstm_recurrence(xp, h0, c0, w_hh, mask, reverse)`` takes the hoisted input projection
-``xp: [T, B, 4H]`` (biases folded in) and returns ``(ys [T, B, H], h_T, c_T)``; its
-gradients flow to ``xp``, ``h0``, ``c0`` and ``w_hh`` (autograd carries them on to ``x``,
-``w_ih`` and the biases). It is a ``torch.autograd.Function`` with ``setup_context`` and a
-generated vmap rule, so ``fn.grad`` and ``fn.vmap`` compose with it. The op-by-op path in
-``cells.cell.LSTMCell.step`` stays the reference it is tested against.
+    ys, finals = recurrence(kind, xp, states, w_hh, b_hh=None, w_hr=None, mask=None, reverse=False)
 
-Under ``fn.jit`` both loops are unrolled. Steady state is then at or below ``nn.LSTM``
-(I=32 H=128 B=32 fwd+bwd here: 1.06x at T=16, 0.67x at T=64), but compile time grows with
-T (28 s at T=16, 132 s at T=64). Running the two loops - which are never differentiated -
-as torch's scan higher-order op would keep it flat, but on torch 2.13 that still fails
-inside a compiled ``torch.func.grad`` ("Expected FakeTensor").
+``kind``: ``"lstm"`` (states ``(h, c)``; ``w_hr`` for ``proj_size``), ``"gru"`` (state ``h``;
+``b_hh`` stays inside the recurrence since ``b_hn`` sits inside ``r * (W_hn h + b_hn)``),
+``"rnn_tanh"``, ``"rnn_relu"`` (state ``h``). ``xp: [T, B, G*H]`` is the hoisted input
+projection (with every bias that can be folded in); ``mask: [T, B, 1]`` bool holds the state
+and zeroes the output past each sequence's end. Gradients flow to ``xp``, the states and the
+weights (autograd carries them on to ``x``, ``w_ih`` and the folded biases).
+
+Two ways to run, one math:
+
+* eager: a ``torch.autograd.Function`` (``setup_context``, generated vmap rule) whose forward
+  and backward are the Python loops below, so ``fn.grad`` and ``fn.vmap`` compose with it;
+* under ``torch.compile`` (``fn.jit``): the same Function, but its forward and backward each
+  call one opaque custom op (``cells::recurrence``, ``cells::recurrence_backward``) that runs
+  the loop. The compiler sees two ops whatever ``T`` is, so compile time does not grow with
+  the sequence length and ``fullgraph=True`` holds (the rest of the step - projections, loss,
+  optimizer - is compiled and fused as usual). Under ``vmap`` inside ``fn.jit`` the ops loop
+  over the batched dimension.
+
+The op-by-op path (``cells.cell`` cells stepped by ``fnnet.scan``, ``fused=False`` on the
+layers) is the reference these loops are tested against.
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
+
+Tensor = torch.Tensor
+
+__all__ = ["recurrence"]
 
 
 def _order(T: int, reverse: bool) -> range:
     return range(T - 1, -1, -1) if reverse else range(T)
 
 
-def _stack(items: list, reverse: bool) -> torch.Tensor:
+def _stack(items: list, reverse: bool) -> Tensor:
     """Per-step tensors collected in loop order -> stacked in time order."""
     return torch.stack(items[::-1] if reverse else items)
 
 
-class _LSTMRecurrence(torch.autograd.Function):
-    # lists and stack, no in-place writes: the same code runs under vmap and torch.compile
+def _split(d_state: Tensor, d_out: Tensor | None, m_t: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """The gradient reaching a step's new state (from the next state and from this step's
+    output): the part that goes through the cell, and the part that skips it (a masked step,
+    ``m_t = 0``, passes the state on unchanged and outputs zero)."""
+    d = d_state if d_out is None else d_state + d_out
+    if m_t is None:
+        return d, None
+    return m_t * d, (1 - m_t) * d_state
+
+
+def _float_mask(mask: Tensor | None, T: int, dtype: torch.dtype) -> Tensor | list:
+    return [None] * T if mask is None else mask.to(dtype)
+
+
+def _plus(a: Tensor, b: Tensor | None) -> Tensor:
+    return a if b is None else a + b
+
+
+# -- LSTM: gates i, f, g, o; c' = f c + i g; h' = o tanh(c') (then W_hr h' with proj_size) --------
+def _lstm_forward(xp, states, w_hh, b_hh, w_hr, mask, reverse):
+    h, c = states
+    T, H = xp.shape[0], c.shape[-1]
+    w_t, w_hr_t = w_hh.t(), (None if w_hr is None else w_hr.t())
+    sig, tanh_g, c_new_all, h_prev_all, c_prev_all, ys = [], [], [], [], [], []
+    for t in _order(T, reverse):
+        h_prev_all.append(h)
+        c_prev_all.append(c)
+        gates = torch.addmm(xp[t], h, w_t)
+        s = torch.sigmoid(gates)  # one sigmoid for the three sigmoid gates (g's slot unused)
+        g = torch.tanh(gates[..., 2 * H:3 * H])
+        i, f, o = s[..., :H], s[..., H:2 * H], s[..., 3 * H:]
+        c_new = torch.addcmul(f * c, i, g)
+        h_new = o * torch.tanh(c_new)
+        if w_hr_t is not None:
+            h_new = h_new @ w_hr_t
+        sig.append(s)
+        tanh_g.append(g)
+        c_new_all.append(c_new)
+        if mask is None:
+            h, c = h_new, c_new
+            ys.append(h_new)
+        else:
+            m = mask[t]
+            h, c = torch.where(m, h_new, h), torch.where(m, c_new, c)
+            ys.append(h_new * m)
+    saved = [_stack(x, reverse) for x in (sig, tanh_g, c_new_all, h_prev_all, c_prev_all)]
+    return _stack(ys, reverse), (h, c), saved
+
+
+def _lstm_backward(dys, dfinals, w_hh, b_hh, w_hr, mask, reverse, ys, saved):
+    sig, g, c_new, h_prev, c_prev = saved
+    dh, dc = dfinals
+    T, H = sig.shape[0], g.shape[-1]
+    i, f, o = sig[..., :H], sig[..., H:2 * H], sig[..., 3 * H:]
+    tc = torch.tanh(c_new)
+    # all that does not depend on the incoming gradient, for all steps at once:
+    # d gates_t = [dc, dc, dc, dh] * K_t and dc_t = dc_{t+1} + dh * A_t
+    # three gates scale dc, the output gate scales dh: K3 [T, B, 3, H], Ko [T, B, H]
+    K3 = torch.stack([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)], -2)
+    Ko = tc * o * (1 - o)
+    A = o * (1 - tc * tc)
+    w3, wo = w_hh[:3 * H], w_hh[3 * H:]
+    m = _float_mask(mask, T, sig.dtype)
+    d3, do, dh_out = [], [], []
+    for t in _order(T, not reverse):
+        dh_t, dh_keep = _split(dh, dys[t], m[t])
+        dc_t, dc_keep = _split(dc, None, m[t])
+        if w_hr is not None:
+            dh_out.append(dh_t)
+            dh_t = dh_t @ w_hr
+        dct = torch.addcmul(dc_t, dh_t, A[t])
+        g3 = (dct.unsqueeze(-2) * K3[t]).flatten(-2)  # [B, 3H]
+        go = dh_t * Ko[t]
+        d3.append(g3)
+        do.append(go)
+        dh = _plus(torch.addmm(go @ wo, g3, w3), dh_keep)
+        dc = _plus(dct * f[t], dc_keep)
+    dgates = torch.cat([_stack(d3, not reverse), _stack(do, not reverse)], -1)
+    grads = {"w_hh": dgates.flatten(0, -2).t() @ h_prev.flatten(0, -2)}
+    if w_hr is not None:
+        grads["w_hr"] = _stack(dh_out, not reverse).flatten(0, -2).t() @ (o * tc).flatten(0, -2)
+    return dgates, (dh, dc), grads
+
+
+# -- GRU: gates r, z, n; n = tanh(x_n + r (W_hn h + b_hn)); h' = n + z (h - n) ---------------------
+def _gru_forward(xp, states, w_hh, b_hh, w_hr, mask, reverse):
+    (h,) = states
+    T, H = xp.shape[0], h.shape[-1]
+    w_t = w_hh.t()
+    rz_all, n_all, hn_all, h_prev_all, ys = [], [], [], [], []
+    for t in _order(T, reverse):
+        h_prev_all.append(h)
+        x_t = xp[t]
+        hp = h @ w_t if b_hh is None else torch.addmm(b_hh, h, w_t)
+        rz = torch.sigmoid(x_t[..., :2 * H] + hp[..., :2 * H])
+        hn = hp[..., 2 * H:]
+        n = torch.tanh(torch.addcmul(x_t[..., 2 * H:], rz[..., :H], hn))
+        h_new = torch.addcmul(n, rz[..., H:], h - n)
+        rz_all.append(rz)
+        n_all.append(n)
+        hn_all.append(hn)
+        if mask is None:
+            h = h_new
+            ys.append(h_new)
+        else:
+            h = torch.where(mask[t], h_new, h)
+            ys.append(h_new * mask[t])
+    saved = [_stack(x, reverse) for x in (rz_all, n_all, hn_all, h_prev_all)]
+    return _stack(ys, reverse), (h,), saved
+
+
+def _gru_backward(dys, dfinals, w_hh, b_hh, w_hr, mask, reverse, ys, saved):
+    rz, n, hn, h_prev = saved
+    (dh,) = dfinals
+    T, H = n.shape[0], n.shape[-1]
+    r, z = rz[..., :H], rz[..., H:]
+    Dn = (1 - z) * (1 - n * n)  # dh' -> d pre_n
+    Dz = (h_prev - n) * z * (1 - z)  # dh' -> d pre_z
+    Dr = hn * r * (1 - r)  # d pre_n -> d pre_r
+    m = _float_mask(mask, T, n.dtype)
+    drz_all, dpn_all, dhp_all = [], [], []
+    for t in _order(T, not reverse):
+        d, d_keep = _split(dh, dys[t], m[t])
+        dpn = d * Dn[t]
+        drz = torch.cat([dpn * Dr[t], d * Dz[t]], -1)
+        dhp = torch.cat([drz, dpn * r[t]], -1)
+        drz_all.append(drz)
+        dpn_all.append(dpn)
+        dhp_all.append(dhp)
+        dh = _plus(torch.addmm(d * z[t], dhp, w_hh), d_keep)
+    dxp = torch.cat([_stack(drz_all, not reverse), _stack(dpn_all, not reverse)], -1)
+    dhp = _stack(dhp_all, not reverse).flatten(0, -2)
+    grads = {"w_hh": dhp.t() @ h_prev.flatten(0, -2)}
+    if b_hh is not None:
+        grads["b_hh"] = dhp.sum(0)
+    return dxp, (dh,), grads
+
+
+# -- Elman RNN: h' = act(x_t + W_hh h) -----------------------------------------------------------
+def _rnn_forward(relu):
+    def forward(xp, states, w_hh, b_hh, w_hr, mask, reverse):
+        (h,) = states
+        act = torch.relu if relu else torch.tanh
+        w_t, h_prev_all, ys = w_hh.t(), [], []
+        for t in _order(xp.shape[0], reverse):
+            h_prev_all.append(h)
+            h_new = act(torch.addmm(xp[t], h, w_t))
+            if mask is None:
+                h = h_new
+                ys.append(h_new)
+            else:
+                h = torch.where(mask[t], h_new, h)
+                ys.append(h_new * mask[t])
+        return _stack(ys, reverse), (h,), [_stack(h_prev_all, reverse)]
+    return forward
+
+
+def _rnn_backward(relu):
+    def backward(dys, dfinals, w_hh, b_hh, w_hr, mask, reverse, ys, saved):
+        # ys holds each step's new h (zero where masked: the gradient there is zero too)
+        (h_prev,), (dh,) = saved, dfinals
+        D = (ys > 0).to(ys.dtype) if relu else 1 - ys * ys
+        m = _float_mask(mask, ys.shape[0], ys.dtype)
+        dpre_all = []
+        for t in _order(ys.shape[0], not reverse):
+            d, d_keep = _split(dh, dys[t], m[t])
+            dpre = d * D[t]
+            dpre_all.append(dpre)
+            dh = _plus(dpre @ w_hh, d_keep)
+        dxp = _stack(dpre_all, not reverse)
+        return dxp, (dh,), {"w_hh": dxp.flatten(0, -2).t() @ h_prev.flatten(0, -2)}
+    return backward
+
+
+_KINDS = {  # kind -> (forward, backward, number of state tensors)
+    "lstm": (_lstm_forward, _lstm_backward, 2),
+    "gru": (_gru_forward, _gru_backward, 1),
+    "rnn_tanh": (_rnn_forward(False), _rnn_backward(False), 1),
+    "rnn_relu": (_rnn_forward(True), _rnn_backward(True), 1),
+}
+
+
+def _run_forward(kind, reverse, xp, states, w_hh, b_hh, w_hr, mask) -> list[Tensor]:
+    """``[ys, *finals, *saved]``, fresh tensors."""
+    ys, finals, saved = _KINDS[kind][0](xp, tuple(states), w_hh, b_hh, w_hr, mask, reverse)
+    return [ys, *(f.clone() if xp.shape[0] == 0 else f for f in finals), *saved]
+
+
+def _run_backward(kind, reverse, grads, w_hh, b_hh, w_hr, mask, saved) -> list[Tensor]:
+    """``[dxp, *dstates, dw_hh, (db_hh), (dw_hr)]``; ``grads = [dys, *dfinals]``, ``saved = [ys, *saved]``."""
+    n = _KINDS[kind][2]
+    dys, dfinals = grads[0], tuple(grads[1:1 + n])
+    dxp, dstates, dw = _KINDS[kind][1](dys, dfinals, w_hh, b_hh, w_hr, mask, reverse, saved[0], saved[1:])
+    if dys.shape[0] == 0:
+        dstates = tuple(d.clone() for d in dstates)
+    return [dxp, *dstates, dw["w_hh"], *([dw["b_hh"]] if b_hh is not None else []),
+            *([dw["w_hr"]] if w_hr is not None else [])]
+
+
+# -- the custom ops: what torch.compile sees ---------------------------------------------------------
+@torch.library.custom_op("cells::recurrence", mutates_args=())
+def _recurrence_op(kind: str, reverse: bool, xp: Tensor, states: list[Tensor], w_hh: Tensor,
+                   b_hh: Optional[Tensor], w_hr: Optional[Tensor], mask: Optional[Tensor]) -> list[Tensor]:  # noqa: UP045
+    return _run_forward(kind, reverse, xp, states, w_hh, b_hh, w_hr, mask)
+
+
+@_recurrence_op.register_fake
+def _(kind, reverse, xp, states, w_hh, b_hh, w_hr, mask):
+    T, B = xp.shape[0], xp.shape[1]
+    h = states[0]
+    H, P = (states[1].shape[-1], h.shape[-1]) if kind == "lstm" else (h.shape[-1], h.shape[-1])
+    new = xp.new_empty
+    saved = {"lstm": [(4 * H,), (H,), (H,), (P,), (H,)], "gru": [(2 * H,), (H,), (H,), (H,)]}
+    return [new(T, B, P), *(new(s.shape) for s in states),
+            *(new(T, B, *shape) for shape in saved.get(kind, [(H,)]))]
+
+
+@torch.library.custom_op("cells::recurrence_backward", mutates_args=())
+def _recurrence_backward_op(kind: str, reverse: bool, grads: list[Tensor], w_hh: Tensor,
+                            b_hh: Optional[Tensor], w_hr: Optional[Tensor],  # noqa: UP045
+                            mask: Optional[Tensor], saved: list[Tensor]) -> list[Tensor]:  # noqa: UP045
+    return _run_backward(kind, reverse, grads, w_hh, b_hh, w_hr, mask, saved)
+
+
+@_recurrence_backward_op.register_fake
+def _(kind, reverse, grads, w_hh, b_hh, w_hr, mask, saved):
+    n = _KINDS[kind][2]
+    xp_last = w_hh.shape[0]
+    T, B = grads[0].shape[0], grads[0].shape[1]
+    return [grads[0].new_empty(T, B, xp_last), *(g.new_empty(g.shape) for g in grads[1:1 + n]),
+            w_hh.new_empty(w_hh.shape), *([b_hh.new_empty(b_hh.shape)] if b_hh is not None else []),
+            *([w_hr.new_empty(w_hr.shape)] if w_hr is not None else [])]
+
+
+def _loop_vmap(op):
+    """A vmap rule for an op over lists of tensors: run it once per batch index and stack."""
+    def take(arg, dim, b):
+        if isinstance(arg, (list, tuple)):
+            return [take(a, d, b) for a, d in zip(arg, dim)]
+        return arg if dim is None else arg.select(dim, b)
+
+    def rule(info, in_dims, *args):
+        outs = [op(*(take(a, d, b) for a, d in zip(args, in_dims))) for b in range(info.batch_size)]
+        stacked = [torch.stack(list(col)) for col in zip(*outs)]
+        return stacked, [0] * len(stacked)
+    return rule
+
+
+_recurrence_op.register_vmap(_loop_vmap(_recurrence_op))
+_recurrence_backward_op.register_vmap(_loop_vmap(_recurrence_backward_op))
+
+
+class _Recurrence(torch.autograd.Function):
+    # lists and stack, no in-place writes: the loops run under vmap as they are
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(xp, h0, c0, w_hh, mask, reverse):
-        T, H = xp.shape[0], h0.shape[-1]
-        w_t = w_hh.t()
-        sig, tanh_g, c_new_all, h_prev_all, c_prev_all, ys = [], [], [], [], [], []
-        h, c = h0, c0
-        for t in _order(T, reverse):
-            h_prev_all.append(h)
-            c_prev_all.append(c)
-            gates = torch.addmm(xp[t], h, w_t)
-            s = torch.sigmoid(gates)
-            g = torch.tanh(gates[..., 2 * H:3 * H])
-            i, f, o = s[..., :H], s[..., H:2 * H], s[..., 3 * H:]
-            c_new = torch.addcmul(f * c, i, g)
-            h_new = o * torch.tanh(c_new)
-            sig.append(s)
-            tanh_g.append(g)
-            c_new_all.append(c_new)
-            if mask is None:
-                h, c = h_new, c_new
-                ys.append(h_new)
-            else:
-                m = mask[t]
-                h, c = torch.where(m, h_new, h), torch.where(m, c_new, c)
-                ys.append(h_new * m)
-        saved = [_stack(x, reverse) for x in (sig, tanh_g, c_new_all, h_prev_all, c_prev_all)]
-        return (_stack(ys, reverse), h, c, *saved)
+    def forward(kind, reverse, mask, xp, w_hh, b_hh, w_hr, *states):
+        if torch.compiler.is_compiling():
+            with torch.no_grad():  # the op's autograd is this Function's backward
+                return tuple(_recurrence_op(kind, reverse, xp, list(states), w_hh, b_hh, w_hr, mask))
+        return tuple(_run_forward(kind, reverse, xp, states, w_hh, b_hh, w_hr, mask))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _, _, _, w_hh, mask, reverse = inputs
-        saved = output[3:]
-        ctx.save_for_backward(w_hh, mask, *saved)
-        ctx.reverse = reverse
+        kind, reverse, mask, _, w_hh, b_hh, w_hr, *states = inputs
+        n = len(states)
+        saved = output[1 + n:]
+        ctx.save_for_backward(w_hh, b_hh, w_hr, mask, output[0], *saved)
+        ctx.kind, ctx.reverse, ctx.n = kind, reverse, n
         ctx.mark_non_differentiable(*saved)
         ctx.set_materialize_grads(False)  # no zero-filled gradients for the saved outputs
 
     @staticmethod
-    def backward(ctx, dys, dh_T, dc_T, *_):
-        w_hh, mask, sig, g, c_new, h_prev, c_prev = ctx.saved_tensors
-        T, H = sig.shape[0], g.shape[-1]
-        i, f, o = sig[..., :H], sig[..., H:2 * H], sig[..., 3 * H:]
-        tc = torch.tanh(c_new)
-        # everything that does not depend on the incoming gradient, for all steps at once:
-        # d gates_t = [dc, dc, dc, dh] * K_t and dc_t = dc_{t+1} + dh * A_t
-        # three gates scale dc, the output gate scales dh: K3 [T, B, 3, H], Ko [T, B, H]
-        K3 = torch.stack([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)], -2)
-        Ko = tc * o * (1 - o)
-        A = o * (1 - tc * tc)
-        w3, wo = w_hh[:3 * H].reshape(3, H, H), w_hh[3 * H:]
-        keep = None if mask is None else 1 - mask.to(sig.dtype)
-        dh = dh_T if dh_T is not None else torch.zeros_like(h_prev[0])
-        dc = dc_T if dc_T is not None else torch.zeros_like(c_prev[0])
-        d3, do = [], []
-        for t in _order(T, not ctx.reverse):
-            dh_new, dc_new = (dh + dys[t] if dys is not None else dh), dc
-            if keep is not None:  # a masked step passed h and c through unchanged
-                dh_keep, dc_keep = keep[t] * dh, keep[t] * dc
-                dh_new, dc_new = dh_new - keep[t] * dh_new, dc_new - dc_keep
-            dct = torch.addcmul(dc_new, dh_new, A[t])
-            g3 = dct.unsqueeze(-2) * K3[t]  # [B, 3, H]
-            go = dh_new * Ko[t]
-            d3.append(g3)
-            do.append(go)
-            dh = torch.addmm(go @ wo, g3.flatten(-2), w3.flatten(0, 1))
-            dc = dct * f[t]
-            if keep is not None:
-                dh, dc = dh + dh_keep, dc + dc_keep
-        dgates = torch.cat([_stack(d3, not ctx.reverse).flatten(-2), _stack(do, not ctx.reverse)], -1)
-        dw_hh = dgates.flatten(0, -2).t() @ h_prev.flatten(0, -2)
-        return dgates, dh, dc, dw_hh, None, None
+    def backward(ctx, dys, *dfinals):
+        w_hh, b_hh, w_hr, mask, *saved = ctx.saved_tensors
+        ys = saved[0]
+        grads = [dys if dys is not None else torch.zeros_like(ys)]
+        for d, s in zip(dfinals[:ctx.n], _final_likes(ctx.kind, saved)):
+            grads.append(d if d is not None else torch.zeros_like(s))
+        if torch.compiler.is_compiling():
+            with torch.no_grad():
+                out = _recurrence_backward_op(ctx.kind, ctx.reverse, grads, w_hh, b_hh, w_hr, mask, saved)
+        else:
+            out = _run_backward(ctx.kind, ctx.reverse, grads, w_hh, b_hh, w_hr, mask, saved)
+        dxp, dstates, rest = out[0], out[1:1 + ctx.n], iter(out[1 + ctx.n:])
+        dw_hh = next(rest)
+        db_hh = next(rest) if b_hh is not None else None
+        dw_hr = next(rest) if w_hr is not None else None
+        return (None, None, None, dxp, dw_hh, db_hh, dw_hr, *dstates)
 
 
-def lstm_recurrence(xp: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor,
-                    mask: torch.Tensor | None = None, reverse: bool = False):
-    """xp ``[T, B, 4H]``, h0/c0 ``[B, H]``, w_hh ``[4H, H]``, mask ``[T, B, 1]`` bool or None
-    -> ``(ys [T, B, H], h_T, c_T)``."""
-    ys, h, c, *_ = _LSTMRecurrence.apply(xp, h0, c0, w_hh, mask, reverse)
-    return ys, h, c
+def _final_likes(kind: str, saved: list) -> list:
+    """A tensor shaped like each final state (one step of the saved previous states)."""
+    if kind == "lstm":
+        return [saved[4][0], saved[5][0]]  # h_prev, c_prev
+    return [saved[-1][0]]  # h_prev
+
+
+def recurrence(kind: str, xp: Tensor, states: tuple, w_hh: Tensor, b_hh: Tensor | None = None,
+               w_hr: Tensor | None = None, mask: Tensor | None = None, reverse: bool = False):
+    """xp ``[T, B, G*H]``, states ``(h [B, P], c [B, H])`` (LSTM) or ``(h [B, H],)``, w_hh
+    ``[G*H, P]``, b_hh ``[G*H]`` (GRU), w_hr ``[P, H]`` (LSTM proj), mask ``[T, B, 1]`` bool
+    -> ``(ys [T, B, P], finals)`` with ``finals`` shaped like ``states``."""
+    if kind not in _KINDS:
+        raise ValueError(f"recurrence: kind must be one of {sorted(_KINDS)}, got {kind!r}")
+    out = _Recurrence.apply(kind, reverse, mask, xp, w_hh, b_hh, w_hr, *states)
+    n = len(states)
+    return out[0], tuple(out[1:1 + n])

@@ -34,7 +34,7 @@ from fnnet.layers._util import expect, param
 from fnnet.scan import scan
 
 from .cell import GRUCell, LSTMCell, RNNCell, _Cell
-from .fused import lstm_recurrence
+from .fused import recurrence
 
 
 @dataclass(frozen=True)
@@ -47,9 +47,9 @@ class _RNNBase(fn.Module):
     dropout: float = 0.0
     bidirectional: bool = False
     learn_initial_state: bool = False
+    fused: bool = True
 
     cell_type: ClassVar[type] = RNNCell
-    fused: ClassVar[bool] = False  # a hand-written VJP for the recurrence (cells.fused)
 
     def __post_init__(self):
         if self.num_layers < 1 or self.hidden_size < 1 or self.input_size < 1:
@@ -155,9 +155,11 @@ class _RNNBase(fn.Module):
         w_ih, w_hh, b_ih, b_hh, *extra = weights
         cell = self.cell()
         xp = cell.project(w_ih, b_ih, b_hh, x)  # all time steps in one matmul
-        if self.fused and not extra:
-            ys, h, c = lstm_recurrence(xp, state[0], state[1], w_hh, mask, reverse)
-            return (h, c), ys
+        if self.fused:
+            states = state if isinstance(state, tuple) else (state,)
+            b = None if cell.folds_hidden_bias else b_hh
+            ys, finals = recurrence(cell.kind, xp, states, w_hh, b, *extra, mask=mask, reverse=reverse)
+            return (finals if len(finals) > 1 else finals[0]), ys
 
         if mask is None:
             def body(s, xp_t):
@@ -237,7 +239,6 @@ class LSTM(_RNNBase):
     proj_size: int = 0
 
     cell_type: ClassVar[type] = LSTMCell
-    fused: ClassVar[bool] = True  # without proj_size; the op-by-op step is the reference
 
     def __post_init__(self):
         super().__post_init__()

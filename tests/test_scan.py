@@ -1,0 +1,148 @@
+"""fnnet.scan has jax.lax.scan's semantics over pytrees, differentiates (also w.r.t. weights
+closed over by the body), batches, and compiles; without gradients it compiles the body once."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+from conftest import assert_close
+from hypothesis import given
+from hypothesis import strategies as st
+
+import fnnet as fn
+from fnnet.scan import scan
+
+scan_module = importlib.import_module("fnnet.scan")  # fnnet.scan is also the function
+
+
+def rnn_body(w):
+    """A small pytree-carrying body: carry {"h": [B, H], "steps": []}, x (a [B, H], b [B])."""
+    def f(carry, x):
+        a, b = x
+        h = torch.tanh(carry["h"] @ w + a * b.unsqueeze(-1))
+        return {"h": h, "steps": carry["steps"] + 1}, (h.sum(-1), {"h": h})
+    return f
+
+
+def python_loop(f, carry, xs, T, reverse=False):
+    ys = [None] * T
+    for t in (reversed(range(T)) if reverse else range(T)):
+        carry, ys[t] = f(carry, fn.tree.map(lambda x, t=t: x[t], xs))
+    return carry, fn.tree.map(lambda *y: torch.stack(y), *ys)
+
+
+@given(T=st.integers(1, 6), B=st.integers(1, 3), H=st.integers(1, 4), reverse=st.booleans(), seed=st.integers(0, 99))
+def test_scan_matches_a_python_loop_over_pytrees(T, B, H, reverse, seed):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(H, H, generator=g, dtype=torch.float64)
+    xs = (torch.randn(T, B, H, generator=g, dtype=torch.float64), torch.randn(T, B, generator=g, dtype=torch.float64))
+    carry = {"h": torch.zeros(B, H, dtype=torch.float64), "steps": torch.zeros((), dtype=torch.float64)}
+    got_carry, got_ys = scan(rnn_body(w), carry, xs, reverse=reverse)
+    want_carry, want_ys = python_loop(rnn_body(w), carry, xs, T, reverse)
+    assert fn.tree.same_structure(got_ys, want_ys) and got_ys[0].shape == (T, B)
+    for a, b in zip(fn.tree.leaves((got_carry, got_ys)), fn.tree.leaves((want_carry, want_ys))):
+        assert_close(a, b)
+    assert got_carry["steps"].item() == T
+
+
+def test_reverse_runs_from_the_last_step_and_stores_each_y_at_its_own_index():
+    xs = torch.arange(1.0, 6.0)
+    total, partial = scan(lambda c, x: (c + x, c + x), torch.zeros(()), xs, reverse=True)
+    assert total.item() == 15.0
+    assert partial.tolist() == [15.0, 14.0, 12.0, 9.0, 5.0]  # suffix sums
+
+
+def test_xs_none_with_length_and_a_body_without_outputs():
+    carry, ys = scan(lambda c, x: (c * 2, None), torch.ones(()), None, length=4)
+    assert carry.item() == 16.0 and ys is None
+    carry, ys = scan(lambda c, x: (c + 1, c), torch.zeros(2), length=3)
+    assert ys.tolist() == [[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]]
+
+
+def test_empty_scan_returns_the_initial_carry():
+    carry, ys = scan(lambda c, x: (c + x, x), torch.ones(3), torch.empty(0, 3))
+    assert carry.tolist() == [1.0, 1.0, 1.0] and ys is None
+
+
+def test_bad_arguments_say_what_is_wrong():
+    with pytest.raises(ValueError, match="give xs or length"):
+        scan(lambda c, x: (c, x), torch.zeros(()), None)
+    with pytest.raises(ValueError, match="same leading length 3; leaf 1 has shape \\[4\\]"):
+        scan(lambda c, x: (c, x), torch.zeros(()), (torch.zeros(3), torch.zeros(4)))
+    with pytest.raises(ValueError, match="length=5 but xs has leading length 3"):
+        scan(lambda c, x: (c, x), torch.zeros(()), torch.zeros(3), length=5)
+    with pytest.raises(ValueError, match="no leaves"):
+        scan(lambda c, x: (c, x), torch.zeros(()), {})
+
+
+def _closed_over_weight_loss(w, xs):
+    """The initial carry does not require grad; only the weight closed over by the body does
+    (the case whose gradient torch's scan op silently zeroed, pytorch/pytorch#184528)."""
+    carry, ys = scan(lambda h, x: (torch.tanh(h @ w + x),) * 2, torch.zeros(2, 3), xs)
+    return ys.square().sum() + carry.sum()
+
+
+def _closed_over_weight_reference(w, xs):
+    h, total = torch.zeros(2, 3), 0.0
+    for x in xs:
+        h = torch.tanh(h @ w + x)
+        total = total + h.square().sum()
+    return total + h.sum()
+
+
+def test_gradient_reaches_weights_closed_over_by_the_body_eager_and_compiled():
+    w, xs = torch.randn(3, 3), torch.randn(5, 2, 3)
+    want = fn.grad(_closed_over_weight_reference)(w, xs)
+    assert want.abs().sum() > 0
+    assert_close(fn.grad(_closed_over_weight_loss)(w, xs), want)
+    compiled = fn.jit(fn.grad(_closed_over_weight_loss), backend="aot_eager")
+    assert_close(compiled(w, xs), want)
+
+
+def test_vmap_over_a_batch_of_weights_matches_one_at_a_time():
+    ws, xs = torch.randn(4, 3, 3), torch.randn(5, 2, 3)
+    batched = fn.vmap(lambda w: fn.grad(_closed_over_weight_loss)(w, xs))(ws)
+    for i in range(4):
+        assert_close(batched[i], fn.grad(_closed_over_weight_loss)(ws[i], xs))
+
+
+def _graph_sizes():
+    sizes = []
+
+    def backend(gm, example_inputs):
+        sizes.append(sum(len(m.graph.nodes) for m in gm.modules() if isinstance(m, torch.fx.GraphModule)))
+        return gm.forward
+    return sizes, backend
+
+
+@pytest.mark.skipif(scan_module._scan_hop is None, reason="this torch has no scan higher-order op")
+def test_compiled_without_gradients_the_body_is_traced_once_whatever_the_length():
+    w = torch.randn(4, 4)
+    carry0 = {"h": torch.zeros(3, 4), "steps": torch.zeros(())}
+    sizes, backend = _graph_sizes()
+    for T in (4, 64):
+        xs = (torch.randn(T, 3, 4), torch.randn(T, 3))
+        compiled = fn.jit(lambda c, xs: scan(rnn_body(w), c, xs, reverse=True), backend=backend, dynamic=False)
+        with torch.no_grad():
+            got = compiled(carry0, xs)
+            want = scan(rnn_body(w), carry0, xs, reverse=True)
+        for a, b in zip(fn.tree.leaves(got), fn.tree.leaves(want)):
+            assert_close(a, b)
+    assert sizes[0] == sizes[1], f"graph grew with the length: {sizes}"
+
+
+@pytest.mark.skipif(scan_module._scan_hop is None, reason="this torch has no scan higher-order op")
+def test_compiled_without_gradients_bodies_that_pass_the_carry_through_or_return_no_y():
+    sizes, backend = _graph_sizes()
+
+    def f(xs):
+        c, ys = scan(lambda c, x: ((c[0] + x, c[1]), c[0]), (torch.zeros(2), torch.ones(())), xs)
+        n, none = scan(lambda n, x: (n * 2, None), torch.ones(()), length=3)
+        return c, ys, n, none
+
+    with torch.no_grad():
+        (c, keep), ys, n, none = fn.jit(f, backend=backend)(torch.ones(4, 2))
+    assert c.tolist() == [4.0, 4.0] and keep.item() == 1.0 and ys[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert n.item() == 8.0 and none is None and sizes
