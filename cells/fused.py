@@ -24,8 +24,8 @@ Two ways to run, one math:
   call one opaque custom op (``cells::recurrence``, ``cells::recurrence_backward``) that runs
   the loop. The compiler sees two ops whatever ``T`` is, so compile time does not grow with
   the sequence length and ``fullgraph=True`` holds (the rest of the step - projections, loss,
-  optimizer - is compiled and fused as usual). Under ``vmap`` inside ``fn.jit`` the ops loop
-  over the batched dimension.
+  optimizer - is compiled and fused as usual). torch.compile cannot yet ``vmap`` an
+  ``autograd.Function``; a compiled ``vmap`` (an ensemble) takes ``fused=False`` on the layer.
 
 The op-by-op path (``cells.cell`` cells stepped by ``fnnet.scan``, ``fused=False`` on the
 layers) is the reference these loops are tested against.
@@ -283,24 +283,6 @@ def _(kind, reverse, grads, w_hh, b_hh, w_hr, mask, saved):
     return [grads[0].new_empty(T, B, xp_last), *(g.new_empty(g.shape) for g in grads[1:1 + n]),
             w_hh.new_empty(w_hh.shape), *([b_hh.new_empty(b_hh.shape)] if b_hh is not None else []),
             *([w_hr.new_empty(w_hr.shape)] if w_hr is not None else [])]
-
-
-def _loop_vmap(op):
-    """A vmap rule for an op over lists of tensors: run it once per batch index and stack."""
-    def take(arg, dim, b):
-        if isinstance(arg, (list, tuple)):
-            return [take(a, d, b) for a, d in zip(arg, dim)]
-        return arg if dim is None else arg.select(dim, b)
-
-    def rule(info, in_dims, *args):
-        outs = [op(*(take(a, d, b) for a, d in zip(args, in_dims))) for b in range(info.batch_size)]
-        stacked = [torch.stack(list(col)) for col in zip(*outs)]
-        return stacked, [0] * len(stacked)
-    return rule
-
-
-_recurrence_op.register_vmap(_loop_vmap(_recurrence_op))
-_recurrence_backward_op.register_vmap(_loop_vmap(_recurrence_backward_op))
 
 
 class _Recurrence(torch.autograd.Function):

@@ -1,0 +1,54 @@
+"""Compiled training steps of the sequence layers: one graph (fullgraph), the same numbers
+as eager, and a graph whose size does not depend on the sequence length (the time loop runs
+inside the cells.fused ops instead of being unrolled)."""
+
+from __future__ import annotations
+
+import torch
+from conftest import assert_trees_close
+from torch._dynamo.backends.common import aot_autograd
+
+import cells
+import fnnet as fn
+from fnnet import random
+
+
+def _lowered_graph_sizes():
+    """A backend that records the size of the aten graph inductor would be given."""
+    sizes = []
+
+    def count(gm, example_inputs):
+        sizes.append(len(gm.graph.nodes))
+        return gm.forward
+    return sizes, aot_autograd(fw_compiler=count)
+
+
+def test_compiled_training_step_graph_does_not_grow_with_the_sequence_length():
+    for layer in (cells.LSTM(3, 5, num_layers=2, bidirectional=True, proj_size=2), cells.GRU(3, 5), cells.RNN(3, 5)):
+        params = layer.init(random.key(0))
+        sizes, backend = _lowered_graph_sizes()
+        for T in (3, 40):
+            x, lengths = torch.randn(T, 2, 3), torch.tensor([T, 1])
+
+            def loss(p, x, lengths=lengths, layer=layer):
+                out, h = layer.apply(p, x, lengths=lengths)
+                return out.square().mean() + sum(s.sum() for s in (h if isinstance(h, tuple) else (h,)))
+            step = fn.value_and_grad(loss)
+            compiled = fn.jit(step, backend=backend, dynamic=False)(params, x)
+            eager = step(params, x)
+            assert_trees_close(compiled[1], eager[1], msg=type(layer).__name__)
+        assert len(sizes) == 2 and sizes[0] == sizes[1], f"{type(layer).__name__}: graph grew with T: {sizes}"
+
+
+def test_compiled_vmap_over_a_batch_of_param_sets_matches_eager_on_the_step_by_step_path():
+    """torch.compile cannot vmap an autograd.Function yet ("ApplyTemplate" has no vmap support
+    under dynamo), so a compiled ensemble uses fused=False: the cells differentiated step by step."""
+    lstm = cells.LSTM(2, 3, fused=False)
+    stacked = fn.tree.stack([lstm.init(k) for k in random.split(random.key(0), 3)])
+    x = torch.randn(4, 2, 2)
+
+    def grads(p):
+        return fn.grad(lambda p: lstm.apply(p, x)[0].square().sum())(p)
+    want = fn.vmap(grads)(stacked)
+    got = fn.jit(fn.vmap(grads), backend="aot_eager")(stacked)
+    assert_trees_close(got, want)
