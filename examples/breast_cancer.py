@@ -7,7 +7,7 @@ Adam's ``weight_decay=`` (L2, as ``torch.optim.Adam``'s).
 Data: the Wisconsin Diagnostic Breast Cancer set (569 tumours, 30 features, 63% benign),
 ``sklearn.datasets.load_breast_cancer``, shipped with scikit-learn (BSD-3-Clause; data from
 the UCI repository, CC BY 4.0). 114 held out at random. Defaults (500 Adam steps, batch 64)
-reach a held-out accuracy of 0.98 in a few seconds (the issue asks for >= 0.9).
+reach a held-out accuracy of 0.965 in about 8 s (the issue asks for >= 0.9).
 """
 
 from __future__ import annotations

