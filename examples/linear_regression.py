@@ -42,7 +42,7 @@ def run(steps=None, device="cpu", seed=0, out=None, compile=None, progress=True)
 
     step = common.compile_step(step, compile)
     history = []
-    for i in (bar := common.progress(steps, "linear_regression", progress)):
+    for _ in (bar := common.progress(steps, "linear_regression", progress)):
         params, state, loss = step(params, state, x, y)
         history.append(common.finite(loss))
         bar.set_postfix(loss=f"{history[-1]:.4f}", refresh=False)

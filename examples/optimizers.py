@@ -60,7 +60,7 @@ def run(steps=None, device="cpu", seed=0, out=None, compile=None, progress=True)
         opt = make()
         params, state = init_params, opt.init(init_params)
         data, curve = common.batches(kbatch, (x, y), 32), []   # same key: same batches for all
-        for _ in (bar := common.progress(steps, name, progress)):
+        for _ in common.progress(steps, name, progress):
             loss, grads = loss_and_grad(params, *next(data))
             updates, state = opt.update(grads, state, params)
             params = optim.apply_updates(params, updates)

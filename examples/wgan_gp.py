@@ -35,7 +35,7 @@ def run(steps=None, device="cpu", seed=0, out=None, compile=None, progress=True)
     steps = STEPS if steps is None else steps
     dev = common.device(device)
     out = common.out_dir(out, "wgan_gp")
-    kg, kd, kdata, knoise, keval = random.split(random.key(seed), 5)
+    kg, kd, _, knoise, keval = random.split(random.key(seed), 5)
 
     G = mlp([NOISE, 400, 400, 400, 2])
     critic = mlp([2, 400, 400, 400, 1])                  # raw scores, no sigmoid
