@@ -1,4 +1,4 @@
-"""Adam, AdamW and Adamax, as their ``torch.optim`` namesakes."""
+"""Adam, AdamW and Adamax, as their ``torch.optim`` namesakes (single-tensor formulas)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from .base import GradientTransformation, optimizer, weight_decayed
 
 
 def _adam(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled) -> GradientTransformation:
-    hp = {"lr": lr, "beta1": betas[0], "beta2": betas[1], "eps": eps, "weight_decay": weight_decay}
+    hp = {"lr": lr, "beta1": betas[0], "beta2": betas[1], "eps": eps}
+    if weight_decay != 0:
+        hp["weight_decay"] = weight_decay
 
     def slots(params):
         s = {"exp_avg": [torch.zeros_like(p) for p in params],
@@ -18,20 +20,20 @@ def _adam(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled) -> Gradien
             s["max_exp_avg_sq"] = [torch.zeros_like(p) for p in params]
         return s
 
-    def step(g, p, s, h, count):
-        lr, b1, b2 = h["lr"], h["beta1"], h["beta2"]
-        g = weight_decayed(g, p, h["weight_decay"] if weight_decay != 0 and not decoupled else 0, maximize)
-        m = _ops.add(s["exp_avg"], _ops.mul(_ops.sub(g, s["exp_avg"]), 1 - b1))  # lerp, as torch
-        v = _ops.add(_ops.mul(s["exp_avg_sq"], b2), _ops.mul(_ops.square(g), 1 - b2))
+    def step(ops, g, p, s, h, count):
+        lr, b1, b2, wd = h["lr"], h["beta1"], h["beta2"], h.get("weight_decay")
+        g = weight_decayed(ops, g, p, None if decoupled else wd, maximize)
+        m = ops.lerp(s["exp_avg"], g, 1 - b1)                                # exp_avg.lerp_(grad, 1 - beta1)
+        v = ops.addcmul_(ops.mul(s["exp_avg_sq"], b2), g, g, 1 - b2)          # .mul_(beta2).addcmul_(g, g, 1 - beta2)
         new = {"exp_avg": m, "exp_avg_sq": v}
         if amsgrad:
-            v = new["max_exp_avg_sq"] = _ops.maximum(s["max_exp_avg_sq"], v)
-        bc1 = 1 - b1 ** count
-        bc2_sqrt = torch.sqrt(1 - b2 ** count)
-        denom = _ops.add(_ops.mul(_ops.sqrt(v), 1 / bc2_sqrt), h["eps"])
-        updates = _ops.mul(_ops.div(m, denom), -lr / bc1)
-        if decoupled and weight_decay != 0:
-            updates = _ops.axpy(-lr * h["weight_decay"], p, updates)
+            v = new["max_exp_avg_sq"] = ops.maximum(s["max_exp_avg_sq"], v)
+        step_size = lr / (1 - b1 ** count)
+        bc2_sqrt = _ops.ssqrt(1 - b2 ** count)
+        denom = ops.add_(ops.div_(ops.sqrt(v), bc2_sqrt), h["eps"])           # (v.sqrt() / bc2_sqrt).add_(eps)
+        updates = ops.mul_(ops.div(m, denom), -step_size)                     # p.addcdiv_(m, denom, value=-step_size)
+        if decoupled and wd is not None:
+            updates = ops.add(updates, p, alpha=-lr * wd)                      # p.mul_(1 - lr * wd), first
         return updates, new
 
     return optimizer(hp, slots, step)
@@ -39,7 +41,8 @@ def _adam(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled) -> Gradien
 
 def adam(lr=1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
          weight_decay: float = 0.0, amsgrad: bool = False, *, maximize: bool = False) -> GradientTransformation:
-    """Adam with L2 weight decay added to the gradient, optional AMSGrad, as ``torch.optim.Adam``."""
+    """Adam with L2 weight decay added to the gradient, optional AMSGrad, as ``torch.optim.Adam``.
+    State: ``exp_avg``, ``exp_avg_sq`` (and ``max_exp_avg_sq``), named as torch names them."""
     return _adam(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled=False)
 
 
@@ -51,18 +54,21 @@ def adamw(lr=1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
 
 def adamax(lr=2e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
            weight_decay: float = 0.0, *, maximize: bool = False) -> GradientTransformation:
-    """Adam with the infinity norm: ``u = max(b2 u, |g| + eps)``; ``p -= lr / (1 - b1^t) m / u``."""
-    hp = {"lr": lr, "beta1": betas[0], "beta2": betas[1], "eps": eps, "weight_decay": weight_decay}
+    """Adam with the infinity norm: ``u = max(b2 u, |g| + eps)``; ``p -= lr / (1 - b1^t) m / u``
+    (``torch.optim.Adamax``)."""
+    hp = {"lr": lr, "beta1": betas[0], "beta2": betas[1], "eps": eps}
+    if weight_decay != 0:
+        hp["weight_decay"] = weight_decay
 
     def slots(params):
         return {"exp_avg": [torch.zeros_like(p) for p in params],
                 "exp_inf": [torch.zeros_like(p) for p in params]}
 
-    def step(g, p, s, h, count):
-        g = weight_decayed(g, p, h["weight_decay"] if weight_decay != 0 else 0, maximize)
-        m = _ops.add(s["exp_avg"], _ops.mul(_ops.sub(g, s["exp_avg"]), 1 - h["beta1"]))
-        u = _ops.maximum(_ops.mul(s["exp_inf"], h["beta2"]), _ops.add(_ops.abs(g), h["eps"]))
+    def step(ops, g, p, s, h, count):
+        g = weight_decayed(ops, g, p, h.get("weight_decay"), maximize)
+        m = ops.lerp(s["exp_avg"], g, 1 - h["beta1"])
+        u = ops.maximum(ops.mul(s["exp_inf"], h["beta2"]), ops.add(ops.abs(g), h["eps"]))
         clr = h["lr"] / (1 - h["beta1"] ** count)
-        return _ops.mul(_ops.div(m, u), -clr), {"exp_avg": m, "exp_inf": u}
+        return ops.mul(ops.div(m, u), -clr), {"exp_avg": m, "exp_inf": u}
 
     return optimizer(hp, slots, step)

@@ -31,12 +31,13 @@ class GradientTransformation(NamedTuple):
 
 
 def apply_updates(params: Any, updates: Any) -> Any:
-    """``params + updates`` leaf-wise (``None`` updates leave a leaf as it is)."""
+    """``params + updates`` leaf-wise, in one ``_foreach_add`` (updates cast to each param's dtype)."""
     flat_p, spec = T.flatten(params)
     flat_u = T.leaves(updates)
     if len(flat_u) != len(flat_p):
         raise ValueError(f"apply_updates: updates have {len(flat_u)} leaves, params {len(flat_p)}")
-    return T.unflatten(spec, [p + u.to(p.dtype) for p, u in zip(flat_p, flat_u)])
+    flat_u = [u if u.dtype == p.dtype else u.to(p.dtype) for p, u in zip(flat_p, flat_u)]
+    return T.unflatten(spec, _ops.for_leaves(flat_p, flat_u).add(flat_p, flat_u))
 
 
 def chain(*transforms: GradientTransformation) -> GradientTransformation:
@@ -65,10 +66,16 @@ def set_to_zero() -> GradientTransformation:
                                   lambda grads, state, params=None, **_: (T.zeros_like(grads), state))
 
 
+def hyperparam_dtype(like: torch.Tensor | None) -> torch.dtype:
+    """Hyperparameters are held at least in float32 (``0.999`` or ``1e-8`` in bfloat16/float16
+    would not be themselves), in float64 for float64 params."""
+    if like is None or not like.is_floating_point():
+        return torch.get_default_dtype()
+    return torch.promote_types(like.dtype, torch.float32)
+
+
 def _scalar(x: Any, like: torch.Tensor | None) -> torch.Tensor:
-    dtype = like.dtype if like is not None and like.is_floating_point() else torch.get_default_dtype()
-    device = like.device if like is not None else None
-    return torch.as_tensor(x, dtype=dtype, device=device)
+    return torch.as_tensor(x, dtype=hyperparam_dtype(like), device=like.device if like is not None else None)
 
 
 def optimizer(hyperparams: dict[str, Any], slots: Callable[[list], dict[str, list]],
@@ -76,11 +83,14 @@ def optimizer(hyperparams: dict[str, Any], slots: Callable[[list], dict[str, lis
     """The one mechanism behind every optimizer here.
 
     ``hyperparams`` (``lr`` first) live in the state as 0-d tensors — ``set_hyperparams``
-    changes them mid-run without recompiling — except a schedule (a callable of the step
-    count), which is evaluated at every update. ``slots(params_leaves)`` gives the per-leaf
-    buffers (``{"exp_avg": [...]}``) and ``step(grads, params, slots, h, count)`` returns the
-    per-leaf updates and new slots, on lists of leaves (``_ops`` arithmetic); ``count`` is the
-    1-based step number, ``h`` the hyperparameters as tensors.
+    changes them mid-run, and a compiled step does not recompile for it — except a schedule
+    (a callable of the step count), which is evaluated at every update. ``slots(param_leaves)``
+    gives the per-leaf buffers (``{"exp_avg": [...]}``) and
+    ``step(ops, grads, params, slots, h, count)`` returns the per-leaf updates and new slots,
+    on lists of leaves with ``ops`` arithmetic (``_ops``: ``_foreach`` or, under ``vmap``, leaf
+    by leaf). ``count`` is the 1-based step number and ``h`` the hyperparameters: Python numbers
+    when reading them is free (eager on the CPU, as torch.optim reads its step), else tensors
+    (see ``_ops.host_scalars``); a step's scalar arithmetic works on either.
     """
     schedules = {k: v for k, v in hyperparams.items() if callable(v)}
     fixed = {k: v for k, v in hyperparams.items() if not callable(v)}
@@ -99,14 +109,23 @@ def optimizer(hyperparams: dict[str, Any], slots: Callable[[list], dict[str, lis
         flat_p = T.leaves(params) if params is not None else [None] * len(flat_g)
         if params is not None and len(flat_p) != len(flat_g):
             raise ValueError(f"optimizer update: params have {len(flat_p)} leaves, grads {len(flat_g)}")
-        h = dict(state["hyperparams"])
-        for k, sched in schedules.items():
-            h[k] = _scalar(sched(state["count"]), flat_g[0] if flat_g else None)
-        count = state["count"] + 1
         slot_names = [k for k in state if k not in ("count", "hyperparams")]
         slot_lists = {k: T.leaves(state[k]) for k in slot_names}
-        updates, new_slots = step(flat_g, flat_p, slot_lists, h, count)
-        new_state = {"count": count, "hyperparams": state["hyperparams"]}
+        hp = state["hyperparams"]
+        ops = _ops.for_leaves(flat_g, flat_p if params is not None else [], *slot_lists.values(), *hp.values())
+        new_count = state["count"] + 1
+        if _ops.host_scalars(state["count"]):
+            count = int(state["count"])
+            h = {k: v.item() for k, v in hp.items()}
+            h.update({k: float(sched(count)) for k, sched in schedules.items()})
+            count += 1
+        else:
+            like = flat_g[0] if flat_g else None
+            h = dict(hp)
+            h.update({k: _scalar(sched(state["count"]), like) for k, sched in schedules.items()})
+            count = new_count
+        updates, new_slots = step(ops, flat_g, flat_p, slot_lists, h, count)
+        new_state = {"count": new_count, "hyperparams": hp}
         for k in slot_names:
             new_state[k] = T.unflatten(T.structure(state[k]), new_slots[k])
         return T.unflatten(spec, updates), new_state
@@ -123,8 +142,9 @@ def set_hyperparams(state: Any, **values: Any) -> Any:
         if isinstance(s, dict) and "hyperparams" in s and "count" in s:
             hp = dict(s["hyperparams"])
             for k, v in values.items():
-                if k in hp:
-                    hp[k] = torch.as_tensor(v, dtype=hp[k].dtype, device=hp[k].device)
+                if k in hp:  # keeps the held shape: a vmapped state may take one value per member
+                    new = torch.as_tensor(v, dtype=hp[k].dtype, device=hp[k].device)
+                    hp[k] = new if new.shape == hp[k].shape else torch.broadcast_to(new, hp[k].shape).clone()
                     found.append(k)
             return {**s, "hyperparams": hp}
         if isinstance(s, dict):
@@ -136,17 +156,19 @@ def set_hyperparams(state: Any, **values: Any) -> Any:
     new = visit(state)
     missing = set(values) - set(found)
     if missing:
-        raise KeyError(f"set_hyperparams: no optimizer state holds {sorted(missing)} "
-                       "(a hyperparameter given as a schedule is not stored)")
+        raise KeyError(f"set_hyperparams: no optimizer state holds {sorted(missing)}. A hyperparameter "
+                       "given as a schedule is not stored, nor is one that decides which arithmetic "
+                       "runs when it is 0 (weight_decay, momentum): build the optimizer with it nonzero")
     return new
 
 
-def weight_decayed(grads: list, params: list, wd, maximize: bool) -> list:
-    """torch.optim's first lines: ``g = -g if maximize``; ``g = g + wd * p``."""
+def weight_decayed(ops: _ops.Ops, grads: list, params: list, wd, maximize: bool) -> list:
+    """torch.optim's first lines: ``g = -g if maximize``; ``g = g.add(p, alpha=wd)`` unless
+    ``wd`` is ``None`` (the optimizer was built with ``weight_decay=0``)."""
     if maximize:
-        grads = _ops.neg(grads)
-    if isinstance(wd, torch.Tensor) or wd != 0:
-        if params[0] is None and grads:
+        grads = ops.neg(grads)
+    if wd is not None:
+        if grads and params[0] is None:
             raise ValueError("weight_decay needs params: call update(grads, state, params)")
-        grads = _ops.axpy(wd, params, grads)
+        grads = ops.add(grads, params, alpha=wd)
     return grads

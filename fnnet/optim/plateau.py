@@ -11,13 +11,21 @@ from . import _ops
 from .base import GradientTransformation
 
 
+def _state(scale: float, best: float, bad: int, cool: int, device) -> dict:
+    """Float64 like torch's Python floats (``best`` is compared at full precision), on the params' device."""
+    f64 = {"dtype": torch.float64, "device": device}
+    return {"scale": torch.tensor(scale, **f64), "best": torch.tensor(best, **f64),
+            "num_bad_epochs": torch.tensor(bad, device=device), "cooldown_counter": torch.tensor(cool, device=device)}
+
+
 def reduce_on_plateau(factor: float = 0.1, patience: int = 10, threshold: float = 1e-4,
                       threshold_mode: str = "rel", cooldown: int = 0, min_scale: float = 0.0,
                       mode: str = "min", eps: float = 1e-8) -> GradientTransformation:
     """Multiplies the updates by a scale that drops by ``factor`` when the monitored value (pass
     ``update(..., value=loss)`` once per epoch, e.g. in a chain after the optimizer) has not
     improved for ``patience`` calls — ``ReduceLROnPlateau``'s rule, on a scale that starts at
-    1 (so ``lr * scale`` is torch's lr; ``min_scale`` is ``min_lr / lr``). Calls without
+    1 (so ``lr * scale`` is torch's lr; ``min_scale`` and ``eps`` are in units of the scale:
+    torch's ``min_lr / lr`` and ``eps / lr``). Calls without
     ``value`` apply the current scale and change nothing (per-step updates between epochs).
     The bookkeeping reads ``value`` on the host: use it eagerly, outside ``fn.jit``."""
     if mode not in ("min", "max") or threshold_mode not in ("rel", "abs"):
@@ -29,9 +37,8 @@ def reduce_on_plateau(factor: float = 0.1, patience: int = 10, threshold: float 
         return a > (best * (threshold + 1) if threshold_mode == "rel" else best + threshold)
 
     def init(params):
-        worst = math.inf if mode == "min" else -math.inf
-        return {"scale": torch.tensor(1.0, dtype=torch.float64), "best": torch.tensor(worst, dtype=torch.float64),
-                "num_bad_epochs": torch.tensor(0), "cooldown_counter": torch.tensor(0)}
+        leaves = T.leaves(params)
+        return _state(1.0, math.inf if mode == "min" else -math.inf, 0, 0, leaves[0].device if leaves else None)
 
     def update(grads, state, params=None, value=None, **_):
         if value is not None:
@@ -50,10 +57,11 @@ def reduce_on_plateau(factor: float = 0.1, patience: int = 10, threshold: float 
                 if scale - new > eps:
                     scale = new
                 cool, bad = cooldown, 0
-            state = {"scale": torch.tensor(scale, dtype=torch.float64), "best": torch.tensor(best, dtype=torch.float64),
-                     "num_bad_epochs": torch.tensor(bad), "cooldown_counter": torch.tensor(cool)}
+            state = _state(scale, best, bad, cool, state["scale"].device)
         flat, spec = T.flatten(grads)
-        s = state["scale"].to(device=flat[0].device, dtype=flat[0].dtype) if flat else state["scale"]
-        return T.unflatten(spec, _ops.mul(flat, s)), state
+        if not flat:
+            return grads, state
+        s = state["scale"].to(dtype=flat[0].dtype) if flat[0].is_floating_point() else state["scale"]
+        return T.unflatten(spec, _ops.for_leaves(flat, s).mul(flat, s)), state
 
     return GradientTransformation(init, update)

@@ -11,27 +11,29 @@ def rprop(lr=1e-2, etas: tuple[float, float] = (0.5, 1.2),
           step_sizes: tuple[float, float] = (1e-6, 50.0), *, maximize: bool = False) -> GradientTransformation:
     """``lr`` is the initial step size of every element. Where ``g * g_prev > 0`` the step grows
     by ``etaplus``, where ``< 0`` it shrinks by ``etaminus`` and that element skips this step
-    (its ``g`` is taken as 0); ``p -= sign(g) * step``, steps clamped to ``step_sizes``."""
+    (its ``g`` is taken as 0); ``p -= sign(g) * step``, steps clamped to ``step_sizes``.
+    State: ``prev``, ``step_size`` (per element, as torch). ``etas`` and ``step_sizes`` are fixed
+    at construction (there is no lr to change: it only sets the initial step sizes)."""
     etaminus, etaplus = etas
     lo, hi = step_sizes
+    if not 0.0 < etaminus < 1.0 < etaplus:
+        raise ValueError(f"rprop: need 0 < etaminus < 1 < etaplus, got etas={etas}")
+    if callable(lr):
+        raise ValueError("rprop: lr is the initial step size; it cannot be a schedule")
 
     def slots(params):
         return {"prev": [torch.zeros_like(p) for p in params],
                 "step_size": [torch.full_like(p, lr) for p in params]}
 
-    def step(g, p, s, h, count):
-        updates, prev, sizes = [], [], []
-        for gi, pi, si in zip(g, s["prev"], s["step_size"]):  # elementwise selects: no _foreach form
-            gi = -gi if maximize else gi
-            sign = torch.sign(gi * pi)
-            factor = torch.where(sign > 0, etaplus, torch.where(sign < 0, etaminus, 1.0)).to(gi.dtype)
-            size = (si * factor).clamp(lo, hi)
-            gi = torch.where(factor == etaminus, torch.zeros_like(gi), gi)
-            updates.append(-torch.sign(gi) * size)
-            prev.append(gi)
-            sizes.append(size)
-        return updates, {"prev": prev, "step_size": sizes}
+    def step(ops, g, p, s, h, count):
+        if maximize:
+            g = ops.neg(g)
+        sign = ops.sign(ops.mul(g, s["prev"]))               # sign(g * prev) in {-1, 0, 1}
+        up, down = ops.clamp(sign, lo=0.0), ops.clamp(sign, hi=0.0)   # {0, 1} and {-1, 0}
+        # torch's factor: etaplus where sign > 0, etaminus where < 0, 1 where 0; exactly, as powers
+        factor = ops.mul(ops.rpow(etaplus, up), ops.rpow(etaminus, ops.neg(down)))
+        size = ops.clamp(ops.mul(s["step_size"], factor), lo, hi)
+        g = ops.mul(g, ops.add(down, 1.0))                    # grad[sign < 0] = 0
+        return ops.neg(ops.mul(ops.sign(g), size)), {"prev": g, "step_size": size}
 
-    if callable(lr):
-        raise ValueError("rprop: lr is the initial step size; it cannot be a schedule")
     return optimizer({}, slots, step)

@@ -11,23 +11,27 @@ from .base import GradientTransformation, optimizer, weight_decayed
 def sgd(lr=1e-3, momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0,
         nesterov: bool = False, *, maximize: bool = False) -> GradientTransformation:
     """``g += wd p``; ``b = m b + (1 - dampening) g`` (``b = g`` on the first step);
-    ``g = g + m b`` (Nesterov) or ``b``; ``p -= lr g``."""
+    ``g = g + m b`` (Nesterov) or ``b``; ``p -= lr g``. State: ``momentum_buffer``."""
     if nesterov and (momentum <= 0 or dampening != 0):
         raise ValueError("sgd: Nesterov momentum requires a momentum and zero dampening (as torch)")
-    hp = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay}
+    hp = {"lr": lr}
+    if momentum != 0:
+        hp.update(momentum=momentum, dampening=dampening)
+    if weight_decay != 0:
+        hp["weight_decay"] = weight_decay
 
     def slots(params):
         return {"momentum_buffer": [torch.zeros_like(p) for p in params]} if momentum != 0 else {}
 
-    def step(g, p, s, h, count):
-        g = weight_decayed(g, p, h["weight_decay"] if weight_decay != 0 else 0, maximize)
+    def step(ops, g, p, s, h, count):
+        g = weight_decayed(ops, g, p, h.get("weight_decay"), maximize)
         new = {}
         if momentum != 0:
-            # the buffer starts at zero, so a coefficient of 1 on the first step gives b = g
-            coef = torch.where(count == 1, torch.ones_like(h["dampening"]), 1 - h["dampening"])
-            buf = _ops.add(_ops.mul(s["momentum_buffer"], h["momentum"]), _ops.mul(g, coef))
+            # torch starts the buffer as a copy of g; from zeros, a coefficient of 1 gives exactly that
+            coef = _ops.select(count == 1, 1.0, 1 - h["dampening"])
+            buf = ops.add(ops.mul(s["momentum_buffer"], h["momentum"]), g, alpha=coef)
             new["momentum_buffer"] = buf
-            g = _ops.axpy(h["momentum"], buf, g) if nesterov else buf
-        return _ops.mul(g, -h["lr"]), new
+            g = ops.add(g, buf, alpha=h["momentum"]) if nesterov else buf
+        return ops.mul(g, -h["lr"]), new
 
     return optimizer(hp, slots, step)
