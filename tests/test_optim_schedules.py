@@ -6,34 +6,51 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import assert_trees_close
+from hypothesis import given
+from hypothesis import strategies as st
 
 import fnnet as fn
 from fnnet import optim, random
 
 S = torch.optim.lr_scheduler
-CASES = {
-    "step": (lambda: optim.step_lr(0.1, 7, 0.5), lambda o: S.StepLR(o, 7, 0.5)),
-    "exponential": (lambda: optim.exponential_lr(0.1, 0.93), lambda o: S.ExponentialLR(o, 0.93)),
-    "cosine": (lambda: optim.cosine_annealing_lr(0.1, 20, 0.001), lambda o: S.CosineAnnealingLR(o, 20, 0.001)),
-    "linear": (lambda: optim.linear_lr(0.1, 0.2, 1.0, 10), lambda o: S.LinearLR(o, 0.2, 1.0, 10)),
-    "one_cycle": (lambda: optim.one_cycle_lr(0.1, 50), lambda o: S.OneCycleLR(o, 0.1, 50, cycle_momentum=False)),
-    "one_cycle_3": (lambda: optim.one_cycle_lr(0.1, 50, 0.2, "linear", three_phase=True),
-                    lambda o: S.OneCycleLR(o, 0.1, total_steps=50, pct_start=0.2, anneal_strategy="linear",
-                                             cycle_momentum=False, three_phase=True)),
-}
 
 
-@pytest.mark.parametrize("name", CASES)
-def test_schedules_equal_torch_schedulers_step_for_step(name):
-    ours, theirs = CASES[name]
-    schedule = ours()
-    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-    sched = theirs(opt)
-    steps = 50 if name.startswith("one_cycle") else 45
+@st.composite
+def schedule_pairs(draw):
+    """(name, fnnet schedule, torch scheduler on an SGD of the same lr, steps), drawn hyperparameters."""
+    lr = draw(st.sampled_from([0.1, 1.0, 3e-4]))
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    name = draw(st.sampled_from(["step", "exponential", "cosine", "linear", "one_cycle"]))
+    if name == "step":
+        n, gamma = draw(st.integers(1, 10)), draw(st.sampled_from([0.1, 0.5, 0.9]))
+        return name, optim.step_lr(lr, n, gamma), S.StepLR(opt, n, gamma), 45
+    if name == "exponential":
+        gamma = draw(st.floats(0.8, 0.999))
+        return name, optim.exponential_lr(lr, gamma), S.ExponentialLR(opt, gamma), 45
+    if name == "cosine":
+        t_max, eta_min = draw(st.integers(1, 30)), draw(st.sampled_from([0.0, 1e-5]))
+        return name, optim.cosine_annealing_lr(lr, t_max, eta_min), S.CosineAnnealingLR(opt, t_max, eta_min), 45
+    if name == "linear":
+        start, end = draw(st.floats(0.05, 1.0)), draw(st.floats(0.05, 1.0))
+        n = draw(st.integers(1, 20))
+        return name, optim.linear_lr(lr, start, end, n), S.LinearLR(opt, start, end, n), 45
+    total, pct = draw(st.integers(20, 60)), draw(st.floats(0.1, 0.45))
+    kw = dict(anneal_strategy=draw(st.sampled_from(["cos", "linear"])), div_factor=draw(st.sampled_from([25.0, 10.0])),
+              final_div_factor=draw(st.sampled_from([1e4, 100.0])), three_phase=draw(st.booleans()))
+    return (name, optim.one_cycle_lr(lr, total, pct, **kw),
+            S.OneCycleLR(opt, lr, total_steps=total, pct_start=pct, cycle_momentum=False, **kw), total)
+
+
+@given(pair=schedule_pairs())
+def test_schedules_equal_torch_schedulers_step_for_step(pair):
+    """``schedule(count)`` is the lr torch's scheduler holds after ``count`` calls of ``step()``,
+    for an int count (float64) and an int64 tensor count (as inside a compiled step)."""
+    name, schedule, sched, steps = pair
+    opt = sched.optimizer
     for count in range(steps):
         expected = opt.param_groups[0]["lr"]
-        assert float(schedule(count)) == pytest.approx(expected, rel=1e-9, abs=1e-12), count
-        assert float(schedule(torch.tensor(count))) == pytest.approx(expected, rel=1e-6, abs=1e-7), count  # float32
+        assert float(schedule(count)) == pytest.approx(expected, rel=1e-9, abs=1e-12), (name, count)
+        assert float(schedule(torch.tensor(count))) == pytest.approx(expected, rel=1e-9, abs=1e-12), (name, count)
         opt.step()
         sched.step()
 
@@ -55,16 +72,26 @@ def test_a_schedule_as_lr_drives_the_optimizer_like_a_torch_scheduler():
         torch.testing.assert_close(params["w"], w.detach(), rtol=1e-12, atol=1e-14)
 
 
-def test_reduce_on_plateau_scales_like_reduce_lr_on_plateau():
-    opt = optim.chain(optim.sgd(1.0), optim.reduce_on_plateau(factor=0.5, patience=2, cooldown=1, min_scale=0.1))
-    state = opt.init({"w": torch.zeros(1)})
+@given(mode=st.sampled_from(["min", "max"]), threshold_mode=st.sampled_from(["rel", "abs"]),
+       threshold=st.sampled_from([0.0, 1e-4, 0.05]), factor=st.sampled_from([0.1, 0.5]),
+       patience=st.integers(0, 3), cooldown=st.integers(0, 2), min_lr=st.sampled_from([0.0, 0.2]),
+       metrics=st.lists(st.sampled_from([1.0, 0.99, 0.9, 0.8, 1.1, 0.95]), min_size=5, max_size=30))
+def test_reduce_on_plateau_scales_like_reduce_lr_on_plateau(mode, threshold_mode, threshold, factor, patience,
+                                                           cooldown, min_lr, metrics):
+    """lr 1, so the scale is torch's lr (and min_scale its min_lr); per epoch, a value, an update."""
+    kw = dict(mode=mode, factor=factor, patience=patience, threshold=threshold, threshold_mode=threshold_mode,
+              cooldown=cooldown)
+    opt = optim.chain(optim.sgd(1.0), optim.reduce_on_plateau(**kw, min_scale=min_lr))
+    params = {"w": torch.zeros(1)}
+    state = opt.init(params)
     topt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    tsched = S.ReduceLROnPlateau(topt, factor=0.5, patience=2, cooldown=1, min_lr=0.1)
-    losses = [1.0, 0.9, 0.95, 0.95, 0.95, 0.95, 0.8, 0.85, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]
-    for loss in losses:
-        updates, state = opt.update({"w": torch.ones(1)}, state, {"w": torch.zeros(1)}, value=loss)
-        tsched.step(loss)
-        assert -updates["w"].item() == pytest.approx(topt.param_groups[0]["lr"])
+    tsched = S.ReduceLROnPlateau(topt, **kw, min_lr=min_lr)
+    for epoch, value in enumerate(metrics):
+        updates, state = opt.update({"w": torch.ones(1)}, state, params, value=value)
+        tsched.step(value)
+        assert -updates["w"].item() == pytest.approx(topt.param_groups[0]["lr"], rel=1e-6), epoch
+    between, _ = opt.update({"w": torch.ones(1)}, state, params)  # no value: the scale is kept
+    assert -between["w"].item() == pytest.approx(topt.param_groups[0]["lr"], rel=1e-6)
 
 
 MLP = fn.Sequential(fn.Linear(4, 16), fn.tanh, fn.Linear(16, 1))
