@@ -25,7 +25,8 @@ demo: $(STAMP)
 	$(PY) -m examples wgan_gp
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2
+	# idle OpenMP threads sleep instead of spinning: two test workers share the cores
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -n 2
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

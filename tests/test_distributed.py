@@ -141,3 +141,19 @@ def test_without_a_process_group_everything_is_the_identity():
     assert dist.broadcast(tree) is tree and dist.all_reduce_mean(tree) is tree
     batches = list(dist.shard_batches(random.key(0), 10, 3))
     assert len(batches) == 3 and len(torch.cat(batches).unique()) == 9
+
+
+def test_the_digits_example_runs_data_parallel_under_torchrun(tmp_path):
+    """`torchrun --nproc_per_node 2 -m examples digits_mlp` trains on two gloo processes and the
+    main rank alone prints the held-out accuracy."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(_free_port()), "-m", "examples", "digits_mlp", "--steps", "20", "--no-compile",
+           "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("held-out accuracy") == 1 and "processes: 2" in proc.stdout, proc.stdout
