@@ -20,6 +20,16 @@ def same_shape(name: str, input: torch.Tensor, target: torch.Tensor, what: str =
                          f"got {list(target.shape)}")
 
 
+def broadcasts_to(name: str, t: torch.Tensor | None, shape: torch.Size, what: str) -> None:
+    """``t`` (a weight) may broadcast to ``shape`` but never enlarge it."""
+    if t is None:
+        return
+    small, big = tuple(t.shape), tuple(shape)
+    if len(small) > len(big) or any(s not in (1, b) for s, b in zip(reversed(small), reversed(big))):
+        raise ValueError(f"losses.{name}: {what} of shape {list(small)} does not broadcast to the "
+                         f"input's shape {list(big)}")
+
+
 def reduce(x: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "mean":
         return x.mean()

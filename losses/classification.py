@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._util import check_reduction, same_shape
+from ._util import broadcasts_to, check_reduction, same_shape
 
 
 def binary_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
@@ -14,24 +14,34 @@ def binary_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torc
     and 1). input, target: ``[*]``; ``weight`` broadcasts to them."""
     check_reduction("binary_cross_entropy", reduction)
     same_shape("binary_cross_entropy", input, target)
+    broadcasts_to("binary_cross_entropy", weight, input.shape, "weight")
     return F.binary_cross_entropy(input, target, weight, reduction=reduction)
 
 
 def binary_cross_entropy_with_logits(input: torch.Tensor, target: torch.Tensor,
                                      weight: torch.Tensor | None = None, reduction: str = "mean",
                                      pos_weight: torch.Tensor | None = None) -> torch.Tensor:
-    """BCE on logits, computed stably (log-sum-exp form); ``pos_weight`` weighs the positive
-    term per class (broadcast over the last dim)."""
-    check_reduction("binary_cross_entropy_with_logits", reduction)
-    same_shape("binary_cross_entropy_with_logits", input, target)
+    """BCE on logits, computed stably (log-sum-exp form). input, target: ``[*]``; ``weight``
+    broadcasts to them; ``pos_weight`` (typically ``[C]``, classes in the last dim) weighs the
+    positive term."""
+    name = "binary_cross_entropy_with_logits"
+    check_reduction(name, reduction)
+    same_shape(name, input, target)
+    broadcasts_to(name, weight, input.shape, "weight")
+    broadcasts_to(name, pos_weight, input.shape, "pos_weight")
     return F.binary_cross_entropy_with_logits(input, target, weight, reduction=reduction,
                                               pos_weight=pos_weight)
 
 
-def _check_class_target(name: str, input: torch.Tensor, target: torch.Tensor) -> bool:
+def _check_class_target(name: str, input: torch.Tensor, target: torch.Tensor,
+                        weight: torch.Tensor | None) -> bool:
     """True when ``target`` holds class indices, False for class probabilities."""
     if input.ndim == 0:
         raise ValueError(f"losses.{name}: input must be [C] or [N, C, d1, ...], got a scalar")
+    classes = input.shape[0 if input.ndim == 1 else 1]
+    if weight is not None and tuple(weight.shape) != (classes,):
+        raise ValueError(f"losses.{name}: weight must have shape [{classes}] (one per class of input "
+                         f"{list(input.shape)}), got {list(weight.shape)}")
     if target.is_floating_point():
         same_shape(name, input, target, "class-probability target")
         return False
@@ -54,7 +64,7 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     ignored targets left out.
     """
     check_reduction("cross_entropy", reduction)
-    _check_class_target("cross_entropy", input, target)
+    _check_class_target("cross_entropy", input, target, weight)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"losses.cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
     return F.cross_entropy(input, target, weight, ignore_index=ignore_index, reduction=reduction,
@@ -66,7 +76,7 @@ def nll(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None =
     """Negative log-likelihood of log-probabilities ``input`` ``[N, C, d1, ...]`` at class
     indices ``target`` ``[N, d1, ...]``, as ``F.nll_loss``."""
     check_reduction("nll", reduction)
-    if not _check_class_target("nll", input, target):
+    if not _check_class_target("nll", input, target, weight):
         raise ValueError("losses.nll: target must hold class indices (an integer tensor)")
     return F.nll_loss(input, target, weight, ignore_index=ignore_index, reduction=reduction)
 

@@ -24,9 +24,18 @@ from fnnet import random
 INTERPOLATIONS = ("uniform", "real", "fake")
 
 
-def _input_grad(critic: Callable, params: Any, x: torch.Tensor) -> torch.Tensor:
+def _input_grad(name: str, critic: Callable, params: Any, x: torch.Tensor) -> torch.Tensor:
     """Per-sample ``d critic / d x``, the same shape as ``x``."""
-    return torch.func.grad(lambda x: critic(params, x).sum())(x)
+
+    def total_score(x):
+        scores = critic(params, x)
+        # A critic that averaged its scores would silently scale every gradient by 1/N.
+        if tuple(scores.shape) not in ((x.shape[0],), (x.shape[0], 1)):
+            raise ValueError(f"losses.{name}: the critic must give one score per sample, [N] or "
+                             f"[N, 1] with N = {x.shape[0]}, got {list(scores.shape)}")
+        return scores.sum()
+
+    return torch.func.grad(total_score)(x)
 
 
 def safe_norm(g: torch.Tensor) -> torch.Tensor:
@@ -67,12 +76,12 @@ def gradient_penalty(critic: Callable, critic_params: Any, real: torch.Tensor, f
         x = interpolate(real, fake, key)
     else:
         x = real if interpolation == "real" else fake
-    g = _input_grad(critic, critic_params, x)
+    g = _input_grad("gradient_penalty", critic, critic_params, x)
     return ((safe_norm(g) - target) ** 2).mean()
 
 
 def r1_penalty(critic: Callable, critic_params: Any, real: torch.Tensor) -> torch.Tensor:
     """R1 (Mescheder et al. 2018): ``E[||grad_x D(x)||^2]`` on real data. Multiply by
     ``gamma / 2`` yourself."""
-    g = _input_grad(critic, critic_params, real)
+    g = _input_grad("r1_penalty", critic, critic_params, real)
     return g.flatten(1).square().sum(1).mean()

@@ -43,8 +43,9 @@ shapes = st.lists(st.integers(1, 5), min_size=1, max_size=3).map(tuple)
 
 @given(data=st.data(), shape=shapes, dtype=DTYPES, reduction=REDUCTIONS,
        which=st.sampled_from(["mse", "l1", "smooth_l1", "huber"]),
-       param=st.floats(0.05, 3.0))
+       param=st.just(0.0) | st.floats(0.05, 3.0))
 def test_regression_losses_match_torch(data, shape, dtype, reduction, which, param):
+    """smooth_l1's beta may be 0 (then it is l1); huber's delta must be positive."""
     x = _tensor(data.draw, shape, dtype, 2.0).requires_grad_()
     t = _tensor(data.draw, shape, dtype, 2.0)
     ours, theirs = {
@@ -52,50 +53,60 @@ def test_regression_losses_match_torch(data, shape, dtype, reduction, which, par
         "l1": (lambda x, t: losses.l1(x, t, reduction), lambda x, t: F.l1_loss(x, t, reduction=reduction)),
         "smooth_l1": (lambda x, t: losses.smooth_l1(x, t, reduction, beta=param),
                       lambda x, t: F.smooth_l1_loss(x, t, reduction=reduction, beta=param)),
-        "huber": (lambda x, t: losses.huber(x, t, reduction, delta=param),
-                  lambda x, t: F.huber_loss(x, t, reduction=reduction, delta=param)),
+        "huber": (lambda x, t: losses.huber(x, t, reduction, delta=param or 1.0),
+                  lambda x, t: F.huber_loss(x, t, reduction=reduction, delta=param or 1.0)),
     }[which]
     _parity(ours, theirs, [x, t.requires_grad_()], dtype)
 
 
-@given(data=st.data(), n=st.integers(1, 6), c=st.integers(1, 5), extra=st.lists(st.integers(1, 3), max_size=2),
+def _class_indices(draw, n, c, extra, ignore, reduction):
+    """Targets ``[N, d1, ...]`` and an ``ignore_index`` that, if ``ignore``, one of them hits."""
+    count = n * math.prod(extra)
+    target = torch.tensor(draw(st.lists(st.integers(0, c - 1), min_size=count, max_size=count)))
+    target = target.reshape(n, *extra)
+    ignore_index = int(target.flatten()[0]) if ignore and c > 1 else -100
+    if reduction == "mean" and (target == ignore_index).all():
+        ignore_index = -100  # an all-ignored mean is 0/0 = nan in torch too; covered below
+    return target, ignore_index
+
+
+EXTRA_DIMS = st.lists(st.integers(1, 3), max_size=2)
+
+
+@given(data=st.data(), n=st.integers(1, 6), c=st.integers(1, 5), extra=EXTRA_DIMS,
        dtype=DTYPES, reduction=REDUCTIONS, weighted=st.booleans(), smoothing=st.sampled_from([0.0, 0.1, 0.5]),
        ignore=st.booleans(), scale=st.sampled_from([1.0, 1e4]))
 def test_cross_entropy_with_class_indices_matches_torch(data, n, c, extra, dtype, reduction, weighted,
                                                        smoothing, ignore, scale):
-    shape = (n, c, *extra)
-    logits = _tensor(data.draw, shape, dtype, scale).requires_grad_()
-    count = n * math.prod(extra)
-    target = torch.tensor(data.draw(st.lists(st.integers(0, c - 1), min_size=count, max_size=count)))
-    target = target.reshape(n, *extra)
-    ignore_index = int(target.flatten()[0]) if ignore and c > 1 else -100
+    logits = _tensor(data.draw, (n, c, *extra), dtype, scale).requires_grad_()
+    target, ignore_index = _class_indices(data.draw, n, c, extra, ignore, reduction)
     weight = torch.rand(c, dtype=dtype) + 0.1 if weighted else None
-    if reduction == "mean" and ignore and (target == ignore_index).all():
-        ignore_index = -100  # an all-ignored mean is 0/0 = nan in torch too; covered below
     _parity(lambda x: losses.cross_entropy(x, target, weight, ignore_index, reduction, smoothing),
             lambda x: F.cross_entropy(x, target, weight, ignore_index=ignore_index, reduction=reduction,
                                       label_smoothing=smoothing), [logits], dtype)
 
 
-@given(data=st.data(), n=st.integers(1, 6), c=st.integers(2, 5), dtype=DTYPES, reduction=REDUCTIONS,
-       smoothing=st.sampled_from([0.0, 0.2]), weighted=st.booleans())
-def test_cross_entropy_with_class_probabilities_matches_torch(data, n, c, dtype, reduction, smoothing, weighted):
-    logits = _tensor(data.draw, (n, c), dtype, 3.0).requires_grad_()
-    probs = torch.softmax(_tensor(data.draw, (n, c), dtype), 1)
+@given(data=st.data(), n=st.integers(1, 6), c=st.integers(2, 5), extra=EXTRA_DIMS, dtype=DTYPES,
+       reduction=REDUCTIONS, smoothing=st.sampled_from([0.0, 0.2]), weighted=st.booleans(),
+       scale=st.sampled_from([3.0, 1e4]))
+def test_cross_entropy_with_class_probabilities_matches_torch(data, n, c, extra, dtype, reduction, smoothing,
+                                                             weighted, scale):
+    logits = _tensor(data.draw, (n, c, *extra), dtype, scale).requires_grad_()
+    probs = torch.softmax(_tensor(data.draw, (n, c, *extra), dtype, 3.0), 1)
     weight = torch.rand(c, dtype=dtype) + 0.1 if weighted else None
     _parity(lambda x: losses.cross_entropy(x, probs, weight, reduction=reduction, label_smoothing=smoothing),
             lambda x: F.cross_entropy(x, probs, weight, reduction=reduction, label_smoothing=smoothing),
             [logits], dtype)
 
 
-@given(data=st.data(), n=st.integers(1, 6), c=st.integers(1, 5), dtype=DTYPES, reduction=REDUCTIONS,
-       weighted=st.booleans())
-def test_nll_matches_torch(data, n, c, dtype, reduction, weighted):
-    logp = torch.log_softmax(_tensor(data.draw, (n, c), dtype), 1).requires_grad_()
-    target = torch.tensor(data.draw(st.lists(st.integers(0, c - 1), min_size=n, max_size=n)))
+@given(data=st.data(), n=st.integers(1, 6), c=st.integers(1, 5), extra=EXTRA_DIMS, dtype=DTYPES,
+       reduction=REDUCTIONS, weighted=st.booleans(), ignore=st.booleans())
+def test_nll_matches_torch(data, n, c, extra, dtype, reduction, weighted, ignore):
+    logp = torch.log_softmax(_tensor(data.draw, (n, c, *extra), dtype), 1).requires_grad_()
+    target, ignore_index = _class_indices(data.draw, n, c, extra, ignore, reduction)
     weight = torch.rand(c, dtype=dtype) + 0.1 if weighted else None
-    _parity(lambda x: losses.nll(x, target, weight, reduction=reduction),
-            lambda x: F.nll_loss(x, target, weight, reduction=reduction), [logp], dtype)
+    _parity(lambda x: losses.nll(x, target, weight, ignore_index, reduction),
+            lambda x: F.nll_loss(x, target, weight, ignore_index=ignore_index, reduction=reduction), [logp], dtype)
 
 
 @given(data=st.data(), shape=shapes, dtype=DTYPES, reduction=REDUCTIONS, weighted=st.booleans(),
@@ -153,14 +164,40 @@ def test_margin_losses_match_torch(data, n, d, dtype, reduction, margin):
             lambda a: F.hinge_embedding_loss(a, y, margin=margin, reduction=reduction), [a1], dtype)
 
 
-def test_empty_batches_reduce_as_torch_does():
-    x, t = torch.zeros(0, 3), torch.zeros(0, 3)
-    assert losses.mse(x, t, "sum") == 0 and losses.mse(x, t, "none").shape == (0, 3)
-    assert torch.isnan(losses.mse(x, t)) == torch.isnan(F.mse_loss(x, t))
-    logits, target = torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)
-    assert losses.cross_entropy(logits, target, reduction="sum") == 0
-    torch.testing.assert_close(losses.cross_entropy(logits, target), F.cross_entropy(logits, target),
-                               equal_nan=True)
+def _empty_batch_cases():
+    """(ours, torch's) on a batch of 0 samples, for every loss with a namesake."""
+    x, t, p = torch.zeros(0, 3), torch.zeros(0, 3), torch.full((0, 3), 0.5)
+    idx, y = torch.zeros(0, dtype=torch.long), torch.zeros(0)
+    return {
+        "mse": (lambda r: losses.mse(x, t, r), lambda r: F.mse_loss(x, t, reduction=r)),
+        "l1": (lambda r: losses.l1(x, t, r), lambda r: F.l1_loss(x, t, reduction=r)),
+        "smooth_l1": (lambda r: losses.smooth_l1(x, t, r), lambda r: F.smooth_l1_loss(x, t, reduction=r)),
+        "huber": (lambda r: losses.huber(x, t, r), lambda r: F.huber_loss(x, t, reduction=r)),
+        "bce": (lambda r: losses.binary_cross_entropy(p, t, reduction=r),
+                lambda r: F.binary_cross_entropy(p, t, reduction=r)),
+        "bce_logits": (lambda r: losses.binary_cross_entropy_with_logits(x, t, reduction=r),
+                       lambda r: F.binary_cross_entropy_with_logits(x, t, reduction=r)),
+        "cross_entropy": (lambda r: losses.cross_entropy(x, idx, reduction=r, label_smoothing=0.1),
+                          lambda r: F.cross_entropy(x, idx, reduction=r, label_smoothing=0.1)),
+        "cross_entropy_probs": (lambda r: losses.cross_entropy(x, p, reduction=r),
+                                lambda r: F.cross_entropy(x, p, reduction=r)),
+        "nll": (lambda r: losses.nll(x, idx, reduction=r), lambda r: F.nll_loss(x, idx, reduction=r)),
+        "kl_div": (lambda r: losses.kl_div(x, p, r), lambda r: _torch_kl_div(x, p, r, False)),
+        "margin_ranking": (lambda r: losses.margin_ranking(y, y, y, reduction=r),
+                           lambda r: F.margin_ranking_loss(y, y, y, reduction=r)),
+        "hinge_embedding": (lambda r: losses.hinge_embedding(y, y, reduction=r),
+                            lambda r: F.hinge_embedding_loss(y, y, reduction=r)),
+        "cosine_embedding": (lambda r: losses.cosine_embedding(x, t, y, reduction=r),
+                             lambda r: F.cosine_embedding_loss(x, t, y, reduction=r)),
+    }
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("case", sorted(_empty_batch_cases()))
+def test_an_empty_batch_reduces_as_torch_does(case, reduction):
+    """The mean of nothing is nan, the sum 0, and "none" an empty tensor, as in torch."""
+    ours, theirs = _empty_batch_cases()[case]
+    torch.testing.assert_close(ours(reduction), theirs(reduction), equal_nan=True)
 
 
 def test_all_targets_ignored_gives_torch_nan_mean_and_zero_sum():
@@ -182,6 +219,21 @@ def test_cross_entropy_names_the_expected_target_shape():
         losses.cross_entropy(torch.randn(4, 3, 7), torch.zeros(4, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="reduction must be one of"):
         losses.mse(torch.zeros(2), torch.zeros(2), reduction="avg")
+
+
+def test_weights_may_broadcast_to_the_input_but_never_enlarge_it():
+    x, t = torch.randn(4, 3), torch.rand(4, 3)
+    per_class, per_sample = torch.rand(3), torch.rand(4, 1)
+    assert_close(losses.binary_cross_entropy_with_logits(x, t, per_sample, pos_weight=per_class),
+                 F.binary_cross_entropy_with_logits(x, t, per_sample, pos_weight=per_class))
+    with pytest.raises(ValueError, match=r"weight of shape \[2, 4, 3\] does not broadcast to the input's shape \[4, 3\]"):
+        losses.binary_cross_entropy(torch.sigmoid(x), t, torch.rand(2, 4, 3))
+    with pytest.raises(ValueError, match=r"binary_cross_entropy_with_logits: pos_weight of shape \[4\]"):
+        losses.binary_cross_entropy_with_logits(x, t, pos_weight=torch.rand(4))
+    with pytest.raises(ValueError, match=r"cross_entropy: weight must have shape \[3\] .* got \[2\]"):
+        losses.cross_entropy(x, torch.tensor([0, 1, 2, 0]), torch.rand(2))
+    with pytest.raises(ValueError, match=r"nll: weight must have shape \[3\]"):
+        losses.nll(x, torch.tensor([0, 1, 2, 0]), torch.rand(3, 1))
 
 
 def test_cross_entropy_accepts_unbatched_logits():
@@ -209,3 +261,40 @@ def test_metrics():
     assert losses.accuracy(logits, torch.tensor([0, 1, 1])).item() == pytest.approx(2 / 3)
     assert losses.binary_accuracy(torch.tensor([-1.0, 2.0]), torch.tensor([0.0, 1.0])) == 1.0
     assert losses.binary_accuracy(torch.tensor([0.2, 0.7]), torch.tensor([1.0, 1.0]), from_logits=False) == 0.5
+
+
+def test_every_loss_compiles_in_one_graph_with_its_gradient_and_matches_eager():
+    """fn.jit is fullgraph: a shape check or an option that broke the graph would raise here.
+    aot_eager captures and differentiates the graph as inductor would, minus the codegen
+    (several times cheaper to compile; inductor's numerics are torch's own business)."""
+    import fnnet as fn
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 3, 2, generator=g, dtype=torch.float64)
+    t = torch.randn(6, 3, 2, generator=g, dtype=torch.float64)
+    bits = (t > 0).to(t.dtype)
+    idx = torch.randint(0, 3, (6, 2), generator=g)
+    weight = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+
+    def total(x):
+        probs, logp = torch.sigmoid(x), torch.log_softmax(x, 1)
+        a, b, y = x[:, 0, 0], x[:, 1, 0], torch.sign(t[:, 0, 0])
+        terms = [
+            losses.mse(x, t), losses.l1(x, t, "sum"), losses.smooth_l1(x, t, beta=0.5),
+            losses.huber(x, t, delta=2.0), losses.binary_cross_entropy(probs, bits, weight[:, None]),
+            losses.binary_cross_entropy_with_logits(x, bits, pos_weight=torch.full((2,), 3.0, dtype=x.dtype)),
+            losses.cross_entropy(x, idx, weight, ignore_index=1, label_smoothing=0.1),
+            losses.cross_entropy(x, torch.softmax(t, 1)), losses.nll(logp, idx, weight),
+            losses.kl_div(logp, torch.softmax(t, 1), "batchmean"),
+            losses.margin_ranking(a, b, y, 0.1), losses.hinge_embedding(a, y),
+            losses.cosine_embedding(x[:, :, 0], t[:, :, 0], y),
+            losses.gaussian_kl(x[:, 0], x[:, 1]), losses.gaussian_kl(x[:, 0], sigma=probs[:, 1]),
+            losses.discriminator_loss(a, b, "hinge"), losses.generator_loss(probs[:, 0, 0], from_logits=False),
+        ]
+        return sum(terms)
+
+    step = fn.value_and_grad(total)
+    value, grad = fn.jit(step, backend="aot_eager")(x)
+    expected_value, expected_grad = step(x)
+    assert_close(value, expected_value)
+    assert_close(grad, expected_grad)

@@ -97,6 +97,22 @@ def test_gradient_penalty_is_finite_for_a_critic_constant_in_x():
     assert torch.isfinite(fn.grad(lambda p: losses.r1_penalty(constant_critic, p, real))(params)["c"])
 
 
+def test_a_critic_must_score_each_sample_once():
+    """A critic that averaged its scores would scale every input gradient by 1/N, silently."""
+    def mean_critic(p, x):
+        return CRITIC.apply(p, x).mean()
+
+    params = CRITIC.init(random.key(0))
+    real, fake = torch.randn(4, 2), torch.randn(4, 2)
+    with pytest.raises(ValueError, match=r"gradient_penalty: the critic must give one score per sample, "
+                                         r"\[N\] or \[N, 1\] with N = 4, got \[\]"):
+        losses.gradient_penalty(mean_critic, params, real, fake, random.key(1))
+    with pytest.raises(ValueError, match=r"r1_penalty: the critic must give one score per sample"):
+        losses.r1_penalty(lambda p, x: torch.cat([CRITIC(p, x)] * 2, 1), params, real)
+    with pytest.raises(ValueError, match="interpolation='uniform' needs a key"):
+        losses.gradient_penalty(CRITIC, params, real, fake)
+
+
 def test_r1_penalty_is_the_mean_squared_input_gradient_norm():
     params = CRITIC.init(random.key(1))
     x = torch.randn(5, 2, requires_grad=True)
