@@ -1,10 +1,18 @@
 """Forward + backward of fnnet's LSTM / GRU / RNN against nn.LSTM / nn.GRU / nn.RNN (the
-native kernels) in the same run: eager, and compiled with fn.jit (compile time apart).
-I=32, H=128, B=32 at T=64 (and 256), a 2-layer bidirectional LSTM at T=64, and a long
-T=4096 LSTM with peak memory (eager)."""
+native kernels: oneDNN on CPU, cuDNN on CUDA) in the same run: eager, and compiled with
+fn.jit (compile time in its own column).
+
+Cases (I=32, H=128, B=32): each kind at T=64 and 256; a 2-layer bidirectional LSTM at T=64;
+LSTM compile time at T=16 and T=1024 (flat: the time loop is one op, not unrolled); a long
+T=4096 LSTM with peak memory (CPU: peak RSS of a fresh process running one step; CUDA:
+``max_memory_allocated``). With jax installed (the ``bench`` extra) a column for the same
+LSTM written with ``jax.lax.scan`` under ``jax.jit(value_and_grad)``. On CUDA also H=256,
+B=64 against cuDNN. ``--quick``: LSTM/GRU/RNN at T=64 only, eager and compiled.
+"""
 
 from __future__ import annotations
 
+import multiprocessing
 import resource
 import time
 
@@ -14,18 +22,18 @@ from torch import nn
 import cells
 import fnnet as fn
 
-from .common import first_call, row, timeit
+from .common import first_call, row, sync, timeit
 
 I, H, B = 32, 128, 32  # noqa: E741
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _case(kind: str, T: int, compile_: bool, repeats: int, **kw) -> list[dict]:
-    torch.manual_seed(0)
-    native = getattr(nn, kind)(I, H, **kw)
-    ours = getattr(cells, kind)(I, H, **kw)
-    params = fn.params_from_module(native)
-    x = torch.randn(T, B, I)
-    desc = f"{kind} I={I} H={H} B={B} T={T}" + "".join(f" {k}={v}" for k, v in kw.items())
+def _setup(kind: str, T: int, i: int, h: int, b: int, seed: int = 0, **kw):
+    torch.manual_seed(seed)
+    native = getattr(nn, kind)(i, h, **kw).to(DEVICE)
+    ours = getattr(cells, kind)(i, h, **kw)
+    params = {k: v.detach() for k, v in fn.params_from_module(native).items()}
+    x = torch.randn(T, b, i, device=DEVICE)
 
     def native_step():
         native.zero_grad(set_to_none=True)
@@ -36,55 +44,126 @@ def _case(kind: str, T: int, compile_: bool, repeats: int, **kw) -> list[dict]:
         out, _ = ours.apply(p, x)
         return out.square().mean()
 
-    step = fn.value_and_grad(loss)
-    base = timeit(native_step, repeats=repeats)
+    return native_step, fn.value_and_grad(loss), params, x
+
+
+def _case(kind: str, T: int, compile_: bool, repeats: int, i: int = I, h: int = H, b: int = B, **kw) -> list[dict]:
+    native_step, step, params, x = _setup(kind, T, i, h, b, **kw)
+    desc = f"{kind} I={i} H={h} B={b} T={T}" + "".join(f" {k}={v}" for k, v in kw.items())
+    base = timeit(native_step, repeats=repeats, device=DEVICE)
     rows = [row("cells", desc, f"nn.{kind} (native kernel)", base, base),
-            row("cells", desc, "fnnet eager", timeit(lambda: step(params, x), repeats=repeats), base)]
+            row("cells", desc, "fnnet eager", timeit(lambda: step(params, x), repeats=repeats, device=DEVICE), base)]
     if compile_:
-        compiled = fn.jit(step)
-        ct = first_call(lambda: compiled(params, x))
-        rows.append(row("cells", desc, "fnnet fn.jit (unrolled scan)",
-                        timeit(lambda: compiled(params, x), repeats=repeats), base, compile_s=round(ct, 1)))
+        compiled = fn.jit(step, dynamic=False)
+        ct = first_call(lambda: compiled(params, x), device=DEVICE)
+        rows.append(row("cells", desc, "fnnet fn.jit", timeit(lambda: compiled(params, x), repeats=repeats,
+                                                                device=DEVICE), base, compile_s=round(ct, 1)))
+    if kind == "LSTM" and not kw:
+        rows += _jax_row(desc, T, i, h, b, base, repeats)
     return rows
 
 
-def _peak_rss_mb(f) -> float:
-    """Peak resident memory of the process after ``f`` (a high-water mark: run the smaller first)."""
-    f()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _compile_times() -> list[dict]:
+    """Compile time of the LSTM training step at a short and a long sequence."""
+    rows = []
+    for T in (16, 1024):
+        torch._dynamo.reset()
+        _, step, params, x = _setup("LSTM", T, I, H, B)
+        compiled = fn.jit(step, dynamic=False)
+        ct = first_call(lambda: compiled(params, x), device=DEVICE)  # noqa: B023
+        rows.append(row("cells", f"LSTM I={I} H={H} B={B} T={T} compile", "fnnet fn.jit (first call)", ct * 1e3,
+                        compile_s=round(ct, 1)))
+    return rows
 
 
-def _long(repeats: int) -> list[dict]:
-    T = 4096
-    torch.manual_seed(0)
-    native = nn.LSTM(I, H)
-    params = fn.params_from_module(native)
-    x = torch.randn(T, B, I)
-    desc = f"LSTM I={I} H={H} B={B} T={T}"
-
-    def native_step():
-        native.zero_grad(set_to_none=True)
-        native(x)[0].square().mean().backward()
-
-    ours = cells.LSTM(I, H)
-    step = fn.value_and_grad(lambda p: ours.apply(p, x)[0].square().mean())
+def _one_step_peak(kind: str, impl: str, T: int, threads: int, queue) -> None:
+    """In a fresh process: peak RSS growth (MB) over one fwd+bwd step, after setup."""
+    torch.set_num_threads(threads)
+    native_step, step, params, x = _setup(kind, T, I, H, B)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    native_mb = _peak_rss_mb(native_step)
-    base = (time.perf_counter() - t0) * 1e3
-    t0 = time.perf_counter()
-    ours_mb = _peak_rss_mb(lambda: step(params))
+    native_step() if impl == "native" else step(params, x)
     ms = (time.perf_counter() - t0) * 1e3
-    return [row("cells", desc, "nn.LSTM (native kernel)", base, base, peak_rss_mb=round(native_mb)),
-            row("cells", desc, "fnnet eager", ms, base, peak_rss_mb=round(ours_mb))]
+    queue.put(((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, ms))
+
+
+def _peak(kind: str, impl: str, T: int) -> tuple[float, float]:
+    if DEVICE == "cuda":
+        native_step, step, params, x = _setup(kind, T, I, H, B)
+        f = native_step if impl == "native" else (lambda: step(params, x))
+        f()  # warm-up
+        sync(DEVICE)
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        ms = timeit(f, warmup=0, repeats=1, device=DEVICE)
+        return (torch.cuda.max_memory_allocated() - base) / 2**20, ms
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    p = ctx.Process(target=_one_step_peak, args=(kind, impl, T, torch.get_num_threads(), queue))
+    p.start()
+    out = queue.get()
+    p.join()
+    return out
+
+
+def _long() -> list[dict]:
+    T = 4096
+    desc = f"LSTM I={I} H={H} B={B} T={T} (one step, fresh process)"
+    native_mb, base = _peak("LSTM", "native", T)
+    ours_mb, ms = _peak("LSTM", "fnnet", T)
+    return [row("cells", desc, "nn.LSTM (native kernel)", base, base, peak_mb=round(native_mb)),
+            row("cells", desc, "fnnet eager", ms, base, peak_mb=round(ours_mb),
+                peak_ratio=round(ours_mb / native_mb, 2) if native_mb > 0 else None)]
+
+
+def _jax_row(desc: str, T: int, i: int, h: int, b: int, base: float, repeats: int) -> list[dict]:
+    """The same LSTM in JAX: ``lax.scan`` of the cell under ``jit(value_and_grad)``."""
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        return []
+    k = jax.random.split(jax.random.PRNGKey(0), 4)
+    s = 1 / h ** 0.5
+    p = {"w_ih": jax.random.uniform(k[0], (4 * h, i), minval=-s, maxval=s),
+         "w_hh": jax.random.uniform(k[1], (4 * h, h), minval=-s, maxval=s),
+         "b": jax.random.uniform(k[2], (4 * h,), minval=-s, maxval=s)}
+    x = jax.random.normal(k[3], (T, b, i))
+
+    def loss(p, x):
+        xp = x @ p["w_ih"].T + p["b"]
+
+        def cell(carry, xp_t):
+            hh, c = carry
+            gi, gf, gg, go = jnp.split(xp_t + hh @ p["w_hh"].T, 4, -1)
+            c = jax.nn.sigmoid(gf) * c + jax.nn.sigmoid(gi) * jnp.tanh(gg)
+            hh = jax.nn.sigmoid(go) * jnp.tanh(c)
+            return (hh, c), hh
+        zeros = jnp.zeros((b, h))
+        _, ys = jax.lax.scan(cell, (zeros, zeros), xp)
+        return jnp.mean(ys ** 2)
+
+    step = jax.jit(jax.value_and_grad(loss))
+    t0 = time.perf_counter()
+    jax.block_until_ready(step(p, x))
+    ct = time.perf_counter() - t0
+    ms = timeit(lambda: jax.block_until_ready(step(p, x)), repeats=repeats)
+    return [row("cells", desc, "jax lax.scan jit", ms, base, compile_s=round(ct, 1))]
 
 
 def run(quick: bool = False) -> list[dict]:
     repeats = 3 if quick else 10
     rows = []
     for kind in ("LSTM", "GRU", "RNN"):
-        rows += _case(kind, 64, compile_=not quick or kind == "LSTM", repeats=repeats)
-    if not quick:
-        rows += _case("LSTM", 256, compile_=False, repeats=repeats)
-        rows += _case("LSTM", 64, compile_=False, repeats=repeats, num_layers=2, bidirectional=True)
-        rows += _long(repeats)
+        rows += _case(kind, 64, compile_=True, repeats=repeats)
+    if quick:
+        return rows
+    for kind in ("LSTM", "GRU", "RNN"):
+        rows += _case(kind, 256, compile_=True, repeats=repeats)
+    rows += _case("LSTM", 64, compile_=True, repeats=repeats, num_layers=2, bidirectional=True)
+    rows += _compile_times()
+    rows += _long()
+    if DEVICE == "cuda":
+        for kind in ("LSTM", "GRU"):
+            rows += _case(kind, 256, compile_=True, repeats=repeats, h=256, b=64)
     return rows

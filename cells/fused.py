@@ -36,6 +36,8 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from torch._C._functorch import TransformType, maybe_get_level
+from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
 Tensor = torch.Tensor
 
@@ -46,9 +48,18 @@ def _order(T: int, reverse: bool) -> range:
     return range(T - 1, -1, -1) if reverse else range(T)
 
 
-def _stack(items: list, reverse: bool) -> Tensor:
-    """Per-step tensors collected in loop order -> stacked in time order."""
-    return torch.stack(items[::-1] if reverse else items)
+class _Steps:
+    """Per-step results written into one ``[T, ...]`` tensor at their time index as the loop
+    runs (a list of T tensors stacked at the end would hold everything twice at the peak).
+    The buffer is made from the first result, so under vmap it is batched like the results."""
+
+    def __init__(self, T: int):
+        self.T, self.out = T, None
+
+    def __setitem__(self, t: int, value: Tensor) -> None:
+        if self.out is None:
+            self.out = value.new_empty((self.T, *value.shape))
+        self.out[t].copy_(value)
 
 
 def _split(d_state: Tensor, d_out: Tensor | None, m_t: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -69,69 +80,79 @@ def _plus(a: Tensor, b: Tensor | None) -> Tensor:
     return a if b is None else a + b
 
 
+def _previous(ys: Tensor, s0: Tensor, mask: Tensor | None, reverse: bool) -> Tensor:
+    """The state each step started from, ``[T, B, P]``, rebuilt from the outputs instead of
+    saved: ``s0`` for the first step, the previous step's output after it. Only steps inside
+    each sequence matter (the others get zero gradient); in reverse a sequence's first step
+    is its last valid one, which starts from ``s0`` too."""
+    s0 = s0.unsqueeze(0)
+    prev = torch.cat([ys[1:], s0]) if reverse else torch.cat([s0, ys[:-1]])
+    if mask is None or not reverse:
+        return prev
+    starts = mask & ~torch.cat([mask[1:], torch.zeros_like(mask[:1])])
+    return torch.where(starts, s0, prev)
+
+
+# Each kind: forward(xp, states, w_hh, b_hh, w_hr, mask, reverse) -> (ys, finals, extra) with
+# extra what its backward needs beyond ys and the initial states, and
+# backward(dys, dfinals, w_hh, b_hh, w_hr, mask, reverse, ys, states0, extra)
+#   -> (dxp, dstates, {"w_hh": ..., ["b_hh"|"w_hr"]: ...}).
+
 # -- LSTM: gates i, f, g, o; c' = f c + i g; h' = o tanh(c') (then W_hr h' with proj_size) --------
 def _lstm_forward(xp, states, w_hh, b_hh, w_hr, mask, reverse):
     h, c = states
     T, H = xp.shape[0], c.shape[-1]
     w_t, w_hr_t = w_hh.t(), (None if w_hr is None else w_hr.t())
-    sig, tanh_g, c_new_all, h_prev_all, c_prev_all, ys = [], [], [], [], [], []
+    acts, cs, ys = _Steps(T), _Steps(T), _Steps(T)
     for t in _order(T, reverse):
-        h_prev_all.append(h)
-        c_prev_all.append(c)
         gates = torch.addmm(xp[t], h, w_t)
-        s = torch.sigmoid(gates)  # one sigmoid for the three sigmoid gates (g's slot unused)
-        g = torch.tanh(gates[..., 2 * H:3 * H])
-        i, f, o = s[..., :H], s[..., H:2 * H], s[..., 3 * H:]
+        a = torch.sigmoid(gates)  # one sigmoid for the three sigmoid gates, then g's slot:
+        a[..., 2 * H:3 * H] = torch.tanh(gates[..., 2 * H:3 * H])  # a = [i, f, tanh g, o]
+        i, f, g, o = a.chunk(4, -1)
         c_new = torch.addcmul(f * c, i, g)
         h_new = o * torch.tanh(c_new)
         if w_hr_t is not None:
             h_new = h_new @ w_hr_t
-        sig.append(s)
-        tanh_g.append(g)
-        c_new_all.append(c_new)
         if mask is None:
             h, c = h_new, c_new
-            ys.append(h_new)
+            ys[t] = h_new
         else:
             m = mask[t]
             h, c = torch.where(m, h_new, h), torch.where(m, c_new, c)
-            ys.append(h_new * m)
-    saved = [_stack(x, reverse) for x in (sig, tanh_g, c_new_all, h_prev_all, c_prev_all)]
-    return _stack(ys, reverse), (h, c), saved
+            ys[t] = h_new * m
+        acts[t], cs[t] = a, c
+    return ys.out, (h, c), [acts.out, cs.out]
 
 
-def _lstm_backward(dys, dfinals, w_hh, b_hh, w_hr, mask, reverse, ys, saved):
-    sig, g, c_new, h_prev, c_prev = saved
+def _lstm_backward(dys, dfinals, w_hh, b_hh, w_hr, mask, reverse, ys, states0, extra):
+    acts, cs = extra  # cs: the cell state after each step (held past a sequence's end)
     dh, dc = dfinals
-    T, H = sig.shape[0], g.shape[-1]
-    i, f, o = sig[..., :H], sig[..., H:2 * H], sig[..., 3 * H:]
-    tc = torch.tanh(c_new)
-    # all that does not depend on the incoming gradient, for all steps at once:
-    # d gates_t = [dc, dc, dc, dh] * K_t and dc_t = dc_{t+1} + dh * A_t
-    # three gates scale dc, the output gate scales dh: K3 [T, B, 3, H], Ko [T, B, H]
-    K3 = torch.stack([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)], -2)
-    Ko = tc * o * (1 - o)
-    A = o * (1 - tc * tc)
-    w3, wo = w_hh[:3 * H], w_hh[3 * H:]
-    m = _float_mask(mask, T, sig.dtype)
-    d3, do, dh_out = [], [], []
+    T, H = acts.shape[0], cs.shape[-1]
+    c_prev = _previous(cs, states0[1], None, reverse)  # cs holds through masks: exact
+    m = _float_mask(mask, T, acts.dtype)
+    dgates, dh_out = _Steps(T), _Steps(T)
     for t in _order(T, not reverse):
+        a = acts[t]
+        i, f, g, o = a.chunk(4, -1)
+        tc = torch.tanh(cs[t])
         dh_t, dh_keep = _split(dh, dys[t], m[t])
         dc_t, dc_keep = _split(dc, None, m[t])
         if w_hr is not None:
-            dh_out.append(dh_t)
+            dh_out[t] = dh_t
             dh_t = dh_t @ w_hr
-        dct = torch.addcmul(dc_t, dh_t, A[t])
-        g3 = (dct.unsqueeze(-2) * K3[t]).flatten(-2)  # [B, 3H]
-        go = dh_t * Ko[t]
-        d3.append(g3)
-        do.append(go)
-        dh = _plus(torch.addmm(go @ wo, g3, w3), dh_keep)
-        dc = _plus(dct * f[t], dc_keep)
-    dgates = torch.cat([_stack(d3, not reverse), _stack(do, not reverse)], -1)
+        dct = torch.addcmul(dc_t, dh_t, o * (1 - tc * tc))
+        d_act = a * (1 - a)  # sigmoid' for i, f, o; tanh' for g
+        d_act[..., 2 * H:3 * H] = 1 - g * g
+        dg = d_act * torch.cat([dct * g, dct * c_prev[t], dct * i, dh_t * tc], -1)  # [B, 4H]
+        dgates[t] = dg
+        dh = dg @ w_hh if dh_keep is None else torch.addmm(dh_keep, dg, w_hh)
+        dc = _plus(dct * f, dc_keep)
+    dgates = dgates.out
+    h_prev = _previous(ys, states0[0], mask, reverse)
     grads = {"w_hh": dgates.flatten(0, -2).t() @ h_prev.flatten(0, -2)}
     if w_hr is not None:
-        grads["w_hr"] = _stack(dh_out, not reverse).flatten(0, -2).t() @ (o * tc).flatten(0, -2)
+        o, tc = acts[..., 3 * H:], torch.tanh(cs)
+        grads["w_hr"] = dh_out.out.flatten(0, -2).t() @ (o * tc).flatten(0, -2)
     return dgates, (dh, dc), grads
 
 
@@ -140,49 +161,44 @@ def _gru_forward(xp, states, w_hh, b_hh, w_hr, mask, reverse):
     (h,) = states
     T, H = xp.shape[0], h.shape[-1]
     w_t = w_hh.t()
-    rz_all, n_all, hn_all, h_prev_all, ys = [], [], [], [], []
+    rz_all, n_all, hn_all, ys = _Steps(T), _Steps(T), _Steps(T), _Steps(T)
     for t in _order(T, reverse):
-        h_prev_all.append(h)
         x_t = xp[t]
         hp = h @ w_t if b_hh is None else torch.addmm(b_hh, h, w_t)
         rz = torch.sigmoid(x_t[..., :2 * H] + hp[..., :2 * H])
         hn = hp[..., 2 * H:]
         n = torch.tanh(torch.addcmul(x_t[..., 2 * H:], rz[..., :H], hn))
         h_new = torch.addcmul(n, rz[..., H:], h - n)
-        rz_all.append(rz)
-        n_all.append(n)
-        hn_all.append(hn)
+        rz_all[t], n_all[t], hn_all[t] = rz, n, hn
         if mask is None:
             h = h_new
-            ys.append(h_new)
+            ys[t] = h_new
         else:
             h = torch.where(mask[t], h_new, h)
-            ys.append(h_new * mask[t])
-    saved = [_stack(x, reverse) for x in (rz_all, n_all, hn_all, h_prev_all)]
-    return _stack(ys, reverse), (h,), saved
+            ys[t] = h_new * mask[t]
+    return ys.out, (h,), [rz_all.out, n_all.out, hn_all.out]
 
 
-def _gru_backward(dys, dfinals, w_hh, b_hh, w_hr, mask, reverse, ys, saved):
-    rz, n, hn, h_prev = saved
+def _gru_backward(dys, dfinals, w_hh, b_hh, w_hr, mask, reverse, ys, states0, extra):
+    rz, n, hn = extra
     (dh,) = dfinals
     T, H = n.shape[0], n.shape[-1]
+    h_prev = _previous(ys, states0[0], mask, reverse)
     r, z = rz[..., :H], rz[..., H:]
     Dn = (1 - z) * (1 - n * n)  # dh' -> d pre_n
     Dz = (h_prev - n) * z * (1 - z)  # dh' -> d pre_z
     Dr = hn * r * (1 - r)  # d pre_n -> d pre_r
     m = _float_mask(mask, T, n.dtype)
-    drz_all, dpn_all, dhp_all = [], [], []
+    dxp, dhp = _Steps(T), _Steps(T)
     for t in _order(T, not reverse):
         d, d_keep = _split(dh, dys[t], m[t])
         dpn = d * Dn[t]
         drz = torch.cat([dpn * Dr[t], d * Dz[t]], -1)
-        dhp = torch.cat([drz, dpn * r[t]], -1)
-        drz_all.append(drz)
-        dpn_all.append(dpn)
-        dhp_all.append(dhp)
-        dh = _plus(torch.addmm(d * z[t], dhp, w_hh), d_keep)
-    dxp = torch.cat([_stack(drz_all, not reverse), _stack(dpn_all, not reverse)], -1)
-    dhp = _stack(dhp_all, not reverse).flatten(0, -2)
+        dxp[t] = torch.cat([drz, dpn], -1)
+        dhp_t = torch.cat([drz, dpn * r[t]], -1)
+        dhp[t] = dhp_t
+        dh = _plus(torch.addmm(d * z[t], dhp_t, w_hh), d_keep)
+    dxp, dhp = dxp.out, dhp.out.flatten(0, -2)
     grads = {"w_hh": dhp.t() @ h_prev.flatten(0, -2)}
     if b_hh is not None:
         grads["b_hh"] = dhp.sum(0)
@@ -194,33 +210,33 @@ def _rnn_forward(relu):
     def forward(xp, states, w_hh, b_hh, w_hr, mask, reverse):
         (h,) = states
         act = torch.relu if relu else torch.tanh
-        w_t, h_prev_all, ys = w_hh.t(), [], []
+        w_t, ys = w_hh.t(), _Steps(xp.shape[0])
         for t in _order(xp.shape[0], reverse):
-            h_prev_all.append(h)
             h_new = act(torch.addmm(xp[t], h, w_t))
             if mask is None:
                 h = h_new
-                ys.append(h_new)
+                ys[t] = h_new
             else:
                 h = torch.where(mask[t], h_new, h)
-                ys.append(h_new * mask[t])
-        return _stack(ys, reverse), (h,), [_stack(h_prev_all, reverse)]
+                ys[t] = h_new * mask[t]
+        return ys.out, (h,), []
     return forward
 
 
 def _rnn_backward(relu):
-    def backward(dys, dfinals, w_hh, b_hh, w_hr, mask, reverse, ys, saved):
+    def backward(dys, dfinals, w_hh, b_hh, w_hr, mask, reverse, ys, states0, extra):
         # ys holds each step's new h (zero where masked: the gradient there is zero too)
-        (h_prev,), (dh,) = saved, dfinals
+        (dh,) = dfinals
         D = (ys > 0).to(ys.dtype) if relu else 1 - ys * ys
         m = _float_mask(mask, ys.shape[0], ys.dtype)
-        dpre_all = []
+        dxp = _Steps(ys.shape[0])
         for t in _order(ys.shape[0], not reverse):
             d, d_keep = _split(dh, dys[t], m[t])
             dpre = d * D[t]
-            dpre_all.append(dpre)
+            dxp[t] = dpre
             dh = _plus(dpre @ w_hh, d_keep)
-        dxp = _stack(dpre_all, not reverse)
+        dxp = dxp.out
+        h_prev = _previous(ys, states0[0], mask, reverse)
         return dxp, (dh,), {"w_hh": dxp.flatten(0, -2).t() @ h_prev.flatten(0, -2)}
     return backward
 
@@ -234,18 +250,18 @@ _KINDS = {  # kind -> (forward, backward, number of state tensors)
 
 
 def _run_forward(kind, reverse, xp, states, w_hh, b_hh, w_hr, mask) -> list[Tensor]:
-    """``[ys, *finals, *saved]``, fresh tensors."""
-    ys, finals, saved = _KINDS[kind][0](xp, tuple(states), w_hh, b_hh, w_hr, mask, reverse)
-    return [ys, *(f.clone() if xp.shape[0] == 0 else f for f in finals), *saved]
+    """``[ys, *finals, *extra]``, fresh tensors (T >= 1: the finals are not the inputs)."""
+    ys, finals, extra = _KINDS[kind][0](xp, tuple(states), w_hh, b_hh, w_hr, mask, reverse)
+    return [ys, *finals, *extra]
 
 
 def _run_backward(kind, reverse, grads, w_hh, b_hh, w_hr, mask, saved) -> list[Tensor]:
-    """``[dxp, *dstates, dw_hh, (db_hh), (dw_hr)]``; ``grads = [dys, *dfinals]``, ``saved = [ys, *saved]``."""
+    """``[dxp, *dstates, dw_hh, (db_hh), (dw_hr)]``; ``grads = [dys, *dfinals]``,
+    ``saved = [ys, *states0, *extra]``."""
     n = _KINDS[kind][2]
     dys, dfinals = grads[0], tuple(grads[1:1 + n])
-    dxp, dstates, dw = _KINDS[kind][1](dys, dfinals, w_hh, b_hh, w_hr, mask, reverse, saved[0], saved[1:])
-    if dys.shape[0] == 0:
-        dstates = tuple(d.clone() for d in dstates)
+    ys, states0, extra = saved[0], saved[1:1 + n], saved[1 + n:]
+    dxp, dstates, dw = _KINDS[kind][1](dys, dfinals, w_hh, b_hh, w_hr, mask, reverse, ys, states0, extra)
     return [dxp, *dstates, dw["w_hh"], *([dw["b_hh"]] if b_hh is not None else []),
             *([dw["w_hr"]] if w_hr is not None else [])]
 
@@ -263,9 +279,9 @@ def _(kind, reverse, xp, states, w_hh, b_hh, w_hr, mask):
     h = states[0]
     H, P = (states[1].shape[-1], h.shape[-1]) if kind == "lstm" else (h.shape[-1], h.shape[-1])
     new = xp.new_empty
-    saved = {"lstm": [(4 * H,), (H,), (H,), (P,), (H,)], "gru": [(2 * H,), (H,), (H,), (H,)]}
+    extra = {"lstm": [(4 * H,), (H,)], "gru": [(2 * H,), (H,), (H,)]}
     return [new(T, B, P), *(new(s.shape) for s in states),
-            *(new(T, B, *shape) for shape in saved.get(kind, [(H,)]))]
+            *(new(T, B, *shape) for shape in extra.get(kind, []))]
 
 
 @torch.library.custom_op("cells::recurrence_backward", mutates_args=())
@@ -286,7 +302,7 @@ def _(kind, reverse, grads, w_hh, b_hh, w_hr, mask, saved):
 
 
 class _Recurrence(torch.autograd.Function):
-    # lists and stack, no in-place writes: the loops run under vmap as they are
+    # in-place writes only into fresh tensors made from batched results: the loops run under vmap as they are
     generate_vmap_rule = True
 
     @staticmethod
@@ -301,7 +317,7 @@ class _Recurrence(torch.autograd.Function):
         kind, reverse, mask, _, w_hh, b_hh, w_hr, *states = inputs
         n = len(states)
         saved = output[1 + n:]
-        ctx.save_for_backward(w_hh, b_hh, w_hr, mask, output[0], *saved)
+        ctx.save_for_backward(w_hh, b_hh, w_hr, mask, output[0], *states, *saved)
         ctx.kind, ctx.reverse, ctx.n = kind, reverse, n
         ctx.mark_non_differentiable(*saved)
         ctx.set_materialize_grads(False)  # no zero-filled gradients for the saved outputs
@@ -311,13 +327,19 @@ class _Recurrence(torch.autograd.Function):
         w_hh, b_hh, w_hr, mask, *saved = ctx.saved_tensors
         ys = saved[0]
         grads = [dys if dys is not None else torch.zeros_like(ys)]
-        for d, s in zip(dfinals[:ctx.n], _final_likes(ctx.kind, saved)):
+        for d, s in zip(dfinals[:ctx.n], saved[1:1 + ctx.n]):  # the initial states
             grads.append(d if d is not None else torch.zeros_like(s))
         if torch.compiler.is_compiling():
             with torch.no_grad():
                 out = _recurrence_backward_op(ctx.kind, ctx.reverse, grads, w_hh, b_hh, w_hr, mask, saved)
         else:
-            out = _run_backward(ctx.kind, ctx.reverse, grads, w_hh, b_hh, w_hr, mask, saved)
+            if _differentiated_again(saved):
+                raise RuntimeError(
+                    f"cells: the hand-written backward of the {ctx.kind} recurrence cannot be differentiated "
+                    "again (a second derivative: grad of grad, create_graph=True, a gradient penalty); "
+                    "build the layer with fused=False to differentiate the cells step by step")
+            with torch.no_grad():  # fn.grad runs backwards with grad mode on: do not record the loop
+                out = _run_backward(ctx.kind, ctx.reverse, grads, w_hh, b_hh, w_hr, mask, saved)
         dxp, dstates, rest = out[0], out[1:1 + ctx.n], iter(out[1 + ctx.n:])
         dw_hh = next(rest)
         db_hh = next(rest) if b_hh is not None else None
@@ -325,11 +347,23 @@ class _Recurrence(torch.autograd.Function):
         return (None, None, None, dxp, dw_hh, db_hh, dw_hr, *dstates)
 
 
-def _final_likes(kind: str, saved: list) -> list:
-    """A tensor shaped like each final state (one step of the saved previous states)."""
-    if kind == "lstm":
-        return [saved[4][0], saved[5][0]]  # h_prev, c_prev
-    return [saved[-1][0]]  # h_prev
+def _differentiated_again(saved: list) -> bool:
+    """Whether this backward is itself being differentiated (a second derivative).
+
+    ``torch.func.grad`` runs every backward with grad mode on, in case a transform encloses
+    it, so grad mode alone does not tell. A second derivative is taken when a differentiating
+    transform (or ``create_graph=True``) encloses the one whose backward this is. That one is
+    on top of functorch's stack, at the level of the saved tensors, unless it already
+    returned (``vjp``), in which case every grad level on the stack encloses it.
+    """
+    if not torch.is_grad_enabled():
+        return False
+    stack = retrieve_all_functorch_interpreters()
+    if not stack:
+        return True  # plain autograd with create_graph=True
+    own = max(maybe_get_level(t) for t in saved)
+    outer = stack[:-1] if stack[-1].level() == own else stack
+    return any(i.key() in (TransformType.Grad, TransformType.Jvp) for i in outer)
 
 
 def recurrence(kind: str, xp: Tensor, states: tuple, w_hh: Tensor, b_hh: Tensor | None = None,
@@ -339,6 +373,8 @@ def recurrence(kind: str, xp: Tensor, states: tuple, w_hh: Tensor, b_hh: Tensor 
     -> ``(ys [T, B, P], finals)`` with ``finals`` shaped like ``states``."""
     if kind not in _KINDS:
         raise ValueError(f"recurrence: kind must be one of {sorted(_KINDS)}, got {kind!r}")
+    if xp.ndim != 3 or xp.shape[0] < 1:
+        raise ValueError(f"recurrence: expected xp of shape [T, B, G*H] with T >= 1, got {list(xp.shape)}")
     out = _Recurrence.apply(kind, reverse, mask, xp, w_hh, b_hh, w_hr, *states)
     n = len(states)
     return out[0], tuple(out[1:1 + n])

@@ -106,6 +106,8 @@ class _RNNBase(fn.Module):
         expect(self, x.ndim in (2, 3) and x.shape[-1] == self.input_size,
                f"input of shape {layout.format(self.input_size)} or unbatched [T, {self.input_size}]", x)
         unbatched = x.ndim == 2
+        expect(self, x.shape[1 if self.batch_first and not unbatched else 0] >= 1,
+               "a sequence of at least one step", x)
         if unbatched:
             x = x.unsqueeze(1)
         elif self.batch_first:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import assert_close, assert_trees_close
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -70,6 +70,7 @@ def rnn_configs(draw):
     return kind, draw(st.integers(1, 4)), h, kw, fused
 
 
+@settings(max_examples=max(60, settings.default.max_examples))  # many option combinations; each is fast
 @given(cfg=rnn_configs(), T=st.integers(1, 5), batch=st.sampled_from([None, 1, 3]), with_h0=st.booleans(),
        with_lengths=st.booleans(), dtype=DTYPES, data=st.data())
 def test_sequence_layers_match_torch_with_h0_and_packed_lengths(cfg, T, batch, with_h0, with_lengths, dtype, data):

@@ -4,10 +4,12 @@ kind, with and without masks, in both directions, and under vmap."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import assert_close
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 import cells
 import fnnet as fn
@@ -96,3 +98,37 @@ def test_only_the_final_state_used_still_gives_gradients_to_every_input():
     grads = fn.grad(lambda xp, w, h, c: recurrence("lstm", xp, (h, c), w)[1][1].sum(), (0, 1, 2, 3))(
         xp, w_hh, *states)
     assert all(gr.abs().sum() > 0 for gr in grads)
+
+
+def test_a_second_derivative_through_the_hand_written_backward_is_refused_and_fused_false_gives_it():
+    """The saved activations are constants to a second derivative, so grad of grad, grad of vjp
+    and create_graph raise (instead of silently wrong numbers); first-order transforms work."""
+    _, xp, states, w_hh, b_hh, _, _ = _setup("gru", 4, 2, 3, 0, seed=2)
+
+    def loss(w):
+        ys, (h,) = recurrence("gru", xp, states, w, b_hh, reverse=True)
+        return ys.pow(3).sum() + h.sum()
+
+    def grad_of_vjp(w):
+        return torch.func.vjp(loss, w)[1](torch.ones((), dtype=F64))[0].sum()
+
+    def create_graph(w):
+        w = w.clone().requires_grad_()
+        return torch.autograd.grad(loss(w), w, create_graph=True)
+
+    for second in (fn.grad(lambda w: fn.grad(loss)(w).sum()), fn.grad(grad_of_vjp), create_graph):
+        with pytest.raises(RuntimeError, match="fused=False"):
+            second(w_hh)
+    assert torch.func.jacrev(loss)(w_hh).shape == w_hh.shape
+    assert fn.vmap(fn.grad(loss))(torch.stack([w_hh, w_hh])).shape == (2, *w_hh.shape)
+
+    # the step-by-step path gives second derivatives: a gradient penalty as nn.GRU computes it
+    torch.manual_seed(0)
+    theirs, x = nn.GRU(2, 3).double(), torch.randn(4, 2, 2, dtype=F64)
+    params = fn.params_from_module(theirs)
+    ours = cells.GRU(2, 3, fused=False)
+    gp = fn.grad(lambda x: fn.grad(lambda x: ours.apply(params, x)[0].pow(3).sum())(x).square().sum())(x)
+    xt = x.clone().requires_grad_()
+    (dx,) = torch.autograd.grad(theirs(xt)[0].pow(3).sum(), xt, create_graph=True)
+    (want,) = torch.autograd.grad(dx.square().sum(), xt)
+    assert_close(gp, want)
