@@ -70,8 +70,9 @@ class _Cell(fn.Module):
     folds_hidden_bias: ClassVar[bool] = True  # W_hh h + b_hh enters the gates additively
 
     def project(self, w_ih, b_ih, b_hh, x: torch.Tensor) -> torch.Tensor:
-        xp = F.linear(x, w_ih, b_ih)
-        return xp + b_hh if self.folds_hidden_bias and b_hh is not None else xp
+        if self.folds_hidden_bias and b_hh is not None:
+            b_ih = b_ih + b_hh  # one bias add over [T, B, G*H], one reduction for both bias grads
+        return F.linear(x, w_ih, b_ih)
 
     def _hidden(self, w_hh, b_hh, xp, h):
         """``xp + h W_hh^T`` (+ ``b_hh`` unless folded into ``xp``), as one addmm."""

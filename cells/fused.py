@@ -99,18 +99,34 @@ def _previous(ys: Tensor, s0: Tensor, mask: Tensor | None, reverse: bool) -> Ten
 #   -> (dxp, dstates, {"w_hh": ..., ["b_hh"|"w_hr"]: ...}).
 
 # -- LSTM: gates i, f, g, o; c' = f c + i g; h' = o tanh(c') (then W_hr h' with proj_size) --------
+def _lstm_cell(gates, c):
+    """The elementwise part of a step: ``a = [i, f, tanh g, o]``, ``c'``, ``o tanh(c')``."""
+    H = c.shape[-1]
+    a = torch.sigmoid(gates)  # one sigmoid for the three sigmoid gates, then g's slot
+    a[..., 2 * H:3 * H] = torch.tanh(gates[..., 2 * H:3 * H])
+    i, f, g, o = a.chunk(4, -1)
+    c_new = torch.addcmul(f * c, i, g)
+    return a, c_new, o * torch.tanh(c_new)
+
+
+def _lstm_cell_backward(a, c, c_prev, dh, dc):
+    """Its VJP: ``(d gates [B, 4H], d c_prev)`` from ``dh``, ``dc`` at the new state."""
+    H = c.shape[-1]
+    i, f, g, o = a.chunk(4, -1)
+    tc = torch.tanh(c)
+    dc = torch.addcmul(dc, dh, o * (1 - tc * tc))
+    d_act = a * (1 - a)  # sigmoid' for i, f, o; tanh' for g
+    d_act[..., 2 * H:3 * H] = 1 - g * g
+    return d_act * torch.cat([dc * g, dc * c_prev, dc * i, dh * tc], -1), dc * f
+
+
 def _lstm_forward(xp, states, w_hh, b_hh, w_hr, mask, reverse):
     h, c = states
-    T, H = xp.shape[0], c.shape[-1]
+    T = xp.shape[0]
     w_t, w_hr_t = w_hh.t(), (None if w_hr is None else w_hr.t())
     acts, cs, ys = _Steps(T), _Steps(T), _Steps(T)
     for t in _order(T, reverse):
-        gates = torch.addmm(xp[t], h, w_t)
-        a = torch.sigmoid(gates)  # one sigmoid for the three sigmoid gates, then g's slot:
-        a[..., 2 * H:3 * H] = torch.tanh(gates[..., 2 * H:3 * H])  # a = [i, f, tanh g, o]
-        i, f, g, o = a.chunk(4, -1)
-        c_new = torch.addcmul(f * c, i, g)
-        h_new = o * torch.tanh(c_new)
+        a, c_new, h_new = _lstm_cell(torch.addmm(xp[t], h, w_t), c)
         if w_hr_t is not None:
             h_new = h_new @ w_hr_t
         if mask is None:
@@ -132,21 +148,15 @@ def _lstm_backward(dys, dfinals, w_hh, b_hh, w_hr, mask, reverse, ys, states0, e
     m = _float_mask(mask, T, acts.dtype)
     dgates, dh_out = _Steps(T), _Steps(T)
     for t in _order(T, not reverse):
-        a = acts[t]
-        i, f, g, o = a.chunk(4, -1)
-        tc = torch.tanh(cs[t])
         dh_t, dh_keep = _split(dh, dys[t], m[t])
         dc_t, dc_keep = _split(dc, None, m[t])
         if w_hr is not None:
             dh_out[t] = dh_t
             dh_t = dh_t @ w_hr
-        dct = torch.addcmul(dc_t, dh_t, o * (1 - tc * tc))
-        d_act = a * (1 - a)  # sigmoid' for i, f, o; tanh' for g
-        d_act[..., 2 * H:3 * H] = 1 - g * g
-        dg = d_act * torch.cat([dct * g, dct * c_prev[t], dct * i, dh_t * tc], -1)  # [B, 4H]
+        dg, dc = _lstm_cell_backward(acts[t], cs[t], c_prev[t], dh_t, dc_t)
         dgates[t] = dg
         dh = dg @ w_hh if dh_keep is None else torch.addmm(dh_keep, dg, w_hh)
-        dc = _plus(dct * f, dc_keep)
+        dc = _plus(dc, dc_keep)
     dgates = dgates.out
     h_prev = _previous(ys, states0[0], mask, reverse)
     grads = {"w_hh": dgates.flatten(0, -2).t() @ h_prev.flatten(0, -2)}

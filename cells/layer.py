@@ -19,6 +19,13 @@ step, and the reverse direction starts at each sequence's own end.
 
 ``dropout`` applies between layers (not after the last), in training only, with masks drawn
 from ``key``. The input projection of all time steps is one matmul outside the time loop.
+
+``fused=True`` (default): each layer and direction runs as one recurrence with a hand-written
+VJP (``cells.fused``); under ``fn.jit`` that recurrence is one opaque op, so the compiled step
+has the same graph, and compile time, for any sequence length. ``fused=False``: the cell's step
+scanned over time (``fnnet.scan``) and differentiated by autograd - the reference the fused
+path is tested against, and the path for second derivatives (the fused backward refuses to be
+differentiated again) and for ``vmap`` inside ``fn.jit``; compiled with gradients it unrolls.
 """
 
 from __future__ import annotations
