@@ -218,16 +218,16 @@ def test_two_param_groups_with_different_lr_and_weight_decay_match_torch():
 
 
 def test_a_frozen_subtree_stays_bit_identical_and_has_no_optimizer_state():
-    params = {"encoder": {"w": torch.randn(3)}, "head": {"w": torch.randn(2)}}
+    params = {"encoder": {"w": torch.tensor([-0.0, 1.5, -2.0, float("nan")])}, "head": {"w": torch.randn(2)}}
     opt = optim.freeze(optim.adam(0.1), lambda path, p: path.startswith("encoder"))
     state = opt.init(params)
-    assert "encoder.w" not in fn.tree.paths(state["train"]) and not fn.tree.leaves(state["frozen"])
+    assert fn.tree.paths(state["train"]["exp_avg"]) == ["head.w"] and not fn.tree.leaves(state["frozen"])
     before = params["encoder"]["w"].clone()
     for _ in range(3):
-        grads = fn.grad(lambda p: (p["encoder"]["w"] ** 2).sum() + (p["head"]["w"] ** 2).sum())(params)
+        grads = fn.grad(lambda p: (p["encoder"]["w"] ** 2).nansum() + (p["head"]["w"] ** 2).sum())(params)
         updates, state = opt.update(grads, state, params)
         params = optim.apply_updates(params, updates)
-    assert torch.equal(params["encoder"]["w"], before)
+    assert torch.equal(params["encoder"]["w"].view(torch.int32), before.view(torch.int32)), "bits changed"
     assert not torch.equal(params["head"]["w"], torch.zeros(2))
 
 

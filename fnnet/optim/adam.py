@@ -28,10 +28,12 @@ def _adam(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled) -> Gradien
         new = {"exp_avg": m, "exp_avg_sq": v}
         if amsgrad:
             v = new["max_exp_avg_sq"] = ops.maximum(s["max_exp_avg_sq"], v)
-        step_size = lr / (1 - b1 ** count)
+        # torch: denom = v.sqrt() / bc2_sqrt + eps; p.addcdiv_(m, denom, value=-step_size). Here
+        # -step_size goes into denom first (as torch's capturable path does), saving a pass
+        neg_step = -lr / (1 - b1 ** count)
         bc2_sqrt = _ops.ssqrt(1 - b2 ** count)
-        denom = ops.add_(ops.div_(ops.sqrt(v), bc2_sqrt), h["eps"])           # (v.sqrt() / bc2_sqrt).add_(eps)
-        updates = ops.mul_(ops.div(m, denom), -step_size)                     # p.addcdiv_(m, denom, value=-step_size)
+        denom = ops.add_(ops.div_(ops.sqrt(v), bc2_sqrt * neg_step), h["eps"] / neg_step)
+        updates = ops.div(m, denom)
         if decoupled and wd is not None:
             updates = ops.add(updates, p, alpha=-lr * wd)                      # p.mul_(1 - lr * wd), first
         return updates, new

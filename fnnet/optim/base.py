@@ -61,9 +61,11 @@ def identity() -> GradientTransformation:
 
 
 def set_to_zero() -> GradientTransformation:
-    """Zero updates and no state: a frozen subtree (see :func:`multi_transform`)."""
+    """Zero updates and no state: a frozen subtree (see :func:`multi_transform`). The zeros are
+    ``-0.0``: ``p + (-0.0)`` is ``p`` bit for bit, ``-0.0`` and NaN included (``p + 0.0`` is not
+    for ``p = -0.0``)."""
     return GradientTransformation(lambda params: {},
-                                  lambda grads, state, params=None, **_: (T.zeros_like(grads), state))
+                                  lambda grads, state, params=None, **_: (T.full_like(grads, -0.0), state))
 
 
 def hyperparam_dtype(like: torch.Tensor | None) -> torch.dtype:
