@@ -198,6 +198,22 @@ def test_clip_by_global_norm_equals_clip_grad_norm_(norm_type, max_norm):
         torch.testing.assert_close(ours, p.grad, rtol=0, atol=0)
 
 
+def test_clip_by_value_equals_clip_grad_value_and_scale_by_schedule_counts_from_zero():
+    g = {"a": torch.tensor([3.0, -4.0, 0.2]), "b": torch.tensor([[-0.1, 7.0]])}
+    clipped, _ = optim.clip_by_value(0.5).update(g, {})
+    ps = [torch.nn.Parameter(torch.zeros_like(x)) for x in fn.tree.leaves(g)]
+    for p, x in zip(ps, fn.tree.leaves(g)):
+        p.grad = x.clone()
+    torch.nn.utils.clip_grad_value_(ps, 0.5)
+    for ours, p in zip(fn.tree.leaves(clipped), ps):
+        assert torch.equal(ours, p.grad)
+    t = optim.scale_by_schedule(optim.exponential_lr(1.0, 0.5))
+    state = t.init(g)
+    for count in range(3):
+        scaled, state = t.update(g, state)
+        torch.testing.assert_close(scaled["a"], g["a"] * 0.5 ** count)
+
+
 def test_clip_by_global_norm_raises_on_a_nonfinite_norm_only_when_asked():
     g = {"a": torch.tensor([float("nan"), 1.0])}
     with pytest.raises(RuntimeError, match="non-finite"):

@@ -63,6 +63,28 @@ def test_a_vmapped_ensemble_with_one_lr_per_member_matches_separate_runs(name):
                            {k: v for k, v in s.items() if k != "hyperparams"}, msg=f"state {i}")
 
 
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_every_optimizer_step_traces_as_one_graph_and_matches_eager(name):
+    """fullgraph tracing (dynamo, without inductor to stay fast; the Adam test in
+    test_optim_schedules runs inductor): hyperparameters and the count stay tensors."""
+    from torch._dynamo.testing import CompileCounter
+
+    opt = OPTIMIZERS[name](0.05)
+    g = torch.Generator().manual_seed(2)
+    target = {"w": torch.randn(3, 2, generator=g), "b": torch.randn(2, generator=g)}
+    params = fn.tree.map(torch.zeros_like, target)
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    compiled = fn.jit(_step(opt), backend=counter)
+    pe, se, pc, sc = params, opt.init(params), params, opt.init(params)
+    for _ in range(4):
+        pe, se = _step(opt)(pe, se, target)
+        pc, sc = compiled(pc, sc, target)
+    assert counter.frame_count == 1
+    assert_trees_close(pc, pe, msg="params")
+    assert_trees_close(sc, se, msg="state")
+
+
 def test_an_update_is_differentiable_through_its_inputs():
     """Meta-gradients: d loss(params after one Adam step) / d params, via fn.grad (the update
     runs leaf by leaf, out of place), agrees with central finite differences."""

@@ -1,5 +1,29 @@
 """Pure optimizers as gradient transformations (optax-style) that follow their ``torch.optim``
-namesakes step for step, with the same argument names and defaults."""
+namesakes step for step, with the same argument names and defaults (``lr`` first).
+
+    opt = optim.chain(optim.clip_by_global_norm(1.0), optim.adam(1e-3, weight_decay=1e-4))
+    state = opt.init(params)                          # a pytree of tensors, with the step count
+    updates, state = opt.update(grads, state, params)
+    params = optim.apply_updates(params, updates)
+
+- Optimizers: ``sgd``, ``adam``, ``adamw``, ``adamax``, ``adagrad``, ``rmsprop``, ``rprop``,
+  ``asgd`` (its averaged params are ``state["ax"]``), and ``lbfgs``, which takes the loss:
+  ``params, state, loss = opt.step(loss_fn, params, state)``.
+- ``lr`` may be a number or a schedule of the step count (``step_lr``, ``exponential_lr``,
+  ``cosine_annealing_lr``, ``linear_lr``, ``one_cycle_lr``: torch's schedulers in closed form).
+- Hyperparameters live in the state as tensors: ``set_hyperparams(state, lr=1e-4)`` is
+  ``param_group["lr"] = 1e-4``, and a compiled step does not recompile for it. Under ``vmap``
+  (ensembles) a state may hold one value per member.
+- Param groups and freezing: ``multi_transform({"a": opt_a, "b": opt_b}, labels)`` with a label
+  tree or ``f(path, leaf) -> label``; ``freeze(opt, predicate)`` (frozen leaves: no state,
+  bit-identical). ``add_decayed_weights(wd, mask)``, ``clip_by_value``, ``scale``,
+  ``scale_by_schedule``, ``reduce_on_plateau`` (``update(..., value=loss)`` once per epoch).
+
+Updates run as ``torch._foreach_*`` over all leaves; under ``vmap`` or when differentiating
+through an update, leaf by leaf (see ``_ops``). Eager on the CPU, hyperparameters are read as
+Python numbers, as torch.optim reads its CPU step; on an accelerator and under ``fn.jit`` they
+stay tensors (no host sync, no recompiles).
+"""
 
 from .adagrad import adagrad
 from .adam import adam, adamax, adamw
