@@ -8,12 +8,18 @@ T=4096 LSTM with peak memory (CPU: peak RSS of a fresh process running one step;
 ``max_memory_allocated``). With jax installed (the ``bench`` extra) a column for the same
 LSTM written with ``jax.lax.scan`` under ``jax.jit(value_and_grad)``. On CUDA also H=256,
 B=64 against cuDNN. ``--quick``: LSTM/GRU/RNN at T=64 only, eager and compiled.
+
+Implementations of a case are timed in interleaved rounds (median per implementation), so
+load from other jobs drifts over all of them alike; compile time is the first call minus a
+steady one, with inductor's FX graph cache off. On a shared 2-core machine run it with
+``OMP_NUM_THREADS=1``: oversubscribed OpenMP threads make every number meaningless.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import resource
+import statistics
 import time
 
 import torch
@@ -47,31 +53,52 @@ def _setup(kind: str, T: int, i: int, h: int, b: int, seed: int = 0, **kw):
     return native_step, fn.value_and_grad(loss), params, x
 
 
+def _interleaved(fns: dict, repeats: int) -> dict:
+    """Median ms of each function, timed in rounds (one call of each per round) so that load
+    from other jobs on a shared machine drifts over all of them alike."""
+    for f in fns.values():
+        timeit(f, warmup=2, repeats=1, device=DEVICE)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, f in fns.items():
+            times[name].append(timeit(f, warmup=0, repeats=1, device=DEVICE))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _compiled(step, params, x) -> tuple:
+    """``fn.jit(step)`` and its compile time: first call minus a steady call, cold caches."""
+    compiled = fn.jit(step, dynamic=False)
+    with torch._inductor.config.patch(fx_graph_cache=False):
+        first = first_call(lambda: compiled(params, x), device=DEVICE)
+    steady = timeit(lambda: compiled(params, x), warmup=0, repeats=1, device=DEVICE) / 1e3
+    return compiled, max(first - steady, 0.0)
+
+
 def _case(kind: str, T: int, compile_: bool, repeats: int, i: int = I, h: int = H, b: int = B, **kw) -> list[dict]:
     native_step, step, params, x = _setup(kind, T, i, h, b, **kw)
     desc = f"{kind} I={i} H={h} B={b} T={T}" + "".join(f" {k}={v}" for k, v in kw.items())
-    base = timeit(native_step, repeats=repeats, device=DEVICE)
-    rows = [row("cells", desc, f"nn.{kind} (native kernel)", base, base),
-            row("cells", desc, "fnnet eager", timeit(lambda: step(params, x), repeats=repeats, device=DEVICE), base)]
+    fns = {f"nn.{kind} (native kernel)": native_step, "fnnet eager": lambda: step(params, x)}
+    extra = {}
     if compile_:
-        compiled = fn.jit(step, dynamic=False)
-        ct = first_call(lambda: compiled(params, x), device=DEVICE)
-        rows.append(row("cells", desc, "fnnet fn.jit", timeit(lambda: compiled(params, x), repeats=repeats,
-                                                                device=DEVICE), base, compile_s=round(ct, 1)))
+        compiled, ct = _compiled(step, params, x)
+        fns["fnnet fn.jit"] = lambda: compiled(params, x)
+        extra["fnnet fn.jit"] = {"compile_s": round(ct, 1)}
+    ms = _interleaved(fns, repeats)
+    base = ms[f"nn.{kind} (native kernel)"]
+    rows = [row("cells", desc, name, t, base, **extra.get(name, {})) for name, t in ms.items()]
     if kind == "LSTM" and not kw:
         rows += _jax_row(desc, T, i, h, b, base, repeats)
     return rows
 
 
 def _compile_times() -> list[dict]:
-    """Compile time of the LSTM training step at a short and a long sequence."""
+    """Compile time of the LSTM training step at a short and a long sequence (cold caches)."""
     rows = []
     for T in (16, 1024):
         torch._dynamo.reset()
         _, step, params, x = _setup("LSTM", T, I, H, B)
-        compiled = fn.jit(step, dynamic=False)
-        ct = first_call(lambda: compiled(params, x), device=DEVICE)  # noqa: B023
-        rows.append(row("cells", f"LSTM I={I} H={H} B={B} T={T} compile", "fnnet fn.jit (first call)", ct * 1e3,
+        _, ct = _compiled(step, params, x)
+        rows.append(row("cells", f"LSTM I={I} H={H} B={B} T={T}", "fnnet fn.jit compile only", ct * 1e3,
                         compile_s=round(ct, 1)))
     return rows
 

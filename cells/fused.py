@@ -3,7 +3,8 @@
 
 Differentiating the time loop op by op makes autograd record ~10 nodes per step and replay
 them. Here the forward loop runs without recording and keeps what the backward needs (gate
-activations, cell states, previous hidden states); the backward is itself a loop, the BPTT
+activations and cell states; the previous hidden states are the outputs, shifted, so memory
+stays at ``nn.LSTM``'s); the backward is itself a loop, the BPTT
 recurrence, with per step a few elementwise ops and one ``[B, G*H] @ [G*H, H]`` matmul; the
 weight gradients are one matmul over all steps after the loop.
 
