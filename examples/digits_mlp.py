@@ -57,12 +57,15 @@ def run(steps=None, device="cpu", seed=0, out=None, compile=None, progress=True)
     def loss_fn(params, x, y):
         return losses.cross_entropy(model.apply(params, x), y)
 
+    def grad_step(params, x, y):  # its own function: compiled code is cached per code object
+        return fn.value_and_grad(loss_fn)(params, x, y)
+
     def update(params, state, grads):
         updates, state = opt.update(grads, state, params)
         return optim.apply_updates(params, updates), state
 
     # two compiled functions with the (data-parallel) gradient average between them
-    grad_step = common.compile_step(fn.value_and_grad(loss_fn), compile)
+    grad_step = common.compile_step(grad_step, compile)
     update = common.compile_step(update, compile)
     history = []
     batches = common.batches(kbatch, (x[train], y[train]), 64 * world)  # the same global batch on every rank
