@@ -30,6 +30,14 @@ Two ways to run, one math:
 
 The op-by-op path (``cells.cell`` cells stepped by ``fnnet.scan``, ``fused=False`` on the
 layers) is the reference these loops are tested against.
+
+Measured (``python -m benchmarks cells``, torch 2.13, 2-core shared CPU, one thread; I=32
+H=128 B=32 fwd+bwd, ratio to ``nn.*``'s oneDNN kernels): compile time 2.1 s at T=16 and at
+T=1024 (the unrolled loop took 28 s at T=16, 132 s at T=64); compiled GRU 0.89x/0.95x and
+RNN 0.79x/0.76x at T=64/256; LSTM 1.67x/1.26x (eager 2.07x/1.49x); peak memory of an LSTM
+step at T=4096 0.94x. Tried and dropped for the LSTM: inductor-compiled per-step elementwise
+kernels called from the loop (the backward's elementwise halves, the call overhead eats it:
+no net change) and compiled chunks of 8 unrolled steps (1.2-1.5x, 30 s to compile).
 """
 
 from __future__ import annotations

@@ -134,6 +134,17 @@ def test_length_one_sequences_and_a_batch_of_one():
     assert_close(c_o, c_t)
 
 
+def test_an_unbatched_sequence_with_a_length_is_the_batch_of_one():
+    gru = cells.GRU(3, 4, bidirectional=True)
+    params = gru.init(random.key(0))
+    x = torch.randn(6, 3)
+    out, h = gru.apply(params, x, lengths=torch.tensor(4))
+    out1, h1 = gru.apply(params, x.unsqueeze(1), lengths=torch.tensor([4]))
+    assert out.shape == (6, 8) and h.shape == (2, 4)
+    assert torch.equal(out, out1[:, 0]) and torch.equal(h, h1[:, 0])
+    assert not out[4:].any() and out[3].any()
+
+
 def test_params_have_torch_names_and_init_distribution():
     lstm = cells.LSTM(3, 8, num_layers=2, bidirectional=True, proj_size=2)
     params = lstm.init(random.key(0))
