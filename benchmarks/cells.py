@@ -66,7 +66,10 @@ def _interleaved(fns: dict, repeats: int) -> dict:
 
 
 def _compiled(step, params, x) -> tuple:
-    """``fn.jit(step)`` and its compile time: first call minus a steady call, cold caches."""
+    """``fn.jit(step)`` and its compile time: first call minus a steady call, cold caches.
+    Dynamo is reset first: every case compiles the same code object (fn.value_and_grad's
+    wrapper), and past its recompile limit dynamo would quietly run it eagerly."""
+    torch._dynamo.reset()
     compiled = fn.jit(step, dynamic=False)
     with torch._inductor.config.patch(fx_graph_cache=False):
         first = first_call(lambda: compiled(params, x), device=DEVICE)
@@ -95,7 +98,6 @@ def _compile_times() -> list[dict]:
     """Compile time of the LSTM training step at a short and a long sequence (cold caches)."""
     rows = []
     for T in (16, 1024):
-        torch._dynamo.reset()
         _, step, params, x = _setup("LSTM", T, I, H, B)
         _, ct = _compiled(step, params, x)
         rows.append(row("cells", f"LSTM I={I} H={H} B={B} T={T}", "fnnet fn.jit compile only", ct * 1e3,
