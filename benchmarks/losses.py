@@ -1,9 +1,26 @@
-"""The course's WGAN-GP critic step (D: 2-400-400-400-1 ReLU, batch 512): loss + lambda * penalty
-and its gradient w.r.t. the critic params. fnnet (torch.func, eager and fn.jit) against the
-classic nn.Module + autograd.grad(create_graph=True) step (eager, and torch.compile where it
-compiles at all), in the same run."""
+"""The course's WGAN-GP critic step (D: 2-400-400-400-1 ReLU, batch 512): Wasserstein loss +
+lambda * gradient penalty, and its gradient w.r.t. the critic params.
+
+Rows, all in the same run and on the same weights and interpolation weights:
+- classic: ``nn.Module`` + ``autograd.grad(create_graph=True)`` + ``backward()``, eager (the
+  baseline), and every way of compiling it that we know of (each fails today: the row says how);
+- fnnet: ``fn.value_and_grad`` of a loss whose penalty takes the input gradient with
+  ``torch.func``, eager and under ``fn.jit`` (fullgraph);
+- fnnet with ReLU written ``where(x <= 0, 0, x)`` (full runs only): the same values and
+  gradients, but its backward has no derivative w.r.t. ``x`` at all, where ``F.relu``'s has a
+  zero one that the double backward pushes through every layer (about 17% more matmul work);
+- JAX, ``jit(value_and_grad)`` over ``vmap(grad(D))``, where ``jax`` is importable.
+
+Implementations are timed in interleaved rounds, so that load from other jobs on a shared
+machine falls on all of them alike; compile time is reported apart (``compile_s``).
+"""
 
 from __future__ import annotations
+
+import itertools
+import statistics
+import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -12,16 +29,13 @@ import fnnet as fn
 import losses
 from fnnet import random
 
-from .common import first_call, row, timeit
+from .common import first_call, row, sync
 
 LAMBDA = 10.0
+WIDTHS = [2, 400, 400, 400, 1]
 
 
-def _classic(batch: int):
-    torch.manual_seed(0)
-    D = nn.Sequential(nn.Linear(2, 400), nn.ReLU(), nn.Linear(400, 400), nn.ReLU(),
-                      nn.Linear(400, 400), nn.ReLU(), nn.Linear(400, 1))
-
+def _classic_step(D: nn.Module) -> Callable:
     def step(real, fake, eps):
         D.zero_grad(set_to_none=True)
         x = (eps * real + (1 - eps) * fake).requires_grad_()
@@ -32,41 +46,151 @@ def _classic(batch: int):
         loss.backward()
         return loss
 
-    return D, step
+    return step
+
+
+def _where_relu(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x <= 0, 0.0, x)
+
+
+def _fnnet_step(act: Callable) -> Callable:
+    layers = [m for a, b in itertools.pairwise(WIDTHS) for m in (fn.Linear(a, b), act)][:-1]
+    critic = fn.Sequential(*layers)
+
+    def critic_loss(p, real, fake, key):
+        w = losses.discriminator_loss(critic(p, real), critic(p, fake), "wasserstein")
+        return w + LAMBDA * losses.gradient_penalty(critic, p, real, fake, key)
+
+    return fn.value_and_grad(critic_loss)
+
+
+def _jax_step(params: dict, real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor):
+    """The same step in JAX, or None where jax is not installed."""
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        return None
+    n = len(WIDTHS) - 1
+    jp = [(jnp.asarray(params[str(2 * i)]["weight"].cpu().numpy()),
+           jnp.asarray(params[str(2 * i)]["bias"].cpu().numpy())) for i in range(n)]
+
+    def D(p, x):
+        for i, (w, b) in enumerate(p):
+            x = x @ w.T + b
+            x = jax.nn.relu(x) if i < n - 1 else x
+        return x
+
+    def critic_loss(p, real, fake, eps):
+        x = eps * real + (1 - eps) * fake
+        g = jax.vmap(jax.grad(lambda x: D(p, x[None])[0, 0]))(x)
+        gp = jnp.mean((jnp.sqrt(jnp.sum(g * g, axis=1)) - 1.0) ** 2)
+        return jnp.mean(D(p, fake)) - jnp.mean(D(p, real)) + LAMBDA * gp
+
+    step = jax.jit(jax.value_and_grad(critic_loss))
+    args = [jnp.asarray(t.cpu().numpy()) for t in (real, fake, eps)]
+    return lambda: jax.block_until_ready(step(jp, *args))
+
+
+def _interleaved(fns: dict[str, Callable], rounds: int, per_round: int, device) -> dict[str, list[float]]:
+    """ms per call of each function in each round, timed round-robin (after a warm-up round)."""
+    times = {name: [] for name in fns}
+    for r in range(rounds + 1):
+        for name, f in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(per_round):
+                f()
+            sync(device)
+            if r:
+                times[name].append((time.perf_counter() - t0) * 1e3 / per_round)
+    return times
+
+
+def _compiled_classic_variants(D: nn.Module, step: Callable, args: tuple, device):
+    """Each way of compiling the classic step: (name, callable or None, compile s, error)."""
+    def with_compiled_autograd():
+        compiled = torch.compile(step)
+
+        def f(*args):
+            with torch._dynamo.config.patch(compiled_autograd=True):
+                return compiled(*args)
+
+        return f
+
+    variants = {
+        "torch.compile(step)": lambda: torch.compile(step),
+        "torch.compile(step), compiled autograd": with_compiled_autograd,
+        "torch.compile(D) + eager autograd.grad": lambda: _classic_step(torch.compile(D)),
+    }
+    out = []
+    for name, make in variants.items():
+        torch._dynamo.reset()
+        try:
+            f = make()
+            ct = first_call(lambda f=f: f(*args), device)
+            f(*args)  # the first call may succeed and the second still refuse (double backward)
+            out.append((name, f, ct, None))
+        except Exception as e:  # the failure is what the row reports
+            message = str(e).splitlines()[0].replace("torch.compile with aot_autograd ", "aot_autograd ")
+            out.append((name, None, None, f"{type(e).__name__}: {message[:70]}"))
+    return out
 
 
 def run(quick: bool = False) -> list[dict]:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     batch = 128 if quick else 512
-    repeats = 5 if quick else 20
-    real, fake = torch.randn(batch, 2), torch.randn(batch, 2)
-    eps = torch.rand(batch, 1)
-    D, classic = _classic(batch)
-
-    critic = fn.Sequential(fn.Linear(2, 400), fn.relu, fn.Linear(400, 400), fn.relu,
-                           fn.Linear(400, 400), fn.relu, fn.Linear(400, 1))
-    params = fn.params_from_module(D)
-
-    def critic_loss(p, real, fake, key):
-        w = losses.discriminator_loss(critic.apply(p, real), critic.apply(p, fake), "wasserstein")
-        return w + LAMBDA * losses.gradient_penalty(critic, p, real, fake, key)
-
-    step = fn.value_and_grad(critic_loss)
-    compiled = fn.jit(step)
+    rounds, per_round = (3, 2) if quick else (10, 3)
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(batch, 2, generator=g).to(device), torch.randn(batch, 2, generator=g).to(device)
     key = random.key(0)
-    case = f"WGAN-GP critic step, D 2-400-400-400-1, batch {batch}"
-    base = timeit(lambda: classic(real, fake, eps), repeats=repeats)
-    rows = [row("losses", case, "classic nn.Module + autograd.grad, eager", base, base)]
-    try:
-        classic_c = torch.compile(classic)
-        ct = first_call(lambda: classic_c(real, fake, eps))
-        rows.append(row("losses", case, "classic, torch.compile (graph breaks allowed)",
-                        timeit(lambda: classic_c(real, fake, eps), repeats=repeats), base, compile_s=round(ct, 1)))
-    except Exception as e:
-        rows.append(row("losses", case, f"classic, torch.compile: fails ({type(e).__name__})", float("nan")))
-    rows.append(row("losses", case, "fnnet torch.func, eager", timeit(lambda: step(params, real, fake, key),
-                                                                      repeats=repeats), base))
-    ct = first_call(lambda: compiled(params, real, fake, key))
-    rows.append(row("losses", case, "fnnet torch.func, fn.jit (fullgraph)",
-                    timeit(lambda: compiled(params, real, fake, key), repeats=repeats), base,
-                    compile_s=round(ct, 1)))
+    # the classic step draws the same interpolation weights as fnnet's penalty from this key
+    eps = random.uniform(key, (batch, 1), real.dtype).to(device)
+
+    torch.manual_seed(0)
+    D = nn.Sequential(*[m for a, b in itertools.pairwise(WIDTHS) for m in (nn.Linear(a, b), nn.ReLU())][:-1])
+    D = D.to(device)
+    params = fn.params_from_module(D)
+    classic = _classic_step(D)
+    ours = _fnnet_step(fn.relu)
+    fns = {"classic nn.Module + autograd.grad, eager": lambda: classic(real, fake, eps),
+           "fnnet torch.func, eager": lambda: ours(params, real, fake, key)}
+    compile_s, failed = {}, []
+
+    for name, f, ct, err in _compiled_classic_variants(D, classic, (real, fake, eps), device):
+        if err is None:
+            fns[f"classic, {name}"] = lambda f=f: f(real, fake, eps)
+            compile_s[f"classic, {name}"] = ct
+        else:
+            failed.append((f"classic, {name}", err))
+
+    torch._dynamo.reset()
+    jitted = fn.jit(ours)
+    compile_s["fnnet torch.func, fn.jit (fullgraph)"] = first_call(lambda: jitted(params, real, fake, key), device)
+    fns["fnnet torch.func, fn.jit (fullgraph)"] = lambda: jitted(params, real, fake, key)
+    if not quick:
+        where = _fnnet_step(_where_relu)
+        where_jit = fn.jit(where)
+        compile_s["fnnet, ReLU as where(x <= 0, 0, x), fn.jit"] = first_call(
+            lambda: where_jit(params, real, fake, key), device)
+        fns["fnnet, ReLU as where(x <= 0, 0, x), eager"] = lambda: where(params, real, fake, key)
+        fns["fnnet, ReLU as where(x <= 0, 0, x), fn.jit"] = lambda: where_jit(params, real, fake, key)
+
+    jax_step = _jax_step(params, real, fake, eps) if device == "cpu" else None
+    if jax_step is not None:
+        compile_s["JAX jit(value_and_grad) over vmap(grad)"] = first_call(jax_step)
+        fns["JAX jit(value_and_grad) over vmap(grad)"] = jax_step
+
+    # the same loss everywhere, or the timings compare different work
+    reference = classic(real, fake, eps).item()
+    for other in [lambda: ours(params, real, fake, key)[0]] + ([lambda: jax_step()[0]] if jax_step else []):
+        assert abs(float(other()) - reference) <= 1e-4 * max(1.0, abs(reference)), (float(other()), reference)
+
+    ms = _interleaved(fns, rounds, per_round, device)
+    case = f"WGAN-GP critic step, D 2-400-400-400-1, batch {batch}, {device}"
+    base = statistics.median(ms["classic nn.Module + autograd.grad, eager"])
+    rows = [row("losses", case, name, statistics.median(t), base, min_ms=round(min(t), 2),
+                **({"compile_s": round(compile_s[name], 1)} if name in compile_s else {}))
+            for name, t in ms.items()]
+    rows += [row("losses", case, name, float("nan"), error=err) for name, err in failed]
     return rows

@@ -2,13 +2,22 @@
 
 Both are pure functions of the critic's params, so ``fn.value_and_grad`` of a critic loss
 that contains them differentiates twice (through the input gradient) and the whole
-critic step compiles under ``fn.jit(fullgraph=True)`` — which the classic spelling,
-``torch.autograd.grad(..., create_graph=True)``, does not (pytorch/pytorch #91469).
+critic step compiles in one graph under ``fn.jit(fullgraph=True)`` (tested on torch 2.13).
+The classic spelling, ``torch.autograd.grad(..., create_graph=True)``, does not compile at
+all: ``torch.compile`` of the step, of the step with compiled autograd, or of the critic
+alone, each raises "aot_autograd does not currently support double backward" (pytorch/pytorch
+#91469, #183603); ``benchmarks/losses.py`` tries all three on every run.
 
-The input gradient is that of ``critic(params, x).sum()`` w.r.t. the batch ``x``: for a
-critic that scores each sample on its own (no BatchNorm across the batch), row ``i`` of it
-is sample ``i``'s gradient, which is what ``vmap(grad(...))`` would compute, at the cost of
-one backward pass.
+The input gradient is that of ``critic(params, x).sum()`` w.r.t. the batch ``x`` (a ``vjp``
+with ones): for a critic that scores each sample on its own (no BatchNorm across the batch),
+row ``i`` of it is sample ``i``'s gradient, which is what ``vmap(grad(...))`` would compute,
+at the cost of one backward pass over the batch.
+
+Cost: differentiating the penalty w.r.t. the params runs the critic's backward backwards.
+``F.relu``'s backward formula has a (zero) derivative w.r.t. its input, and autograd and
+inductor both push those zeros back through every layer: four extra 400x400 matmuls of the
+course's critic, 17% of the step's FLOPs. An activation whose backward does not depend
+differentiably on its input (e.g. ``torch.where(x <= 0, 0.0, x)``) avoids them.
 """
 
 from __future__ import annotations

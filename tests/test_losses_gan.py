@@ -84,6 +84,16 @@ def test_gradient_penalty_equals_the_classic_autograd_formulation(seed, n):
     assert_trees_close(ours_grad, fn.tree.unflatten(fn.tree.structure(params), list(theirs_grad)))
 
 
+@pytest.mark.parametrize("interpolation", ["real", "fake"])
+def test_the_penalty_can_be_taken_on_real_or_fake_samples_alone(interpolation):
+    params = fn.tree.astype(CRITIC.init(random.key(0)), torch.float64)
+    real, fake = torch.randn(6, 2, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
+    ours = losses.gradient_penalty(CRITIC, params, real, fake, interpolation=interpolation, target=0.5)
+    x = {"real": real, "fake": fake}[interpolation].clone().requires_grad_()
+    (g,) = torch.autograd.grad(CRITIC(params, x).sum(), x)
+    assert_close(ours, ((g.norm(dim=1) - 0.5) ** 2).mean())
+
+
 def test_gradient_penalty_is_finite_for_a_critic_constant_in_x():
     def constant_critic(p, x):
         return p["c"] * torch.ones(x.shape[0], 1) + 0.0 * x.sum(1, keepdim=True)
