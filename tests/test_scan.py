@@ -146,3 +146,18 @@ def test_compiled_without_gradients_bodies_that_pass_the_carry_through_or_return
         (c, keep), ys, n, none = fn.jit(f, backend=backend)(torch.ones(4, 2))
     assert c.tolist() == [4.0, 4.0] and keep.item() == 1.0 and ys[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0]
     assert n.item() == 8.0 and none is None and sizes
+
+
+def test_vmap_of_scan_compiles_with_and_without_gradients():
+    w, h0s, xs = torch.randn(4, 4), torch.randn(3, 2, 4), torch.randn(5, 2, 4)
+
+    def f(h0, xs):
+        return scan(lambda h, x: (torch.tanh(h @ w + x),) * 2, h0, xs)
+
+    batched = fn.vmap(f, in_dims=(0, None))
+    with torch.no_grad():  # torch's scan op, batched
+        got = fn.jit(batched, backend="aot_eager")(h0s, xs)
+    for a, b in zip(fn.tree.leaves(got), fn.tree.leaves(batched(h0s, xs))):
+        assert_close(a, b)
+    grads = fn.vmap(fn.grad(lambda h, xs: f(h, xs)[1].sum()), in_dims=(0, None))
+    assert_close(fn.jit(grads, backend="aot_eager")(h0s, xs), grads(h0s, xs))
