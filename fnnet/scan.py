@@ -107,7 +107,8 @@ def _traced_once(f, carry, flat, spec, n, reverse):
         # aliasing cannot be asked while tracing, so every output is a copy (fused by inductor)
         return T.map(torch.clone, new), (() if y is None else T.map(torch.clone, y))
 
-    carry, ys = _scan_hop(body, carry, list(flat), reverse=reverse)
+    # the op also refuses initial carry leaves that alias each other (e.g. ``(h0, h0)``)
+    carry, ys = _scan_hop(body, T.map(torch.clone, carry), list(flat), reverse=reverse)
     return carry, (ys if _has_tensors(ys) else None)
 
 
