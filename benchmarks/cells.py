@@ -95,14 +95,36 @@ def _case(kind: str, T: int, compile_: bool, repeats: int, i: int = I, h: int = 
 
 
 def _compile_times() -> list[dict]:
-    """Compile time of the LSTM training step at a short and a long sequence (cold caches)."""
+    """Compile time of the LSTM training step at a long and a short sequence (the long one
+    first: what caches warm up helps the short one)."""
     rows = []
-    for T in (16, 1024):
+    for T in (1024, 16):
         _, step, params, x = _setup("LSTM", T, I, H, B)
         _, ct = _compiled(step, params, x)
         rows.append(row("cells", f"LSTM I={I} H={H} B={B} T={T}", "fnnet fn.jit compile only", ct * 1e3,
                         compile_s=round(ct, 1)))
     return rows
+
+
+def _scan_inference(T: int) -> list[dict]:
+    """fnnet.scan of an LSTMCell under fn.jit without gradients (torch's scan op): compile
+    time, and steady time against nn.LSTM's forward."""
+    torch.manual_seed(0)
+    native = nn.LSTM(I, H).to(DEVICE)
+    params = {k.removesuffix("_l0"): v.detach() for k, v in fn.params_from_module(native).items()}
+    cell = cells.LSTMCell(I, H)
+    x = torch.randn(T, B, I, device=DEVICE)
+
+    def forward(p, x):
+        h = x.new_zeros(B, H)
+        return fn.scan(lambda s, x_t: (cell.apply(p, x_t, s),) * 2, (h, h), x)[1]
+
+    with torch.no_grad():
+        compiled, ct = _compiled(forward, params, x)
+        ms = _interleaved({"native": lambda: native(x), "scan": lambda: compiled(params, x)}, repeats=5)
+    desc = f"LSTMCell scanned, forward only, I={I} H={H} B={B} T={T}"
+    return [row("cells", desc, "nn.LSTM forward (native kernel)", ms["native"], ms["native"]),
+            row("cells", desc, "fnnet.scan fn.jit (scan op)", ms["scan"], ms["native"], compile_s=round(ct, 1))]
 
 
 def _one_step_peak(kind: str, impl: str, T: int, threads: int, queue) -> None:
@@ -191,6 +213,7 @@ def run(quick: bool = False) -> list[dict]:
         rows += _case(kind, 256, compile_=True, repeats=repeats)
     rows += _case("LSTM", 64, compile_=True, repeats=repeats, num_layers=2, bidirectional=True)
     rows += _compile_times()
+    rows += _scan_inference(1024) + _scan_inference(16)  # the long one first, as above
     rows += _long()
     if DEVICE == "cuda":
         for kind in ("LSTM", "GRU"):
