@@ -6,9 +6,11 @@ Rows, all in the same run and on the same weights and interpolation weights:
   baseline), and every way of compiling it that we know of (each fails today: the row says how);
 - fnnet: ``fn.value_and_grad`` of a loss whose penalty takes the input gradient with
   ``torch.func``, eager and under ``fn.jit`` (fullgraph);
-- fnnet with ReLU written ``where(x <= 0, 0, x)`` (full runs only): the same values and
-  gradients, but its backward has no derivative w.r.t. ``x`` at all, where ``F.relu``'s has a
-  zero one that the double backward pushes through every layer (about 17% more matmul work);
+- what-ifs (full runs only): fnnet with other spellings of ReLU, of the same values and
+  gradients, whose backward has no derivative w.r.t. ``x`` at all, where ``F.relu``'s has a
+  zero one that the double backward pushes through every layer (four more 400x400 matmuls,
+  17% of the step's FLOPs): ``where(x <= 0, 0, x)``, and an ``autograd.Function`` whose
+  backward is ``threshold_backward`` on the detached output;
 - JAX, ``jit(value_and_grad)`` over ``vmap(grad(D))``, where ``jax`` is importable.
 
 Implementations are timed in interleaved rounds, so that load from other jobs on a shared
@@ -51,6 +53,31 @@ def _classic_step(D: nn.Module) -> Callable:
 
 def _where_relu(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x <= 0, 0.0, x)
+
+
+class _ReLU(torch.autograd.Function):
+    """ReLU whose backward treats the mask as a constant. Not a drop-in for ``fn.relu``: no
+    forward-mode AD (dynamo refuses a custom ``jvp``), and ``fn.jit(fn.vmap(relu))`` does not
+    compile (``fn.jit(fn.vmap(fn.grad(...)))`` does)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return torch.relu(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward(g, y.detach(), 0)
+
+
+WHAT_IF_RELUS = {"ReLU as where(x <= 0, 0, x)": _where_relu,
+                 "ReLU as an autograd.Function": _ReLU.apply}
 
 
 def _fnnet_step(act: Callable) -> Callable:
@@ -165,16 +192,16 @@ def run(quick: bool = False) -> list[dict]:
             failed.append((f"classic, {name}", err))
 
     torch._dynamo.reset()
-    jitted = fn.jit(ours)
-    compile_s["fnnet torch.func, fn.jit (fullgraph)"] = first_call(lambda: jitted(params, real, fake, key), device)
-    fns["fnnet torch.func, fn.jit (fullgraph)"] = lambda: jitted(params, real, fake, key)
+    ours_jit = fn.jit(ours)
+    compile_s["fnnet torch.func, fn.jit (fullgraph)"] = first_call(lambda: ours_jit(params, real, fake, key), device)
+    fns["fnnet torch.func, fn.jit (fullgraph)"] = lambda: ours_jit(params, real, fake, key)
     if not quick:
-        where = _fnnet_step(_where_relu)
-        where_jit = fn.jit(where)
-        compile_s["fnnet, ReLU as where(x <= 0, 0, x), fn.jit"] = first_call(
-            lambda: where_jit(params, real, fake, key), device)
-        fns["fnnet, ReLU as where(x <= 0, 0, x), eager"] = lambda: where(params, real, fake, key)
-        fns["fnnet, ReLU as where(x <= 0, 0, x), fn.jit"] = lambda: where_jit(params, real, fake, key)
+        for what, relu in WHAT_IF_RELUS.items():
+            alt = _fnnet_step(relu)
+            alt_jit = fn.jit(alt)
+            compile_s[f"what-if: {what}, fn.jit"] = first_call(lambda j=alt_jit: j(params, real, fake, key), device)
+            fns[f"what-if: {what}, eager"] = lambda e=alt: e(params, real, fake, key)
+            fns[f"what-if: {what}, fn.jit"] = lambda j=alt_jit: j(params, real, fake, key)
 
     jax_step = _jax_step(params, real, fake, eps) if device == "cpu" else None
     if jax_step is not None:
@@ -183,8 +210,10 @@ def run(quick: bool = False) -> list[dict]:
 
     # the same loss everywhere, or the timings compare different work
     reference = classic(real, fake, eps).item()
-    for other in [lambda: ours(params, real, fake, key)[0]] + ([lambda: jax_step()[0]] if jax_step else []):
-        assert abs(float(other()) - reference) <= 1e-4 * max(1.0, abs(reference)), (float(other()), reference)
+    for name, f in fns.items():
+        if not name.startswith("classic"):
+            value = float(f()[0])  # (loss, grads), from fnnet and JAX alike
+            assert abs(value - reference) <= 1e-4 * max(1.0, abs(reference)), (name, value, reference)
 
     ms = _interleaved(fns, rounds, per_round, device)
     case = f"WGAN-GP critic step, D 2-400-400-400-1, batch {batch}, {device}"
