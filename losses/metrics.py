@@ -19,9 +19,11 @@ def accuracy(logits: torch.Tensor, target: torch.Tensor, dim: int = 1) -> torch.
 def binary_accuracy(scores: torch.Tensor, target: torch.Tensor, *, from_logits: bool = True,
                     threshold: float = 0.5) -> torch.Tensor:
     """Fraction of correct 0/1 predictions from logits (``> 0``) or probabilities
-    (``> threshold``); scores and target of the same shape."""
+    (``> threshold``); scores and target of the same shape. A float target counts as 1 above
+    0.5, so smoothed labels (0.1 / 0.9) score as their hard labels."""
     if scores.shape != target.shape:
         raise ValueError(f"losses.binary_accuracy: target must have the scores' shape "
                          f"{list(scores.shape)}, got {list(target.shape)}")
     pred = scores > 0 if from_logits else scores > threshold
-    return (pred == target.bool()).to(torch.get_default_dtype()).mean()
+    truth = target > 0.5 if target.is_floating_point() else target.bool()
+    return (pred == truth).to(torch.get_default_dtype()).mean()

@@ -71,7 +71,8 @@ def gradient_penalty(critic: Callable, critic_params: Any, real: torch.Tensor, f
     real, fake: ``[N, ...]`` (the same shape). ``x_hat`` is a per-sample random interpolate of
     the two drawn from ``key`` (``interpolation="uniform"``), or ``real`` / ``fake`` themselves.
     Finite, with finite gradients, when the critic is constant in ``x`` (penalty ``target^2``).
-    Multiply by lambda (10 in the paper) yourself.
+    Multiply by lambda (10 in the paper) yourself. ``fn.value_and_grad`` of a critic loss that
+    contains it, w.r.t. ``critic_params``, compiles in one graph under ``fn.jit``.
     """
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"losses.gradient_penalty: interpolation must be one of {INTERPOLATIONS}, "

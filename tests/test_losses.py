@@ -266,6 +266,9 @@ def test_metrics():
     assert losses.accuracy(logits, torch.tensor([0, 1, 1])).item() == pytest.approx(2 / 3)
     assert losses.binary_accuracy(torch.tensor([-1.0, 2.0]), torch.tensor([0.0, 1.0])) == 1.0
     assert losses.binary_accuracy(torch.tensor([0.2, 0.7]), torch.tensor([1.0, 1.0]), from_logits=False) == 0.5
+    smoothed = torch.tensor([0.1, 0.9, 0.9])
+    assert losses.binary_accuracy(torch.tensor([-3.0, 2.0, -1.0]), smoothed).item() == pytest.approx(2 / 3)
+    assert losses.binary_accuracy(torch.tensor([-3.0, 2.0]), torch.tensor([False, True])) == 1.0
 
 
 def test_every_loss_compiles_in_one_graph_with_its_gradient_and_matches_eager():
