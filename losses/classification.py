@@ -33,9 +33,10 @@ def binary_cross_entropy_with_logits(input: torch.Tensor, target: torch.Tensor,
                                               pos_weight=pos_weight)
 
 
-def _check_class_target(name: str, input: torch.Tensor, target: torch.Tensor,
-                        weight: torch.Tensor | None) -> bool:
-    """True when ``target`` holds class indices, False for class probabilities."""
+def _class_target(name: str, input: torch.Tensor, target: torch.Tensor,
+                  weight: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
+    """``(target, True)`` for class indices (any integer dtype, as int64), ``(target, False)``
+    for class probabilities."""
     if input.ndim == 0:
         raise ValueError(f"losses.{name}: input must be [C] or [N, C, d1, ...], got a scalar")
     classes = input.shape[0 if input.ndim == 1 else 1]
@@ -44,13 +45,16 @@ def _check_class_target(name: str, input: torch.Tensor, target: torch.Tensor,
                          f"{list(input.shape)}), got {list(weight.shape)}")
     if target.is_floating_point():
         same_shape(name, input, target, "class-probability target")
-        return False
+        return target, False
+    if target.dtype == torch.bool or target.is_complex():
+        raise ValueError(f"losses.{name}: target must hold class indices (an integer tensor) or "
+                         f"class probabilities (a float tensor), got {target.dtype}")
     expected = () if input.ndim == 1 else (input.shape[0], *input.shape[2:])
     if tuple(target.shape) != expected:
         raise ValueError(f"losses.{name}: class-index target must have shape {list(expected)} for "
                          f"input {list(input.shape)} (classes in dim {0 if input.ndim == 1 else 1}), "
                          f"got {list(target.shape)}")
-    return True
+    return target.long(), True
 
 
 def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
@@ -58,13 +62,13 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
                   label_smoothing: float = 0.0) -> torch.Tensor:
     """Softmax cross entropy of logits, as ``F.cross_entropy``.
 
-    input: ``[N, C, d1, ...]`` or ``[C]``; target: class indices ``[N, d1, ...]`` (int) or class
-    probabilities of the input's shape (float). ``weight``: ``[C]``. With indices and
+    input: ``[N, C, d1, ...]`` or ``[C]``; target: class indices ``[N, d1, ...]`` (any integer
+    dtype) or class probabilities of the input's shape (float). ``weight``: ``[C]``. With indices and
     ``reduction="mean"`` the mean is weighted (divided by the sum of the target weights),
     ignored targets left out.
     """
     check_reduction("cross_entropy", reduction)
-    _check_class_target("cross_entropy", input, target, weight)
+    target, _ = _class_target("cross_entropy", input, target, weight)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"losses.cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
     return F.cross_entropy(input, target, weight, ignore_index=ignore_index, reduction=reduction,
@@ -76,7 +80,8 @@ def nll(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None =
     """Negative log-likelihood of log-probabilities ``input`` ``[N, C, d1, ...]`` at class
     indices ``target`` ``[N, d1, ...]``, as ``F.nll_loss``."""
     check_reduction("nll", reduction)
-    if not _check_class_target("nll", input, target, weight):
+    target, indices = _class_target("nll", input, target, weight)
+    if not indices:
         raise ValueError("losses.nll: target must hold class indices (an integer tensor)")
     return F.nll_loss(input, target, weight, ignore_index=ignore_index, reduction=reduction)
 

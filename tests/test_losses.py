@@ -241,6 +241,15 @@ def test_weights_may_broadcast_to_the_input_but_never_enlarge_it():
         losses.nll(x, torch.tensor([0, 1, 2, 0]), torch.rand(3, 1))
 
 
+def test_class_indices_may_have_any_integer_dtype_but_not_bool():
+    logits, t = torch.randn(4, 3), torch.tensor([0, 2, 1, 2])
+    for dtype in (torch.uint8, torch.int32):
+        assert_close(losses.cross_entropy(logits, t.to(dtype)), F.cross_entropy(logits, t))
+        assert_close(losses.nll(logits, t.to(dtype)), F.nll_loss(logits, t))
+    with pytest.raises(ValueError, match="cross_entropy: target must hold class indices"):
+        losses.cross_entropy(logits, t > 0)
+
+
 def test_cross_entropy_accepts_unbatched_logits():
     logits, t = torch.randn(5, requires_grad=True), torch.tensor(3)
     torch.testing.assert_close(losses.cross_entropy(logits, t), F.cross_entropy(logits, t))
