@@ -11,7 +11,8 @@ B=64 against cuDNN. ``--quick``: LSTM/GRU/RNN at T=64 only, eager and compiled.
 
 Implementations of a case are timed in interleaved rounds (median per implementation), so
 load from other jobs drifts over all of them alike; compile time is the first call minus a
-steady one, with inductor's FX graph cache off. On a shared 2-core machine run it with
+steady one, with inductor's FX graph cache off (its kernel cache may still be warm: the
+long-sequence compile runs first). On a shared 2-core machine run it with
 ``OMP_NUM_THREADS=1``: oversubscribed OpenMP threads make every number meaningless.
 """
 
@@ -66,7 +67,8 @@ def _interleaved(fns: dict, repeats: int) -> dict:
 
 
 def _compiled(step, params, x) -> tuple:
-    """``fn.jit(step)`` and its compile time: first call minus a steady call, cold caches.
+    """``fn.jit(step)`` and its compile time: first call minus a steady call, FX graph cache
+    off (inductor's compiled kernels on disk may still be reused).
     Dynamo is reset first: every case compiles the same code object (fn.value_and_grad's
     wrapper), and past its recompile limit dynamo would quietly run it eagerly."""
     torch._dynamo.reset()

@@ -32,12 +32,15 @@ The op-by-op path (``cells.cell`` cells stepped by ``fnnet.scan``, ``fused=False
 layers) is the reference these loops are tested against.
 
 Measured (``python -m benchmarks cells``, torch 2.13, 2-core shared CPU, one thread; I=32
-H=128 B=32 fwd+bwd, ratio to ``nn.*``'s oneDNN kernels): compile time 2.1 s at T=16 and at
-T=1024 (the unrolled loop took 28 s at T=16, 132 s at T=64); compiled GRU 0.89x/0.95x and
-RNN 0.79x/0.76x at T=64/256; LSTM 1.67x/1.26x (eager 2.07x/1.49x); peak memory of an LSTM
-step at T=4096 0.94x. Tried and dropped for the LSTM: inductor-compiled per-step elementwise
-kernels called from the loop (the backward's elementwise halves, the call overhead eats it:
-no net change) and compiled chunks of 8 unrolled steps (1.2-1.5x, 30 s to compile).
+H=128 B=32 fwd+bwd, ratio to ``nn.*``'s native kernels): compile time 0.8 s at T=1024 and
+0.6 s at T=16 in one process (the first compile of a process 2-4 s; the unrolled loop took
+28 s at T=16 and 132 s at T=64); compiled GRU 0.88x at T=64 and 256, RNN 0.78x/0.76x, LSTM
+1.61x/1.22x (eager 1.99x/1.49x), 2-layer bidirectional LSTM 1.26x (eager 1.47x); peak memory
+of an eager LSTM step at T=4096 0.94x. Tried and dropped for the LSTM: inductor-compiled
+per-step elementwise kernels called from the loop (the backward's elementwise halves, the
+call overhead eats it: no net change), compiled chunks of 8 unrolled steps (1.2-1.5x, 30 s
+to compile), keeping tanh(c) from the forward (no change). What is left is per-op dispatch:
+~40 small ops a step from Python against oneDNN's fused kernels.
 """
 
 from __future__ import annotations
