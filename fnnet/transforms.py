@@ -30,6 +30,10 @@ def value_and_grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool 
         grads, value = g(*args, **kwargs)
         return value, grads
 
+    # torch.compile caches compiled code per code object: a copy of it per wrapper lets
+    # fn.jit(fn.value_and_grad(f)) compile many different f without hitting the recompile limit
+    if not torch.compiler.is_compiling():  # inside a traced step the wrapper is inlined anyway
+        wrapped.__code__ = wrapped.__code__.replace()
     return wrapped
 
 
