@@ -22,10 +22,14 @@ from ``key``. The input projection of all time steps is one matmul outside the t
 
 ``fused=True`` (default): each layer and direction runs as one recurrence with a hand-written
 VJP (``cells.fused``); under ``fn.jit`` that recurrence is one opaque op, so the compiled step
-has the same graph, and compile time, for any sequence length. ``fused=False``: the cell's step
-scanned over time (``fnnet.scan``) and differentiated by autograd - the reference the fused
-path is tested against, and the path for second derivatives (the fused backward refuses to be
-differentiated again) and for ``vmap`` inside ``fn.jit``; compiled with gradients it unrolls.
+has the same graph, and compile time, for any sequence length. With ``native=True`` (default)
+an LSTM layer runs on the fused kernel ``nn.LSTM`` itself runs where that one applies (oneDNN:
+CPU, float32, no ``proj_size``, no ``lengths``, outside ``vmap``; ``cells.native``), with the
+same numbers bit for bit; ``native=False`` keeps the hand-written recurrence everywhere.
+``fused=False``: the cell's step scanned over time (``fnnet.scan``) and differentiated by
+autograd - the reference the fused path is tested against, and the path for second
+derivatives (the fused backward refuses to be differentiated again) and for ``vmap`` inside
+``fn.jit``; compiled with gradients it unrolls.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from fnnet.layers._util import expect, param
 from fnnet.scan import scan
 
 from .cell import GRUCell, LSTMCell, RNNCell, _Cell
+from . import native
 from .fused import recurrence
 
 
@@ -55,6 +60,7 @@ class _RNNBase(fn.Module):
     bidirectional: bool = False
     learn_initial_state: bool = False
     fused: bool = True
+    native: bool = True
 
     cell_type: ClassVar[type] = RNNCell
 
@@ -163,6 +169,9 @@ class _RNNBase(fn.Module):
         """One layer, one direction. x ``[T, B, I]`` -> (final state, outputs ``[T, B, H]``)."""
         w_ih, w_hh, b_ih, b_hh, *extra = weights
         cell = self.cell()
+        if self.fused and self.native and cell.kind == "lstm" and native.available(x, bool(extra), mask):
+            ys, finals = native.lstm_layer(x, w_ih, w_hh, b_ih, b_hh, state, reverse=reverse)
+            return finals, ys
         xp = cell.project(w_ih, b_ih, b_hh, x)  # all time steps in one matmul
         if self.fused:
             states = state if isinstance(state, tuple) else (state,)

@@ -1,0 +1,148 @@
+"""The LSTM on torch's native fused CPU kernel, the one ``nn.LSTM`` itself runs: oneDNN's
+LSTM (``aten::mkldnn_rnn_layer`` and its backward), one call per layer and direction.
+
+    ys, (h_n, c_n) = lstm_layer(x, w_ih, w_hh, b_ih, b_hh, (h0, c0), reverse=False)
+
+x: ``[T, B, I]``; w_ih ``[4H, I]``, w_hh ``[4H, H]``, b_ih, b_hh ``[4H]`` (``None``: no bias);
+h0, c0 ``[B, H]`` -> ys ``[T, B, H]``, h_n, c_n ``[B, H]``. Bit for bit ``nn.LSTM``'s numbers.
+
+Why: on CPU ``nn.LSTM`` does not step through time op by op; oneDNN runs the whole sequence
+(input projection, recurrence, and its BPTT) in one fused primitive. A recurrence stepped
+from Python (``cells.fused``) pays ~40 small-op dispatches a step and stays 1.2-2x behind it.
+Here the same primitive is wrapped the functional way: a ``torch.autograd.Function``
+(``setup_context``, so ``fn.grad`` composes) whose forward and backward each call one
+custom op. oneDNN's workspace (what its backward needs) travels as an output of the forward,
+so nothing is hidden in the op; under ``fn.jit`` the compiler sees two opaque ops whatever T
+is.
+
+``available(...)`` says when it applies: CPU, float32, oneDNN built and enabled
+(``torch.backends.mkldnn``), no ``proj_size``, no ``lengths`` mask, and no ``vmap``
+(the kernel has no batching rule). Otherwise the layers use ``cells.fused``. Like
+``cells.fused``, its backward cannot be differentiated again (``fused=False`` for that).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch._C._functorch import TransformType
+from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+from .fused import _differentiated_again
+
+Tensor = torch.Tensor
+
+__all__ = ["available", "lstm_layer"]
+
+_MODE_LSTM = 2  # aten's RNN mode enum: RNN_RELU, RNN_TANH, LSTM, GRU
+_HAVE_OP = (hasattr(torch.ops.aten, "mkldnn_rnn_layer") and hasattr(torch.ops.aten, "mkldnn_rnn_layer_backward")
+            and torch.backends.mkldnn.is_available())
+
+
+def available(x: Tensor, proj: bool, mask: Tensor | None) -> bool:
+    """Whether ``lstm_layer`` can run this LSTM layer."""
+    return (_HAVE_OP and not proj and mask is None and x.device.type == "cpu" and x.dtype == torch.float32
+            and _enabled() and not _under_vmap())
+
+
+@torch.compiler.assume_constant_result  # a flag dynamo cannot read; the compiled step assumes it stays
+def _enabled() -> bool:
+    return torch.backends.mkldnn.enabled
+
+
+def _under_vmap() -> bool:
+    if torch.compiler.is_compiling():  # dynamo cannot read the stack; a compiled vmap needs fused=False anyway
+        return False
+    return any(i.key() == TransformType.Vmap for i in retrieve_all_functorch_interpreters())
+
+
+def _call_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse, train):
+    H = w_hh.shape[1]
+    return torch.ops.aten.mkldnn_rnn_layer(
+        x.contiguous(), w_ih.contiguous(), w_hh.contiguous(), b_ih.contiguous(), b_hh.contiguous(),
+        h0.contiguous(), c0.contiguous(), reverse, [], _MODE_LSTM, H, 1, True, False, False, train)
+
+
+@torch.library.custom_op("cells::onednn_lstm", mutates_args=())
+def _forward_op(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, h0: Tensor, c0: Tensor,
+                reverse: bool, train: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    if not train:  # inference: no workspace
+        ys, h, c, _ = _call_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse, False)
+        return ys, h, c, x.new_empty(0, dtype=torch.uint8)
+    # oneDNN fills its workspace (what its backward reads) only in grad mode; the inputs
+    # are detached, so nothing is recorded
+    with torch.enable_grad():
+        ys, h, c, ws = _call_forward(x.detach(), w_ih.detach(), w_hh.detach(), b_ih.detach(), b_hh.detach(),
+                                     h0.detach(), c0.detach(), reverse, True)
+    return ys, h, c, ws
+
+
+@_forward_op.register_fake
+def _(x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse, train):
+    workspace = torch.library.get_ctx().new_dynamic_size()  # oneDNN's choice, known at run time
+    return (x.new_empty(x.shape[0], x.shape[1], w_hh.shape[1]), h0.new_empty(h0.shape),
+            c0.new_empty(c0.shape), x.new_empty(workspace, dtype=torch.uint8))
+
+
+@torch.library.custom_op("cells::onednn_lstm_backward", mutates_args=())
+def _backward_op(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, h0: Tensor, c0: Tensor,
+                 ys: Tensor, h: Tensor, c: Tensor, workspace: Tensor, dys: Optional[Tensor],  # noqa: UP045
+                 dh: Optional[Tensor], dc: Optional[Tensor], reverse: bool  # noqa: UP045
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    dx, dw_ih, dw_hh, db, _, dh0, dc0 = torch.ops.aten.mkldnn_rnn_layer_backward(
+        x.contiguous(), w_ih.contiguous(), w_hh.contiguous(), b_ih.contiguous(), b_hh.contiguous(),
+        h0.contiguous(), c0.contiguous(), ys, h, c, dys, dh, dc, reverse, _MODE_LSTM, w_hh.shape[1], 1,
+        True, True, False, [], False, workspace)
+    return dx, dw_ih, dw_hh, db, dh0, dc0
+
+
+@_backward_op.register_fake
+def _(x, w_ih, w_hh, b_ih, b_hh, h0, c0, ys, h, c, workspace, dys, dh, dc, reverse):
+    return tuple(t.new_empty(t.shape) for t in (x, w_ih, w_hh, b_ih, h0, c0))
+
+
+class _OneDNNLSTM(torch.autograd.Function):
+    @staticmethod
+    def forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse):
+        with torch.no_grad():  # the op's autograd is this Function's backward
+            return _forward_op(x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse, True)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        *tensors, reverse = inputs
+        ctx.save_for_backward(*tensors, *output)
+        ctx.reverse = reverse
+        ctx.mark_non_differentiable(output[3])
+        ctx.set_materialize_grads(False)  # oneDNN takes absent gradients as zero, without a zero fill
+
+    @staticmethod
+    def backward(ctx, dys, dh, dc, _):
+        saved = ctx.saved_tensors
+        if not torch.compiler.is_compiling() and _differentiated_again(saved):
+            raise RuntimeError(
+                "cells: the LSTM's native (oneDNN) backward cannot be differentiated again (a second "
+                "derivative: grad of grad, create_graph=True, a gradient penalty); build the layer "
+                "with fused=False to differentiate the cells step by step")
+        with torch.no_grad():
+            dx, dw_ih, dw_hh, db, dh0, dc0 = _backward_op(*saved, dys, dh, dc, ctx.reverse)
+        return dx, dw_ih, dw_hh, db, db, dh0, dc0, None
+
+
+def lstm_layer(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None,
+               states: tuple[Tensor, Tensor], reverse: bool = False) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """One LSTM layer in one direction on oneDNN (see the module doc; check ``available`` first)."""
+    h0, c0 = states
+    if b_ih is None:
+        b_ih = b_hh = w_hh.new_zeros(w_hh.shape[0])
+    if not torch.is_grad_enabled():  # inference: oneDNN skips its workspace
+        ys, h, c, _ = _forward_op(x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse, False)
+        return ys, (h, c)
+    if torch.compiler.is_compiling():
+        # dynamo decides whether to trace an autograd.Function's backward from its inputs'
+        # requires_grad as it first saw them, before torch.func.grad marked its inputs: with
+        # only such leaves (w_ih, w_hh, b_ih, b_hh straight from params) it would inline the
+        # forward and differentiate nothing. A view is a fresh tensor it sees as requiring grad.
+        w_ih = w_ih.view(w_ih.shape)
+    ys, h, c, _ = _OneDNNLSTM.apply(x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse)
+    return ys, (h, c)
