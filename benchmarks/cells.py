@@ -35,10 +35,10 @@ I, H, B = 32, 128, 32  # noqa: E741
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _setup(kind: str, T: int, i: int, h: int, b: int, seed: int = 0, **kw):
+def _setup(kind: str, T: int, i: int, h: int, b: int, seed: int = 0, ours_kw: dict | None = None, **kw):
     torch.manual_seed(seed)
     native = getattr(nn, kind)(i, h, **kw).to(DEVICE)
-    ours = getattr(cells, kind)(i, h, **kw)
+    ours = getattr(cells, kind)(i, h, **kw, **(ours_kw or {}))
     params = {k: v.detach() for k, v in fn.params_from_module(native).items()}
     x = torch.randn(T, b, i, device=DEVICE)
 
@@ -88,6 +88,13 @@ def _case(kind: str, T: int, compile_: bool, repeats: int, i: int = I, h: int = 
         compiled, ct = _compiled(step, params, x)
         fns["fnnet fn.jit"] = lambda: compiled(params, x)
         extra["fnnet fn.jit"] = {"compile_s": round(ct, 1)}
+    if kind == "LSTM" and DEVICE == "cpu":  # the LSTM above runs on oneDNN; also the hand-written recurrence
+        _, hand, _, _ = _setup(kind, T, i, h, b, ours_kw={"native": False}, **kw)
+        fns["fnnet eager native=False"] = lambda: hand(params, x)
+        if compile_:
+            hand_compiled, hct = _compiled(hand, params, x)
+            fns["fnnet fn.jit native=False"] = lambda: hand_compiled(params, x)
+            extra["fnnet fn.jit native=False"] = {"compile_s": round(hct, 1)}
     ms = _interleaved(fns, repeats)
     base = ms[f"nn.{kind} (native kernel)"]
     rows = [row("cells", desc, name, t, base, **extra.get(name, {})) for name, t in ms.items()]
@@ -130,9 +137,14 @@ def _scan_inference(T: int) -> list[dict]:
 
 
 def _one_step_peak(kind: str, impl: str, T: int, threads: int, queue) -> None:
-    """In a fresh process: peak RSS growth (MB) over one fwd+bwd step, after setup."""
+    """In a fresh process: peak RSS growth (MB) over one fwd+bwd step, after setup and a
+    warm-up step on a short sequence."""
     torch.set_num_threads(threads)
     native_step, step, params, x = _setup(kind, T, I, H, B)
+    # a first call on a short sequence: what is measured is the step, not the process's
+    # one-time setup (oneDNN primitives, torch.library and functorch machinery)
+    warm_native, warm_step, warm_params, warm_x = _setup(kind, 2, I, H, B)
+    warm_native() if impl == "native" else warm_step(warm_params, warm_x)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     native_step() if impl == "native" else step(params, x)

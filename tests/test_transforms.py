@@ -135,4 +135,5 @@ def test_jit_of_value_and_grad_compiles_many_different_functions_in_one_process(
     for i in range(12):
         step = fn.jit(fn.value_and_grad(lambda x, i=i: (x * (i + 1)).square().sum()), backend="eager")
         value, grad = step(x)
+        torch.testing.assert_close(value, (x * (i + 1)).square().sum())
         torch.testing.assert_close(grad, 2 * (i + 1) ** 2 * x)
