@@ -16,7 +16,12 @@ def grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False) -
     """Gradient of scalar ``f`` w.r.t. argument(s) ``argnums`` (pytrees welcome).
     With ``has_aux``: ``f`` returns ``(value, aux)`` and the result is ``(grads, aux)``."""
     argnums = tuple(argnums) if isinstance(argnums, (list, tuple)) else argnums
-    return torch.func.grad(f, argnums=argnums, has_aux=has_aux)
+    g = torch.func.grad(f, argnums=argnums, has_aux=has_aux)
+
+    @functools.wraps(f)
+    def wrapped(*args: Any, **kwargs: Any):
+        return g(*args, **kwargs)
+    return _own_code(wrapped)
 
 
 def value_and_grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False) -> Callable:
@@ -30,11 +35,16 @@ def value_and_grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool 
         grads, value = g(*args, **kwargs)
         return value, grads
 
-    # torch.compile caches compiled code per code object: a copy of it per wrapper lets
-    # fn.jit(fn.value_and_grad(f)) compile many different f without hitting the recompile limit
+    return _own_code(wrapped)
+
+
+def _own_code(wrapper: Callable) -> Callable:
+    """torch.compile caches compiled code per code object: a copy of it per wrapper lets
+    ``fn.jit(fn.grad(f))`` compile many different ``f`` without hitting dynamo's recompile
+    limit (8 per code object)."""
     if not torch.compiler.is_compiling():  # inside a traced step the wrapper is inlined anyway
-        wrapped.__code__ = wrapped.__code__.replace()
-    return wrapped
+        wrapper.__code__ = wrapper.__code__.replace()
+    return wrapper
 
 
 def vmap(f: Callable, in_dims: Any = 0, out_dims: Any = 0, randomness: str = "error",
