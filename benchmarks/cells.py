@@ -3,7 +3,8 @@ native kernels: oneDNN on CPU, cuDNN on CUDA) in the same run: eager, and compil
 fn.jit (compile time in its own column).
 
 Cases (I=32, H=128, B=32): each kind at T=64 and 256; a 2-layer bidirectional LSTM at T=64;
-LSTM compile time at T=16 and T=1024 (flat: the time loop is one op, not unrolled); a long
+LSTM compile time at T=16 and T=1024 (flat: the time loop is one op, not unrolled); an
+LSTMCell under the generic ``fnnet.scan``, forward only and trained (unroll=1 and 8); a long
 T=4096 LSTM with peak memory (CPU: peak RSS of a fresh process running one step; CUDA:
 ``max_memory_allocated``). With jax installed (the ``bench`` extra) a column for the same
 LSTM written with ``jax.lax.scan`` under ``jax.jit(value_and_grad)``. On CUDA also H=256,
@@ -136,6 +137,32 @@ def _scan_inference(T: int) -> list[dict]:
             row("cells", desc, "fnnet.scan fn.jit (scan op)", ms["scan"], ms["native"], compile_s=round(ct, 1))]
 
 
+def _scan_training(T: int, unroll: int) -> list[dict]:
+    """An LSTMCell under fnnet.scan, trained compiled (``fn.jit(fn.value_and_grad)``: the body
+    traced once, ``unroll`` steps per body): compile time, and steady time against nn.LSTM
+    forward+backward."""
+    torch.manual_seed(0)
+    native = nn.LSTM(I, H).to(DEVICE)
+    params = {k.removesuffix("_l0"): v.detach() for k, v in fn.params_from_module(native).items()}
+    cell = cells.LSTMCell(I, H)
+    x = torch.randn(T, B, I, device=DEVICE)
+
+    def loss(p, x):
+        h = x.new_zeros(B, H)
+        _, ys = fn.scan(lambda s, x_t: (lambda new: (new, new[0]))(cell.apply(p, x_t, s)), (h, h), x, unroll=unroll)
+        return ys.square().mean()
+
+    def native_step():
+        native.zero_grad(set_to_none=True)
+        native(x)[0].square().mean().backward()
+
+    compiled, ct = _compiled(fn.value_and_grad(loss), params, x)
+    ms = _interleaved({"native": native_step, "scan": lambda: compiled(params, x)}, repeats=5)
+    desc = f"LSTMCell scanned, fwd+bwd, I={I} H={H} B={B} T={T}"
+    return [row("cells", desc, "nn.LSTM (native kernel)", ms["native"], ms["native"]),
+            row("cells", desc, f"fnnet.scan fn.jit unroll={unroll}", ms["scan"], ms["native"], compile_s=round(ct, 1))]
+
+
 def _one_step_peak(kind: str, impl: str, T: int, threads: int, queue) -> None:
     """In a fresh process: peak RSS growth (MB) over one fwd+bwd step, after setup and a
     warm-up step on a short sequence."""
@@ -228,6 +255,7 @@ def run(quick: bool = False) -> list[dict]:
     rows += _case("LSTM", 64, compile_=True, repeats=repeats, num_layers=2, bidirectional=True)
     rows += _compile_times()
     rows += _scan_inference(1024) + _scan_inference(16)  # the long one first, as above
+    rows += _scan_training(1024, 1) + _scan_training(64, 1) + _scan_training(64, 8)
     rows += _long()
     if DEVICE == "cuda":
         for kind in ("LSTM", "GRU"):

@@ -163,3 +163,67 @@ def test_vmap_of_scan_compiles_with_and_without_gradients():
         assert_close(a, b)
     grads = fn.vmap(fn.grad(lambda h, xs: f(h, xs)[1].sum()), in_dims=(0, None))
     assert_close(fn.jit(grads, backend="aot_eager")(h0s, xs), grads(h0s, xs))
+
+
+needs_op_gradients = pytest.mark.skipif(scan_module._scan_hop is None or not scan_module._HOP_GRADIENTS_RIGHT,
+                                        reason="this torch's scan op is not used with gradients")
+
+
+@needs_op_gradients
+def test_a_compiled_training_step_traces_the_body_once_whatever_the_length():
+    """fn.jit(fn.value_and_grad(loss)) with a scan inside: the graph is the same at T=4 and
+    T=64, and the value and gradients equal eager ones (weights closed over included)."""
+    w = torch.randn(4, 4, dtype=torch.float64)
+    sizes, backend = _graph_sizes()
+    for T in (4, 64):
+        xs = (torch.randn(T, 3, 4, dtype=torch.float64), torch.randn(T, 3, dtype=torch.float64))
+
+        def loss(w, h0, xs):
+            carry, (s, hs) = scan(rnn_body(w), {"h": h0, "steps": torch.zeros((), dtype=w.dtype)}, xs)
+            return s.square().mean() + hs["h"].sum() + carry["h"].square().sum()
+        step = fn.value_and_grad(loss, argnums=(0, 1))
+        h0 = torch.randn(3, 4, dtype=torch.float64)
+        got, want = fn.jit(step, backend=backend, dynamic=False)(w, h0, xs), step(w, h0, xs)
+        assert_close(got[0], want[0])
+        for a, b in zip(got[1], want[1]):
+            assert_close(a, b)
+    assert sizes[0] == sizes[1], f"graph grew with the length: {sizes}"
+
+
+@needs_op_gradients
+def test_closed_over_weights_get_their_gradient_when_the_initial_carry_needs_none():
+    """pytorch/pytorch#184528: torch's scan op once zeroed the part of a closed-over weight's
+    gradient that flows through the carry when the initial carry did not require grad."""
+    x = torch.tensor([0.11, -0.37, 0.23, 0.41, -0.19], dtype=torch.float64)
+
+    def loss(a):
+        carry, ys = scan(lambda c, x_t: ((a * c + x_t),) * 2, torch.zeros((), dtype=torch.float64), x)
+        return ys.square().sum() + carry
+    a = torch.tensor(0.7, dtype=torch.float64)
+    want = fn.grad(loss)(a)  # eager: the Python loop
+    assert_close(fn.jit(fn.grad(loss), backend="aot_eager")(a), want)
+    assert_close(fn.jit(fn.grad(loss))(a), want)
+
+
+@pytest.mark.skipif(scan_module._scan_hop is None, reason="this torch has no scan higher-order op")
+@given(T=st.integers(2, 9), unroll=st.sampled_from([True, 2, 3, 4]), reverse=st.booleans())
+def test_unroll_k_traces_k_steps_once_and_runs_the_leftover_steps_after(T, unroll, reverse):
+    """unroll=k (as in jax.lax.scan): a body of k steps traced once, T not a multiple of k
+    included; unroll=True unrolls the whole loop. The same numbers as eager either way."""
+    torch._dynamo.reset()  # every example compiles the same code object anew
+    w = torch.randn(4, 4, dtype=torch.float64)
+    xs = (torch.randn(T, 3, 4, dtype=torch.float64), torch.randn(T, 3, dtype=torch.float64))
+    carry0 = {"h": torch.zeros(3, 4, dtype=torch.float64), "steps": torch.zeros((), dtype=torch.float64)}
+
+    def f(c, xs):
+        return scan(rnn_body(w), c, xs, reverse=reverse, unroll=unroll)
+    with torch.no_grad():
+        got = fn.jit(f, backend="aot_eager", dynamic=False)(carry0, xs)
+    want = python_loop(rnn_body(w), carry0, xs, T, reverse)
+    for a, b in zip(fn.tree.leaves(got), fn.tree.leaves(want)):
+        assert_close(a, b)
+
+
+def test_unroll_must_be_a_bool_or_a_positive_int():
+    with pytest.raises(ValueError, match="unroll must be"):
+        scan(lambda c, x: (c, x), torch.zeros(()), torch.ones(3), unroll=0)

@@ -141,3 +141,32 @@ def test_jit_of_grad_and_value_and_grad_compiles_many_different_functions_in_one
         torch.testing.assert_close(value, f(x))
         torch.testing.assert_close(grad, 2 * (i + 1) ** 2 * x)
         torch.testing.assert_close(grad_only, grad)
+
+
+def test_compiled_grads_equal_eager_ones_with_aux_argnums_tuples_and_nested_grads():
+    """Under fn.jit the outermost fn.grad is computed by autograd (so that torch's scan op
+    can differentiate, see fnnet/scan.py); it gives torch.func's numbers, pytrees, aux and
+    argnums included. A grad nested inside it (a penalty on an input gradient) stays
+    torch.func's, so the outer gradient flows through it."""
+    mlp = fn.Sequential(fn.Linear(3, 8), fn.tanh, fn.Linear(8, 1))
+    params = mlp.init(random.key(0))
+    x = torch.randn(5, 3, dtype=torch.float64)
+    params = tree.map(lambda p: p.double(), params)
+
+    def loss(p, x):
+        out = mlp.apply(p, x)
+        dx = fn.grad(lambda x: mlp.apply(p, x).sum())(x)  # depends on p: its gradient must reach p
+        return out.square().mean() + dx.square().sum(), {"out": out}
+
+    for transform in (fn.value_and_grad(loss, argnums=(0, 1), has_aux=True), fn.grad(loss, has_aux=True)):
+        eager, compiled = transform(params, x), fn.jit(transform, backend="aot_eager")(params, x)
+        assert_trees_close({"r": compiled}, {"r": eager})
+    g = fn.jit(fn.grad(lambda p: loss(p, x)[0]), backend="aot_eager")(params)
+    g_without_penalty = fn.grad(lambda p: mlp.apply(p, x).square().mean())(params)
+    assert not torch.allclose(g["0"]["weight"], g_without_penalty["0"]["weight"])
+
+
+def test_jit_leaves_dynamo_config_as_it_found_it():
+    before = torch._dynamo.config.trace_autograd_ops
+    fn.jit(lambda x: x * 2, backend="eager")(torch.ones(2))
+    assert torch._dynamo.config.trace_autograd_ops == before
