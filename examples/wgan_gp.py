@@ -11,12 +11,12 @@ scores.
 Data: 8 Gaussians (std 0.05) on a circle of radius 2, sampled fresh from the seed.
 Defaults (650 generator steps, each after 5 critic steps; batch 256; Adam 5e-4, betas (0.5,
 0.9); penalty weight 0.1, as in the paper's toy runs) cover all 8 modes, with 82% of the
-samples within 4 std of a centre (seeds 1 and 2: 76%, and 8/8 too), in about two minutes on
-a 2-core CPU, compiling included. At the earlier default of 500 steps seed 0 came to stop at
-7/8, one cluster just past 4 std of its centre: GAN training amplifies last-bit differences,
-and rounding changes in the library since then (not bisected) had moved it. The printout gives the modes reached (at least 1% of
-2,000 samples within 4 std of the centre), the share of samples near a mode, and where the
-plot went.
+samples within 4 std of a centre (seed 1: 8/8 and 76%), in about two minutes on a 2-core
+CPU, compiling included. At the earlier default of 500 steps seed 0 came to stop at 7/8,
+one cluster just past 4 std of its centre: GAN training amplifies last-bit differences, and
+rounding changes in the library since then (not bisected) had moved it. The printout gives
+the modes reached (at least 1% of 2,000 samples within 4 std of the centre), the share of
+samples near a mode, and where the plot went.
 """
 
 from __future__ import annotations

@@ -65,9 +65,7 @@ def scan(f: Callable[[Any, Any], tuple[Any, Any]], carry: Any, xs: Any = None, r
     unroll: under ``fn.jit``, steps per traced body (``True``: the whole loop unrolled).
     Returns ``(carry, ys)``, ys a pytree of ``[T, ...]`` tensors (``None`` if f's y is None).
     """
-    if isinstance(unroll, bool):
-        unroll = max(length or 0, 1) if unroll else 1
-    if not isinstance(unroll, int) or unroll < 1:
+    if not isinstance(unroll, int) or unroll < 0 or (unroll == 0 and not isinstance(unroll, bool)):
         raise ValueError(f"scan: unroll must be True, False or a positive int, got {unroll!r}")
     if xs is None:
         if length is None:
@@ -84,9 +82,10 @@ def scan(f: Callable[[Any, Any], tuple[Any, Any]], carry: Any, xs: Any = None, r
                                  f"has shape {list(x.shape)}")
         if length is not None and length != n:
             raise ValueError(f"scan: length={length} but xs has leading length {n}")
-    if unroll is True or unroll >= n or not _op_applies():
+    steps = n if unroll is True else max(int(unroll), 1)  # False: one step per body
+    if steps >= n or not _op_applies():
         return _loop(f, carry, flat, spec, n, reverse)
-    return _traced_once(f, carry, flat, spec, n, reverse, unroll)
+    return _traced_once(f, carry, flat, spec, n, reverse, steps)
 
 
 def _op_applies() -> bool:
@@ -117,7 +116,7 @@ def _traced_once(f, carry, flat, spec, n, reverse, k):
     if spec is None:  # length only: a [n, 0] placeholder to scan over
         like = T.leaves(carry)[0]
         flat = [torch.empty(n, 0, device=like.device, dtype=like.dtype)]
-    blocks, rest = divmod(n, k)
+    blocks, rest = n // k, n % k
     cut = rest if reverse else n - rest  # the blocks cover [cut, n) in reverse, [0, cut) forward
     blocked = [x[cut:] if reverse else x[:cut] for x in flat]
     left = [x[:cut] if reverse else x[cut:] for x in flat]

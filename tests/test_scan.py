@@ -224,6 +224,21 @@ def test_unroll_k_traces_k_steps_once_and_runs_the_leftover_steps_after(T, unrol
         assert_close(a, b)
 
 
+@pytest.mark.skipif(scan_module._scan_hop is None, reason="this torch has no scan higher-order op")
+def test_unroll_true_unrolls_the_loop_and_false_traces_one_step():
+    w = torch.randn(4, 4)
+    carry0 = {"h": torch.zeros(3, 4), "steps": torch.zeros(())}
+    for unroll, grows in ((True, True), (False, False), (1, False)):
+        sizes, backend = _graph_sizes()
+        for T in (4, 8):
+            xs = (torch.randn(T, 3, 4), torch.randn(T, 3))
+            with torch.no_grad():
+                fn.jit(lambda c, xs, unroll=unroll: scan(rnn_body(w), c, xs, unroll=unroll), backend=backend,
+                       dynamic=False)(carry0, xs)
+        assert (sizes[1] > sizes[0]) == grows, f"unroll={unroll}: graph sizes {sizes}"
+
+
 def test_unroll_must_be_a_bool_or_a_positive_int():
-    with pytest.raises(ValueError, match="unroll must be"):
-        scan(lambda c, x: (c, x), torch.zeros(()), torch.ones(3), unroll=0)
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="unroll must be"):
+            scan(lambda c, x: (c, x), torch.zeros(()), torch.ones(3), unroll=bad)
