@@ -29,7 +29,7 @@ same numbers bit for bit; ``native=False`` keeps the hand-written recurrence eve
 ``fused=False``: the cell's step scanned over time (``fnnet.scan``) and differentiated by
 autograd - the reference the fused path is tested against, and the path for second
 derivatives (the fused backward refuses to be differentiated again) and for ``vmap`` inside
-``fn.jit``; compiled with gradients it unrolls.
+``fn.jit``; compiled, its scan traces the step once (unrolled inside ``vmap``; see ``fnnet.scan``).
 """
 
 from __future__ import annotations
