@@ -80,10 +80,13 @@ def _autograd_grad_and_value_impl(f, argnums, has_aux, args, kwargs):
     with torch.enable_grad():
         out = f(*args, **kwargs)
         value, aux = out if has_aux else (out, None)
-        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        if not isinstance(value, torch.Tensor) or value.dim() != 0:  # as torch.func.grad asks
             raise RuntimeError(f"grad: f must return a scalar tensor, got {type(value).__name__}"
                                + (f" of shape {list(value.shape)}" if isinstance(value, torch.Tensor) else ""))
-        grads = torch.autograd.grad(value, leaves, allow_unused=True, materialize_grads=True)
+        if value.requires_grad:
+            grads = torch.autograd.grad(value, leaves, allow_unused=True, materialize_grads=True)
+        else:  # f does not depend on what is differentiated: zeros, as torch.func.grad gives
+            grads = tuple(torch.zeros_like(leaf) for leaf in leaves)
     trees, start = [], 0
     for spec, n in specs:
         trees.append(pytree.tree_unflatten(list(grads[start:start + n]), spec))

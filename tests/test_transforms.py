@@ -166,6 +166,15 @@ def test_compiled_grads_equal_eager_ones_with_aux_argnums_tuples_and_nested_grad
     assert not torch.allclose(g["0"]["weight"], g_without_penalty["0"]["weight"])
 
 
+def test_compiled_gradient_of_a_function_that_ignores_its_argument_is_zero_as_eager():
+    def f(p, q):
+        return (q * 2).sum() + 3.0
+    p, q = torch.randn(2), torch.randn(3)
+    for argnums in (0, (0, 1)):
+        got = fn.jit(fn.grad(f, argnums=argnums), backend="aot_eager")(p, q)
+        assert_trees_close({"g": got}, {"g": fn.grad(f, argnums=argnums)(p, q)})
+
+
 def test_jit_leaves_dynamo_config_as_it_found_it():
     before = torch._dynamo.config.trace_autograd_ops
     fn.jit(lambda x: x * 2, backend="eager")(torch.ones(2))
