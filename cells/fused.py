@@ -26,7 +26,7 @@ Two ways to run, one math:
   the loop. The compiler sees two ops whatever ``T`` is, so compile time does not grow with
   the sequence length and ``fullgraph=True`` holds (the rest of the step - projections, loss,
   optimizer - is compiled and fused as usual). torch.compile cannot yet ``vmap`` an
-  ``autograd.Function``; a compiled ``vmap`` (an ensemble) takes ``fused=False`` on the layer.
+  ``autograd.Function``; under a compiled ``vmap`` (an ensemble) the layers step the cell.
 
 The op-by-op path (``cells.cell`` cells stepped by ``fnnet.scan``, ``fused=False`` on the
 layers) is the reference these loops are tested against.

@@ -28,8 +28,9 @@ CPU, float32, no ``proj_size``, no ``lengths``, outside ``vmap``; ``cells.native
 same numbers bit for bit; ``native=False`` keeps the hand-written recurrence everywhere.
 ``fused=False``: the cell's step scanned over time (``fnnet.scan``) and differentiated by
 autograd - the reference the fused path is tested against, and the path for second
-derivatives (the fused backward refuses to be differentiated again) and for ``vmap`` inside
-``fn.jit``; compiled, its scan traces the step once (unrolled inside ``vmap``; see ``fnnet.scan``).
+derivatives (the fused backward refuses to be differentiated again), and what a ``vmap``
+inside ``fn.jit`` runs whatever ``fused`` says (torch.compile cannot vmap the fused ops'
+autograd.Function yet); compiled, its scan traces the step once (unrolled inside ``vmap``).
 """
 
 from __future__ import annotations
@@ -169,11 +170,14 @@ class _RNNBase(fn.Module):
         """One layer, one direction. x ``[T, B, I]`` -> (final state, outputs ``[T, B, H]``)."""
         w_ih, w_hh, b_ih, b_hh, *extra = weights
         cell = self.cell()
-        if self.fused and self.native and cell.kind == "lstm" and native.available(x, bool(extra), mask):
+        # torch.compile cannot vmap an autograd.Function yet: a compiled vmap (an ensemble)
+        # steps the cell instead
+        fused = self.fused and not (torch.compiler.is_compiling() and fn.transforms.inside_vmap())
+        if fused and self.native and cell.kind == "lstm" and native.available(x, bool(extra), mask):
             ys, finals = native.lstm_layer(x, w_ih, w_hh, b_ih, b_hh, state, reverse=reverse)
             return finals, ys
         xp = cell.project(w_ih, b_ih, b_hh, x)  # all time steps in one matmul
-        if self.fused:
+        if fused:
             states = state if isinstance(state, tuple) else (state,)
             b = None if cell.folds_hidden_bias else b_hh
             ys, finals = recurrence(cell.kind, xp, states, w_hh, b, *extra, mask=mask, reverse=reverse)

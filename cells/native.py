@@ -26,8 +26,8 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from torch._C._functorch import TransformType
-from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+from fnnet.transforms import inside_vmap
 
 from .fused import _differentiated_again
 
@@ -43,18 +43,12 @@ _HAVE_OP = (hasattr(torch.ops.aten, "mkldnn_rnn_layer") and hasattr(torch.ops.at
 def available(x: Tensor, proj: bool, mask: Tensor | None) -> bool:
     """Whether ``lstm_layer`` can run this LSTM layer."""
     return (_HAVE_OP and not proj and mask is None and x.device.type == "cpu" and x.dtype == torch.float32
-            and _enabled() and not _under_vmap())
+            and _enabled() and not inside_vmap())
 
 
 @torch.compiler.assume_constant_result  # a flag dynamo cannot read; the compiled step assumes it stays
 def _enabled() -> bool:
     return torch.backends.mkldnn.enabled
-
-
-def _under_vmap() -> bool:
-    if torch.compiler.is_compiling():  # dynamo cannot read the stack; a compiled vmap needs fused=False anyway
-        return False
-    return any(i.key() == TransformType.Vmap for i in retrieve_all_functorch_interpreters())
 
 
 def _call_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse, train):

@@ -105,6 +105,14 @@ def inside_functorch() -> bool:
 
 
 @torch.compiler.assume_constant_result
+def inside_vmap() -> bool:
+    """Whether a ``vmap`` encloses this call (read as a constant while dynamo traces)."""
+    from torch._C._functorch import TransformType
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+    return any(i.key() == TransformType.Vmap for i in retrieve_all_functorch_interpreters())
+
+
+@torch.compiler.assume_constant_result
 def _traces_autograd() -> bool:
     return bool(getattr(torch._dynamo.config, "trace_autograd_ops", False))
 
