@@ -175,7 +175,9 @@ def test_compiled_gradient_of_a_function_that_ignores_its_argument_is_zero_as_ea
         assert_trees_close({"g": got}, {"g": fn.grad(f, argnums=argnums)(p, q)})
 
 
-def test_jit_leaves_dynamo_config_as_it_found_it():
+def test_jit_leaves_dynamo_config_as_it_found_it_and_nests():
     before = torch._dynamo.config.trace_autograd_ops
-    fn.jit(lambda x: x * 2, backend="eager")(torch.ones(2))
+    inner = fn.jit(fn.value_and_grad(lambda x: (x * 2).square().sum()), backend="eager")
+    outer = fn.jit(lambda x: inner(x)[1] + 1, backend="eager")  # a jitted function calling one
+    assert torch.equal(outer(torch.ones(2)), torch.full((2,), 9.0))
     assert torch._dynamo.config.trace_autograd_ops == before
