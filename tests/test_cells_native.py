@@ -92,6 +92,10 @@ def test_compiled_step_on_the_native_kernel_matches_eager_with_params_straight_f
         return out.square().mean() + h.sum() + c.mean()
     for transform in (fn.grad, fn.value_and_grad):
         assert_trees_close(fn.jit(transform(loss))(params, x), transform(loss)(params, x))
+    # torch.compile itself (not fn.jit) keeps torch.func.grad as it is: the case the view is for
+    torch._dynamo.reset()
+    compiled = torch.compile(torch.func.grad(loss), fullgraph=True, backend="aot_eager")
+    assert_trees_close(compiled(params, x), fn.grad(loss)(params, x))
     assert _compiled_ops(fn.grad(loss), params, x).count("cells.onednn_lstm.default") == 1
 
 
