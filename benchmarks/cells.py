@@ -116,19 +116,25 @@ def _compile_times() -> list[dict]:
     return rows
 
 
-def _scan_inference(T: int) -> list[dict]:
-    """fnnet.scan of an LSTMCell under fn.jit without gradients (torch's scan op): compile
-    time, and steady time against nn.LSTM's forward."""
+def _scanned_cell(T: int, **scan_kw):
+    """nn.LSTM, its weights as an LSTMCell's params, x, and ``scanned(p, x)``: the cell under
+    fnnet.scan, returning the stacked h ``[T, B, H]``."""
     torch.manual_seed(0)
     native = nn.LSTM(I, H).to(DEVICE)
     params = {k.removesuffix("_l0"): v.detach() for k, v in fn.params_from_module(native).items()}
     cell = cells.LSTMCell(I, H)
     x = torch.randn(T, B, I, device=DEVICE)
 
-    def forward(p, x):
+    def scanned(p, x):
         h = x.new_zeros(B, H)
-        return fn.scan(lambda s, x_t: (cell.apply(p, x_t, s),) * 2, (h, h), x)[1]
+        return fn.scan(lambda s, x_t: (lambda new: (new, new[0]))(cell.apply(p, x_t, s)), (h, h), x, **scan_kw)[1]
+    return native, params, x, scanned
 
+
+def _scan_inference(T: int) -> list[dict]:
+    """fnnet.scan of an LSTMCell under fn.jit without gradients (torch's scan op): compile
+    time, and steady time against nn.LSTM's forward."""
+    native, params, x, forward = _scanned_cell(T)
     with torch.no_grad():
         compiled, ct = _compiled(forward, params, x)
         ms = _interleaved({"native": lambda: native(x), "scan": lambda: compiled(params, x)}, repeats=5)
@@ -141,22 +147,13 @@ def _scan_training(T: int, unroll: int) -> list[dict]:
     """An LSTMCell under fnnet.scan, trained compiled (``fn.jit(fn.value_and_grad)``: the body
     traced once, ``unroll`` steps per body): compile time, and steady time against nn.LSTM
     forward+backward."""
-    torch.manual_seed(0)
-    native = nn.LSTM(I, H).to(DEVICE)
-    params = {k.removesuffix("_l0"): v.detach() for k, v in fn.params_from_module(native).items()}
-    cell = cells.LSTMCell(I, H)
-    x = torch.randn(T, B, I, device=DEVICE)
-
-    def loss(p, x):
-        h = x.new_zeros(B, H)
-        _, ys = fn.scan(lambda s, x_t: (lambda new: (new, new[0]))(cell.apply(p, x_t, s)), (h, h), x, unroll=unroll)
-        return ys.square().mean()
+    native, params, x, scanned = _scanned_cell(T, unroll=unroll)
 
     def native_step():
         native.zero_grad(set_to_none=True)
         native(x)[0].square().mean().backward()
 
-    compiled, ct = _compiled(fn.value_and_grad(loss), params, x)
+    compiled, ct = _compiled(fn.value_and_grad(lambda p, x: scanned(p, x).square().mean()), params, x)
     ms = _interleaved({"native": native_step, "scan": lambda: compiled(params, x)}, repeats=5)
     desc = f"LSTMCell scanned, fwd+bwd, I={I} H={H} B={B} T={T}"
     return [row("cells", desc, "nn.LSTM (native kernel)", ms["native"], ms["native"]),

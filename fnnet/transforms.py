@@ -9,6 +9,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.func
 import torch.utils._pytree as pytree
+from torch._C._functorch import TransformType
+from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
 __all__ = ["grad", "value_and_grad", "vmap", "jit", "jacrev", "jacfwd", "vjp", "jvp", "hessian"]
 
@@ -107,8 +109,6 @@ def inside_functorch() -> bool:
 @torch.compiler.assume_constant_result
 def inside_vmap() -> bool:
     """Whether a ``vmap`` encloses this call (read as a constant while dynamo traces)."""
-    from torch._C._functorch import TransformType
-    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
     return any(i.key() == TransformType.Vmap for i in retrieve_all_functorch_interpreters())
 
 
