@@ -37,3 +37,18 @@ def assert_trees_close(actual: dict, expected: dict, dtype=None, msg: str = "") 
     assert a.keys() == e.keys(), f"{msg}: paths differ: {sorted(a)} vs {sorted(e)}"
     for p, x in a.items():
         assert_close(x, e[p], dtype, msg=f"{msg} {p}")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The bad-input tally (tests/badinput.py): per suite, calls tried, clear errors, silent results."""
+    try:
+        from badinput import TALLY
+    except ImportError:
+        return
+    suites = sorted({s for s, _ in TALLY})
+    if not suites:
+        return
+    terminalreporter.write_line("bad-input suites: tried / clear error / silent / foreign error")
+    for s in suites:
+        terminalreporter.write_line(f"  {s}: {TALLY[s, 'tried']} / {TALLY[s, 'clear']} / {TALLY[s, 'silent']} / "
+                                    f"{TALLY[s, 'foreign']}")
