@@ -11,6 +11,11 @@
 ``params_from_module``, ``state_from_module`` and ``functional`` return copies
 (``detach().clone()``): nothing aliases the module's storage, so training the copies
 never changes the module and vice versa.
+
+Tied weights (one Parameter under two names, as an encoder/decoder sharing an embedding) are
+one leaf, under the first name ``named_parameters`` gives: its gradient is the total over both
+uses and an optimizer updates it once. ``to_state_dict(params, module=net)`` writes it under
+every name ``net.state_dict()`` has, so a strict ``load_state_dict`` takes it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch
 import torch.func
 
 from . import tree as T
+from .module import ParamsError
 
 __all__ = ["flat", "functional", "nest", "params_from_module", "state_from_module", "to_state_dict"]
 
@@ -70,17 +76,67 @@ def state_from_module(module: torch.nn.Module) -> dict:
     return nest({n: _copy(b) for n, b in _persistent_buffers(module)})
 
 
-def to_state_dict(params: Any, state: Any = None) -> dict[str, torch.Tensor]:
+def _aliases(named: Iterable[tuple[str, torch.Tensor]]) -> dict[str, str]:
+    """``{alias: first name}`` for tensors that appear under several names (tied weights)."""
+    first: dict[int, str] = {}
+    out = {}
+    for name, t in named:
+        if id(t) in first:
+            out[name] = first[id(t)]
+        else:
+            first[id(t)] = name
+    return out
+
+
+def to_state_dict(params: Any, state: Any = None, *, module: torch.nn.Module | None = None
+                  ) -> dict[str, torch.Tensor]:
     """A flat ``{"a.b.weight": tensor}`` dict that ``module.load_state_dict`` (strict) accepts.
     The tensors are the leaves of ``params``/``state`` themselves, not copies
-    (``load_state_dict`` copies them into the module)."""
+    (``load_state_dict`` copies them into the module).
+
+    With ``module=``, the dict has exactly the names of ``module.state_dict()``: a tied weight
+    (one leaf in ``params``) is written under each of its names, as torch writes it, and a
+    missing or unexpected name raises :class:`~fnnet.module.ParamsError` naming it. Without
+    it, a module with tied weights needs ``load_state_dict(..., strict=False)`` (torch reports
+    the other names as missing)."""
     out = flat(params)
     if state is not None:
         for name, value in flat(state).items():
             if name in out:
                 raise ValueError(f"to_state_dict: {name!r} is in both params and state")
             out[name] = value
-    return out
+    if module is None:
+        return out
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"to_state_dict: module= must be a torch.nn.Module, got {type(module).__name__}")
+    expected = module.state_dict(keep_vars=True)
+    for alias, name in _aliases(expected.items()).items():
+        if alias not in out and name in out:
+            out[alias] = out[name]
+    _check_names("to_state_dict", "params/state", out, {n: t.shape for n, t in expected.items()}, {})
+    return {n: out[n] for n in expected}  # in the module's order
+
+
+def _check_names(where: str, what: str, given: dict[str, Any], shapes: dict[str, torch.Size],
+                 aliases: dict[str, str]) -> None:
+    """``given`` (flat names -> tensors) must have exactly the names of ``shapes``, with those
+    shapes; ParamsError names the first path that differs (module order, then extras)."""
+    for name, shape in shapes.items():
+        if name not in given:
+            raise ParamsError(f"{where}: {what} have no {name!r} (the module's {list(shape)} tensor)")
+        t = given[name]
+        if not isinstance(t, torch.Tensor):
+            raise ParamsError(f"{where}: {what} {name!r} is a {type(t).__name__}, expected a tensor of "
+                              f"shape {list(shape)}")
+        if t.shape != shape:
+            raise ParamsError(f"{where}: {what} {name!r} has shape {list(t.shape)}, the module's is {list(shape)}")
+    for name in given:
+        if name in aliases:
+            raise ParamsError(f"{where}: {what} {name!r} is tied to {aliases[name]!r} (one tensor in the "
+                              f"module): give it once, as {aliases[name]!r}")
+        if name not in shapes:
+            raise ParamsError(f"{where}: {what} have an unexpected {name!r}; the module has "
+                              f"{', '.join(map(repr, shapes)) or 'none'}")
 
 
 def functional(module: torch.nn.Module, *, return_buffers: bool = False
@@ -100,14 +156,26 @@ def functional(module: torch.nn.Module, *, return_buffers: bool = False
 
     ``params`` and ``buffers`` are detached copies of the module's tensors; the module
     itself is only read (its structure and mode), never written.
+
+    ``apply_fn`` is strict: a missing, misspelled or extra key, or a tensor of another shape,
+    raises :class:`~fnnet.module.ParamsError` naming the path (it never falls back to the
+    module's own weights, which would silently get no gradient). A tied weight is given once,
+    under the name ``params`` has for it.
     """
     params = params_from_module(module)
     buffers = nest({n: _copy(b) for n, b in module.named_buffers()})
+    param_shapes = {n: p.shape for n, p in module.named_parameters()}
+    buffer_shapes = {n: b.shape for n, b in module.named_buffers()}
+    param_aliases = _aliases(module.named_parameters(remove_duplicate=False))
+    buffer_aliases = _aliases(module.named_buffers(remove_duplicate=False))
+    where = f"functional({type(module).__name__})"
 
     def apply_fn(params: dict, buffers: dict, *args: Any, **kwargs: Any) -> Any:
+        given = flat(params)
+        _check_names(where, "params", given, param_shapes, param_aliases)
         bufs = {n: b.clone() for n, b in flat(buffers).items()}
-        tensors = {**flat(params), **bufs}
-        out = torch.func.functional_call(module, tensors, args, kwargs, strict=False)
+        _check_names(where, "buffers", bufs, buffer_shapes, buffer_aliases)
+        out = torch.func.functional_call(module, {**given, **bufs}, args, kwargs, strict=True)
         return (out, nest(bufs)) if return_buffers else out
 
     apply_fn.__doc__ = f"{type(module).__name__} as apply_fn(params, buffers, *args, **kwargs)"

@@ -329,3 +329,90 @@ def test_functional_module_vmaps_over_stacked_params_of_several_torch_modules():
     ys = fn.vmap(apply_fn, in_dims=(0, None, None))(ensemble, buffers, x)
     for i, net in enumerate(nets):
         assert_close(ys[i], net(x).detach())
+
+
+# -- tied weights, strict functional ----------------------------------------------------------
+
+class TiedAutoencoder(nn.Module):
+    """An embedding and an output projection sharing one Parameter (weight tying)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(7, 4)
+        self.hidden = nn.Linear(4, 4)
+        self.decode = nn.Linear(4, 7, bias=False)
+        self.decode.weight = self.embed.weight
+
+    def forward(self, i):
+        return self.decode(torch.tanh(self.hidden(self.embed(i))))
+
+
+def test_tied_weights_are_one_leaf_whose_gradient_is_the_total_over_both_uses():
+    torch.manual_seed(0)
+    tmod = TiedAutoencoder().double()
+    apply_fn, params, buffers = fn.functional(tmod)
+    assert fn.interop.flat(params).keys() == {"embed.weight", "hidden.weight", "hidden.bias"}
+    i = torch.tensor([1, 4, 6])
+    grads = fn.grad(lambda p: apply_fn(p, buffers, i).square().sum())(params)
+    tmod(i).square().sum().backward()
+    assert_trees_close(grads, fn.interop.nest({n: p.grad for n, p in tmod.named_parameters()}))
+
+
+def test_tied_weights_round_trip_to_a_strict_load_state_dict_under_both_names():
+    torch.manual_seed(0)
+    tmod = TiedAutoencoder().double()
+    params = fn.params_from_module(tmod)
+    params = tree.map(lambda t: t + 1, params)  # trained: new values under the one leaf
+    sd = fn.to_state_dict(params, module=tmod)
+    assert list(sd) == list(tmod.state_dict())  # both names, in torch's order
+    assert sd["decode.weight"] is sd["embed.weight"]
+    fresh = TiedAutoencoder().double()
+    fresh.load_state_dict(sd)  # strict
+    assert fresh.decode.weight is fresh.embed.weight
+    assert_trees_close(fn.params_from_module(fresh), params)
+    i = torch.tensor([0, 3])
+    apply_fn, _, buffers = fn.functional(fresh)
+    assert_close(apply_fn(params, buffers, i), fresh(i).detach())
+    # without module=, torch itself says which tied name is missing from a strict load
+    with pytest.raises(RuntimeError, match="decode.weight"):
+        TiedAutoencoder().double().load_state_dict(fn.to_state_dict(params))
+
+
+def test_to_state_dict_with_a_module_names_a_missing_or_unexpected_key():
+    tmod = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
+    params, state = fn.params_from_module(tmod), fn.state_from_module(tmod)
+    del params["0"]["bias"]
+    with pytest.raises(fn.module.ParamsError, match=r"no '0.bias'"):
+        fn.to_state_dict(params, state, module=tmod)
+    params = fn.params_from_module(tmod)
+    params["2"] = {"weight": torch.ones(1)}
+    with pytest.raises(fn.module.ParamsError, match=r"unexpected '2.weight'"):
+        fn.to_state_dict(params, state, module=tmod)
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda p: p["0"].pop("bias"), r"params have no '0.bias'"),
+    (lambda p: p["0"].update(wieght=p["0"].pop("weight")), r"params have no '0.weight'"),
+    (lambda p: p["2"].update(extra=torch.zeros(2)), r"unexpected '2.extra'"),
+    (lambda p: p.update({"9": {"weight": torch.zeros(2)}}), r"unexpected '9.weight'"),
+    (lambda p: p["2"].update(weight=torch.zeros(2, 3)), r"'2.weight' has shape \[2, 3\], the module's is \[1, 4\]"),
+])
+def test_functional_is_strict_a_missing_misspelled_extra_or_misshaped_key_names_the_path(change, match):
+    tmod = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    apply_fn, params, buffers = fn.functional(tmod)
+    change(params)
+    with pytest.raises(fn.module.ParamsError, match=match):
+        apply_fn(params, buffers, torch.ones(2, 3))
+
+
+def test_functional_names_a_tied_weight_given_twice_and_a_missing_buffer():
+    tmod = TiedAutoencoder()
+    apply_fn, params, buffers = fn.functional(tmod)
+    twice = {**params, "decode": {"weight": params["embed"]["weight"]}}
+    with pytest.raises(fn.module.ParamsError, match=r"'decode.weight' is tied to 'embed.weight'"):
+        apply_fn(twice, buffers, torch.tensor([1]))
+    bn = nn.BatchNorm1d(3)
+    apply_fn, params, buffers = fn.functional(bn)
+    del buffers["running_var"]
+    with pytest.raises(fn.module.ParamsError, match=r"buffers have no 'running_var'"):
+        apply_fn(params, buffers, torch.ones(2, 3))
