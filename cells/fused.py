@@ -330,8 +330,13 @@ class _Recurrence(torch.autograd.Function):
     # in-place writes only into fresh tensors made from batched results: the loops run under vmap as they are
     generate_vmap_rule = True
 
+    # The states are two fixed parameters (c0 None but for the LSTM), not ``*states``: when no
+    # input requires grad, dynamo inlines ``forward`` and tells a setup_context-style forward
+    # from a ``forward(ctx, ...)`` by counting its parameters, which ``*states`` miscounts
+    # (torch 2.13: the LSTM's two states made it pass its ctx as ``kind``).
     @staticmethod
-    def forward(kind, reverse, mask, xp, w_hh, b_hh, w_hr, *states):
+    def forward(kind, reverse, mask, xp, w_hh, b_hh, w_hr, h0, c0):
+        states = (h0,) if c0 is None else (h0, c0)
         if torch.compiler.is_compiling():
             with torch.no_grad():  # the op's autograd is this Function's backward
                 return tuple(_recurrence_op(kind, reverse, xp, list(states), w_hh, b_hh, w_hr, mask))
@@ -339,7 +344,8 @@ class _Recurrence(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        kind, reverse, mask, _, w_hh, b_hh, w_hr, *states = inputs
+        kind, reverse, mask, _, w_hh, b_hh, w_hr, h0, c0 = inputs
+        states = (h0,) if c0 is None else (h0, c0)
         n = len(states)
         saved = output[1 + n:]
         ctx.save_for_backward(w_hh, b_hh, w_hr, mask, output[0], *states, *saved)
@@ -369,7 +375,7 @@ class _Recurrence(torch.autograd.Function):
         dw_hh = next(rest)
         db_hh = next(rest) if b_hh is not None else None
         dw_hr = next(rest) if w_hr is not None else None
-        return (None, None, None, dxp, dw_hh, db_hh, dw_hr, *dstates)
+        return (None, None, None, dxp, dw_hh, db_hh, dw_hr, *dstates, *[None] * (2 - ctx.n))
 
 
 def _differentiated_again(saved: list) -> bool:
@@ -400,6 +406,6 @@ def recurrence(kind: str, xp: Tensor, states: tuple, w_hh: Tensor, b_hh: Tensor 
         raise ValueError(f"recurrence: kind must be one of {sorted(_KINDS)}, got {kind!r}")
     if xp.ndim != 3 or xp.shape[0] < 1:
         raise ValueError(f"recurrence: expected xp of shape [T, B, G*H] with T >= 1, got {list(xp.shape)}")
-    out = _Recurrence.apply(kind, reverse, mask, xp, w_hh, b_hh, w_hr, *states)
     n = len(states)
+    out = _Recurrence.apply(kind, reverse, mask, xp, w_hh, b_hh, w_hr, *states, *[None] * (2 - n))
     return out[0], tuple(out[1:1 + n])
