@@ -7,25 +7,33 @@ so the rest of fnnet speaks in these names. ``None`` is an empty subtree, as in 
 from __future__ import annotations
 
 import builtins
+import functools
 from typing import Any
 from collections.abc import Callable
 
 import torch
 import torch.utils._pytree as _pt
+from torch._C._functorch import is_batchedtensor
 
 __all__ = [
     "map", "map_with_path", "leaves", "flatten", "unflatten", "structure", "same_structure",
     "flatten_with_paths", "paths", "stack", "unstack", "zeros_like", "ones_like", "full_like",
     "add", "sub", "mul", "scale", "axpy", "vdot", "global_norm", "size", "astype", "to",
-    "all_finite", "TreeDef",
+    "all_finite", "TreeDef", "match",
 ]
 
 TreeDef = _pt.TreeSpec
 
 
-def map(f: Callable, tree: Any, *rest: Any) -> Any:
-    """``f`` applied leaf-wise over ``tree`` and trees of the same structure ``rest``."""
-    return _pt.tree_map(f, tree, *rest)
+def map(f: Callable, tree: Any, *rest: Any, is_leaf: Callable[[Any], bool] | None = None) -> Any:
+    """``f(leaf, *rest_leaves)`` for every leaf of ``tree``, with the leaves of ``rest`` paired
+    by path (:func:`match`: dict key order does not matter; a missing or extra path is an
+    error). Shapes are not compared here (``f`` may combine leaves of any shapes); the
+    arithmetic helpers below do compare them. The result has ``tree``'s structure."""
+    if not rest:
+        return _pt.tree_map(f, tree, is_leaf=is_leaf)
+    spec, cols = match(tree, *rest, what="tree.map", shapes=False, is_leaf=is_leaf)
+    return unflatten(spec, [f(*xs) for xs in zip(*cols)])
 
 
 def leaves(tree: Any) -> list:
@@ -65,6 +73,84 @@ def paths(tree: Any) -> list[str]:
     return [p for p, _ in flatten_with_paths(tree)]
 
 
+def _shape(x: Any) -> tuple | None:
+    """A leaf's shape for :func:`match`: a tensor's, ``()`` for a Python number, else ``None``
+    (not compared)."""
+    if isinstance(x, torch.Tensor):
+        return tuple(x.shape)
+    return () if isinstance(x, (int, float, complex)) else None
+
+
+def _path_str(path: tuple) -> str:
+    return ".".join(_key_str(k) for k in path) or "<root>"
+
+
+def match(*trees: Any, names: tuple[str, ...] | None = None, what: str = "tree", shapes: bool = True,
+          is_leaf: Callable[[Any], bool] | None = None) -> tuple[TreeDef, list[list]]:
+    """Pair the leaves of several trees by path: ``(treedef, [leaves_0, leaves_1, ...])``, each
+    list in the order of the first tree's leaves and ``treedef`` the first tree's structure.
+
+    The one mechanism every binary tree operation goes through (``map``, ``add``, ``vdot``,
+    ``optim.apply_updates``, optimizer updates, ...). Positions are meaningless: torch's pytree
+    flattens a dict in insertion order, so ``{"a": .., "b": ..}`` and ``{"b": .., "a": ..}``
+    flatten in different orders (and their TreeDefs differ); here they pair ``a`` with ``a``.
+    A path in one tree and not in the other raises a ``ValueError`` naming it, and so, with
+    ``shapes=True``, does a pair of leaves of different shapes (nothing is broadcast; dtypes may
+    differ). ``what`` (the operation) and ``names`` (of the trees) go into the message.
+
+    Cheap when the structures are identical (the usual case: one structure comparison and one
+    shape comparison per leaf); by path otherwise. Under ``torch.compile`` it runs at trace time.
+    """
+    names = names or tuple(f"tree {i}" for i in range(len(trees)))
+    flat0, spec = _pt.tree_flatten(trees[0], is_leaf=is_leaf)
+    cols = [flat0]
+    for i, t in enumerate(trees[1:], 1):
+        flat, s = _pt.tree_flatten(t, is_leaf=is_leaf)
+        if s != spec:
+            flat = _by_path(trees[0], t, names[0], names[i], what, is_leaf, shapes)
+        elif shapes:
+            for x, y in zip(flat0, flat):
+                if _shape(x) != _shape(y) and _shape(x) is not None and _shape(y) is not None:
+                    _raise_shape(trees[0], t, names[0], names[i], what, is_leaf)
+        cols.append(flat)
+    return spec, cols
+
+
+def _by_path(ref: Any, other: Any, ref_name: str, name: str, what: str, is_leaf, shapes: bool = True) -> list:
+    """``other``'s leaves in the order of ``ref``'s, looked up by path; raises on any difference."""
+    ref_pairs, _ = _pt.tree_flatten_with_path(ref, is_leaf=is_leaf)
+    pairs, _ = _pt.tree_flatten_with_path(other, is_leaf=is_leaf)
+    by_path = dict(pairs)
+    if len(by_path) != len(pairs):  # two paths that compare equal (cannot happen for dicts/lists)
+        raise ValueError(f"{what}: {name} has repeated paths")
+    out = []
+    for path, x in ref_pairs:
+        if path not in by_path:
+            raise ValueError(f"{what}: {name} has no leaf at {_path_str(path)!r}, where {ref_name} has one "
+                             f"({_describe(x)}); trees are matched by path")
+        y = by_path[path]
+        if shapes and _shape(x) is not None and _shape(y) is not None and _shape(x) != _shape(y):
+            raise ValueError(f"{what}: at {_path_str(path)!r}, {ref_name} has shape {list(_shape(x))} and "
+                             f"{name} {list(_shape(y))}; the shapes must be equal (nothing is broadcast)")
+        out.append(y)
+    if len(out) != len(pairs):
+        known = {path for path, _ in ref_pairs}
+        extra = next(p for p, _ in pairs if p not in known)
+        raise ValueError(f"{what}: {name} has a leaf at {_path_str(extra)!r} ({_describe(by_path[extra])}) "
+                         f"that {ref_name} does not have; trees are matched by path")
+    return out
+
+
+def _raise_shape(ref, other, ref_name, name, what, is_leaf) -> None:
+    _by_path(ref, other, ref_name, name, what, is_leaf)  # raises, naming the path
+    raise AssertionError("unreachable: shapes differ")
+
+
+def _describe(x: Any) -> str:
+    s = _shape(x)
+    return f"shape {list(s)}" if s is not None else type(x).__name__
+
+
 def map_with_path(f: Callable[[str, Any], Any], tree: Any) -> Any:
     """``f(path, leaf)`` for every leaf; path as in :func:`flatten_with_paths`."""
     pairs = flatten_with_paths(tree)
@@ -76,12 +162,8 @@ def stack(trees: list, dim: int = 0) -> Any:
     trees = list(trees)
     if not trees:
         raise ValueError("tree.stack: needs at least one tree")
-    spec = structure(trees[0])
-    for i, t in enumerate(trees[1:], 1):
-        if structure(t) != spec:
-            raise ValueError(f"tree.stack: tree {i} has a different structure from tree 0")
-    cols = zip(*(leaves(t) for t in trees))
-    return unflatten(spec, [torch.stack(c, dim) for c in cols])
+    spec, cols = match(*trees, what="tree.stack")
+    return unflatten(spec, [torch.stack(c, dim) for c in zip(*cols)])
 
 
 def unstack(tree: Any, dim: int = 0) -> list:
@@ -105,16 +187,23 @@ def full_like(tree: Any, value: float) -> Any:
     return map(lambda x: torch.full_like(x, value), tree)
 
 
+def _binary(f: Callable, a: Any, b: Any, what: str) -> Any:
+    """``f`` on the leaves of ``a`` and ``b`` paired by path, shapes equal (:func:`match`)."""
+    spec, (xs, ys) = match(a, b, names=("a", "b"), what=what)
+    return unflatten(spec, [f(x, y) for x, y in zip(xs, ys)])
+
+
 def add(a: Any, b: Any) -> Any:
-    return map(torch.add, a, b)
+    """``a + b`` leaf-wise, paired by path, shapes equal (no broadcasting)."""
+    return _binary(torch.add, a, b, "tree.add")
 
 
 def sub(a: Any, b: Any) -> Any:
-    return map(torch.sub, a, b)
+    return _binary(torch.sub, a, b, "tree.sub")
 
 
 def mul(a: Any, b: Any) -> Any:
-    return map(torch.mul, a, b)
+    return _binary(torch.mul, a, b, "tree.mul")
 
 
 def scale(s: Any, tree: Any) -> Any:
@@ -122,23 +211,36 @@ def scale(s: Any, tree: Any) -> Any:
 
 
 def axpy(a: Any, x: Any, y: Any) -> Any:
-    """``a * x + y`` leaf-wise."""
-    return map(lambda xi, yi: a * xi + yi, x, y)
+    """``a * x + y`` leaf-wise (``a`` a number or 0-d tensor), paired by path, shapes equal."""
+    spec, (xs, ys) = match(x, y, names=("x", "y"), what="tree.axpy")
+    return unflatten(spec, [a * xi + yi for xi, yi in zip(xs, ys)])
 
 
 def vdot(a: Any, b: Any) -> torch.Tensor:
-    """Sum over leaves of the elementwise products (a scalar tensor)."""
-    terms = [torch.sum(x * y) for x, y in zip(leaves(a), leaves(b))]
+    """Sum over leaves of the elementwise products (a scalar tensor); leaves paired by path,
+    shapes equal (never truncated to the shorter tree)."""
+    _, (xs, ys) = match(a, b, names=("a", "b"), what="tree.vdot")
+    terms = [torch.sum(x * y) for x, y in zip(xs, ys)]
     return torch.stack(terms).sum() if terms else torch.tensor(0.0)
 
 
-def global_norm(tree: Any) -> torch.Tensor:
-    """The 2-norm of all leaves taken as one vector (what ``clip_grad_norm_`` measures)."""
-    flat = leaves(tree)
+def global_norm(tree: Any, ord: float = 2.0) -> torch.Tensor:
+    """The ``ord``-norm of all leaves taken as one vector (what ``clip_grad_norm_`` measures).
+
+    Accumulated in float32 at least (float16 leaves whose squares, or whose norm, overflow
+    float16 do not give ``inf``; float64 leaves in float64), returned in the dtype torch's
+    ``clip_grad_norm_`` returns: the promotion of the leaves' dtypes."""
+    flat = [x for x in leaves(tree) if isinstance(x, torch.Tensor)]
     if not flat:
         return torch.tensor(0.0)
-    norms = torch._foreach_norm(flat, 2.0)
-    return torch.linalg.vector_norm(torch.stack([n.to(flat[0].dtype) for n in norms]), 2.0)
+    out_dtype = functools.reduce(torch.promote_types, (x.dtype for x in flat))
+    acc = torch.promote_types(out_dtype, torch.float32)
+    wide = [x if x.dtype == acc else x.to(acc) for x in flat]
+    if builtins.any(is_batchedtensor(x) for x in wide):  # _foreach_norm has no vmap rule
+        norms = [torch.linalg.vector_norm(x, ord) for x in wide]
+    else:
+        norms = torch._foreach_norm(wide, ord)
+    return torch.linalg.vector_norm(torch.stack(list(norms)), ord).to(out_dtype)
 
 
 def size(tree: Any) -> int:
