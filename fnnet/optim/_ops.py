@@ -41,6 +41,9 @@ def _number(s) -> bool:
     return not isinstance(s, torch.Tensor)
 
 
+is_number = _number  # a scalar read on the host (Python number), not a 0-d tensor
+
+
 def host_scalars(count: torch.Tensor) -> bool:
     """Whether an update reads its step count and hyperparameters as Python numbers: only when
     that costs nothing — eager, on the CPU, outside ``vmap`` (torch.optim does the same with its

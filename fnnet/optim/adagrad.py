@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from . import _check as C
 from .base import GradientTransformation, optimizer, weight_decayed
 
 
@@ -11,6 +12,11 @@ def adagrad(lr=1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
             initial_accumulator_value: float = 0.0, eps: float = 1e-10, *,
             maximize: bool = False) -> GradientTransformation:
     """``s += g^2``; ``p -= lr / (1 + (t - 1) lr_decay) * g / (sqrt(s) + eps)``. State: ``sum``."""
+    C.lr("adagrad", lr)
+    for name, v in (("lr_decay", lr_decay), ("weight_decay", weight_decay),
+                    ("initial_accumulator_value", initial_accumulator_value), ("eps", eps)):
+        C.nonneg("adagrad", name, v)
+    C.flag("adagrad", "maximize", maximize)
     hp = {"lr": lr, "lr_decay": lr_decay, "eps": eps}
     if weight_decay != 0:
         hp["weight_decay"] = weight_decay

@@ -4,11 +4,27 @@ from __future__ import annotations
 
 import torch
 
+from . import _check as C
 from . import _ops
 from .base import GradientTransformation, optimizer, weight_decayed
 
 
+# the smallest |step size| folded into Adam's denominator: sqrt(v) / 1e-12 stays finite in float32
+_FOLD_MIN = 1e-12
+
+
+def _check(name, lr, betas, eps, weight_decay, maximize) -> None:
+    """torch.optim.Adam's checks: lr, eps, weight_decay >= 0, betas in [0, 1)."""
+    C.lr(name, lr)
+    C.betas(name, betas)
+    C.nonneg(name, "eps", eps)
+    C.nonneg(name, "weight_decay", weight_decay)
+    C.flag(name, "maximize", maximize)
+
+
 def _adam(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled) -> GradientTransformation:
+    _check("adamw" if decoupled else "adam", lr, betas, eps, weight_decay, maximize)
+    C.flag("adamw" if decoupled else "adam", "amsgrad", amsgrad)
     hp = {"lr": lr, "beta1": betas[0], "beta2": betas[1], "eps": eps}
     if weight_decay != 0:
         hp["weight_decay"] = weight_decay
@@ -28,12 +44,17 @@ def _adam(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled) -> Gradien
         new = {"exp_avg": m, "exp_avg_sq": v}
         if amsgrad:
             v = new["max_exp_avg_sq"] = ops.maximum(s["max_exp_avg_sq"], v)
-        # torch: denom = v.sqrt() / bc2_sqrt + eps; p.addcdiv_(m, denom, value=-step_size). Here
-        # -step_size goes into denom first (as torch's capturable path does), saving a pass
+        # torch: denom = v.sqrt() / bc2_sqrt + eps; p.addcdiv_(m, denom, value=-step_size)
         neg_step = -lr / (1 - b1 ** count)
         bc2_sqrt = _ops.ssqrt(1 - b2 ** count)
-        denom = ops.add_(ops.div_(ops.sqrt(v), bc2_sqrt * neg_step), h["eps"] / neg_step)
-        updates = ops.div(m, denom)
+        if _ops.is_number(neg_step) and abs(neg_step) >= _FOLD_MIN:
+            # -step_size folded into denom first (as torch's capturable path does), saving a pass;
+            # only for a step size far from 0, where dividing by it neither overflows nor is 0/0
+            denom = ops.add_(ops.div_(ops.sqrt(v), bc2_sqrt * neg_step), h["eps"] / neg_step)
+            updates = ops.div(m, denom)
+        else:  # torch's own order: exact for lr = 0 (a schedule at 0, a tensor lr under jit/vmap)
+            denom = ops.add_(ops.div_(ops.sqrt(v), bc2_sqrt), h["eps"])
+            updates = ops.mul_(ops.div(m, denom), neg_step)
         if decoupled and wd is not None:
             updates = ops.add(updates, p, alpha=-lr * wd)                      # p.mul_(1 - lr * wd), first
         return updates, new
@@ -58,6 +79,7 @@ def adamax(lr=2e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
            weight_decay: float = 0.0, *, maximize: bool = False) -> GradientTransformation:
     """Adam with the infinity norm: ``u = max(b2 u, |g| + eps)``; ``p -= lr / (1 - b1^t) m / u``
     (``torch.optim.Adamax``)."""
+    _check("adamax", lr, betas, eps, weight_decay, maximize)
     hp = {"lr": lr, "beta1": betas[0], "beta2": betas[1], "eps": eps}
     if weight_decay != 0:
         hp["weight_decay"] = weight_decay

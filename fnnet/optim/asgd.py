@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from . import _check as C
 from . import _ops
 from .base import GradientTransformation, optimizer, weight_decayed
 
@@ -16,6 +17,12 @@ def asgd(lr=1e-2, lambd: float = 1e-4, alpha: float = 0.75, t0: float = 1e6,
     Evaluate with the averaged params ``state["ax"]`` (a tree like the params)."""
     if callable(lr):
         raise ValueError("asgd: lr enters eta's decay formula; it cannot be a schedule")
+    C.lr("asgd", lr)
+    C.nonneg("asgd", "lambd", lambd)
+    C.number("asgd", "alpha", alpha)
+    C.number("asgd", "t0", t0)
+    C.nonneg("asgd", "weight_decay", weight_decay)
+    C.flag("asgd", "maximize", maximize)
     hp = {"lr": lr, "lambd": lambd, "alpha": alpha, "t0": t0}
     if weight_decay != 0:
         hp["weight_decay"] = weight_decay

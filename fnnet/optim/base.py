@@ -31,11 +31,11 @@ class GradientTransformation(NamedTuple):
 
 
 def apply_updates(params: Any, updates: Any) -> Any:
-    """``params + updates`` leaf-wise, in one ``_foreach_add`` (updates cast to each param's dtype)."""
-    flat_p, spec = T.flatten(params)
-    flat_u = T.leaves(updates)
-    if len(flat_u) != len(flat_p):
-        raise ValueError(f"apply_updates: updates have {len(flat_u)} leaves, params {len(flat_p)}")
+    """``params + updates`` leaf-wise, in one ``_foreach_add`` (updates cast to each param's
+    dtype). Leaves are paired by path (``tree.match``): updates in another key order land on
+    the right params; a missing or extra path, or a shape that differs, is a ``ValueError``
+    naming the path (nothing is broadcast)."""
+    spec, (flat_p, flat_u) = T.match(params, updates, names=("params", "updates"), what="apply_updates")
     flat_u = [u if u.dtype == p.dtype else u.to(p.dtype) for p, u in zip(flat_p, flat_u)]
     return T.unflatten(spec, _ops.for_leaves(flat_p, flat_u).add(flat_p, flat_u))
 
@@ -47,6 +47,10 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
         return tuple(t.init(params) for t in transforms)
 
     def update(grads, state, params=None, **extra):
+        if not isinstance(state, (tuple, list)) or len(state) != len(transforms):
+            got = f"{len(state)} entries" if isinstance(state, (tuple, list)) else type(state).__name__
+            raise ValueError(f"chain: the state must be the tuple of the {len(transforms)} transformations' "
+                             f"states (from this chain's init), got {got}")
         new_state = []
         for t, s in zip(transforms, state):
             grads, s = t.update(grads, s, params, **extra)
@@ -107,12 +111,21 @@ def optimizer(hyperparams: dict[str, Any], slots: Callable[[list], dict[str, lis
         return state
 
     def update(grads, state, params=None, **_):
-        flat_g, spec = T.flatten(grads)
-        flat_p = T.leaves(params) if params is not None else [None] * len(flat_g)
-        if params is not None and len(flat_p) != len(flat_g):
-            raise ValueError(f"optimizer update: params have {len(flat_p)} leaves, grads {len(flat_g)}")
+        if not isinstance(state, dict) or "count" not in state or "hyperparams" not in state:
+            raise ValueError(f"optimizer update: the state must be this optimizer's init(params), got "
+                             f"{type(state).__name__}" + (f" with keys {sorted(state)}" if isinstance(state, dict) else ""))
         slot_names = [k for k in state if k not in ("count", "hyperparams")]
-        slot_lists = {k: T.leaves(state[k]) for k in slot_names}
+        # grads, params and every per-leaf slot paired by path (in the grads' order), shapes equal
+        trees, names = [grads], ["grads"]
+        if params is not None:
+            trees.append(params)
+            names.append("params")
+        trees += [state[k] for k in slot_names]
+        names += [f"state[{k!r}]" for k in slot_names]
+        spec, cols = T.match(*trees, names=tuple(names), what="optimizer update")
+        flat_g = cols[0]
+        flat_p = cols[1] if params is not None else [None] * len(flat_g)
+        slot_lists = dict(zip(slot_names, cols[-len(slot_names):] if slot_names else []))
         hp = state["hyperparams"]
         ops = _ops.for_leaves(flat_g, flat_p if params is not None else [], *slot_lists.values(), *hp.values())
         new_count = state["count"] + 1
@@ -128,40 +141,56 @@ def optimizer(hyperparams: dict[str, Any], slots: Callable[[list], dict[str, lis
             count = new_count
         updates, new_slots = step(ops, flat_g, flat_p, slot_lists, h, count)
         new_state = {"count": new_count, "hyperparams": hp}
-        for k in slot_names:
-            new_state[k] = T.unflatten(T.structure(state[k]), new_slots[k])
+        for k in slot_names:  # in the grads' structure (the same paths as before)
+            new_state[k] = T.unflatten(spec, new_slots[k])
         return T.unflatten(spec, updates), new_state
 
     return GradientTransformation(init, update)
 
 
-def set_hyperparams(state: Any, **values: Any) -> Any:
+def set_hyperparams(state: Any, group: str | int | None = None, **values: Any) -> Any:
     """A new state with hyperparameters changed (``lr=1e-4``): the equivalent of
-    ``param_group["lr"] = ...``. Searches chains and groups for every state holding them."""
-    found = []
+    ``param_group["lr"] = ...``. Searches chains and groups for the optimizer states holding them.
 
-    def visit(s):
+    ``group`` names where: a label of a ``multi_transform`` (or ``freeze``: ``"train"``), or a
+    position in a ``chain``; only the states under it change. Without ``group``, a
+    hyperparameter held by more than one state (two param groups, each with an ``lr``) is
+    ambiguous and refused: name the group, once per group to change several.
+    """
+    held: dict[str, list[tuple]] = {}
+
+    def visit(s, where: tuple, apply: bool):
         if isinstance(s, dict) and "hyperparams" in s and "count" in s:
+            if group is not None and group not in where:
+                return s
             hp = dict(s["hyperparams"])
             for k, v in values.items():
                 if k in hp:  # keeps the held shape: a vmapped state may take one value per member
-                    new = torch.as_tensor(v, dtype=hp[k].dtype, device=hp[k].device)
-                    hp[k] = new if new.shape == hp[k].shape else torch.broadcast_to(new, hp[k].shape).clone()
-                    found.append(k)
+                    held.setdefault(k, []).append(where)
+                    if apply:
+                        new = torch.as_tensor(v, dtype=hp[k].dtype, device=hp[k].device)
+                        hp[k] = new if new.shape == hp[k].shape else torch.broadcast_to(new, hp[k].shape).clone()
             return {**s, "hyperparams": hp}
         if isinstance(s, dict):
-            return {k: visit(v) for k, v in s.items()}
-        if isinstance(s, tuple):
-            return tuple(visit(v) for v in s)
+            return {k: visit(v, (*where, k), apply) for k, v in s.items()}
+        if isinstance(s, (tuple, list)):
+            return type(s)(visit(v, (*where, i), apply) for i, v in enumerate(s))
         return s
 
-    new = visit(state)
-    missing = set(values) - set(found)
+    visit(state, (), apply=False)
+    missing = set(values) - set(held)
     if missing:
-        raise KeyError(f"set_hyperparams: no optimizer state holds {sorted(missing)}. A hyperparameter "
+        scope = f" under group {group!r}" if group is not None else ""
+        raise KeyError(f"set_hyperparams: no optimizer state{scope} holds {sorted(missing)}. A hyperparameter "
                        "given as a schedule is not stored, nor is one that decides which arithmetic "
                        "runs when it is 0 (weight_decay, momentum): build the optimizer with it nonzero")
-    return new
+    if group is None:
+        for k, wheres in held.items():
+            if len(wheres) > 1:
+                raise ValueError(f"set_hyperparams: {k!r} is held by {len(wheres)} optimizer states (at "
+                                 f"{', '.join('/'.join(map(str, w)) or '<root>' for w in wheres)}); name the "
+                                 "one to change with group= (a multi_transform label or a chain position)")
+    return visit(state, (), apply=True)
 
 
 def weight_decayed(ops: _ops.Ops, grads: list, params: list, wd, maximize: bool) -> list:

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import tree as T
+from . import _check as C
 from ..transforms import value_and_grad
 
 
@@ -166,12 +167,15 @@ def lbfgs(lr: float = 1.0, max_iter: int = 20, max_eval: int | None = None, tole
           tolerance_change: float = 1e-9, history_size: int = 100,
           line_search_fn: str | None = None) -> LBFGS:
     """``torch.optim.LBFGS``'s arguments and defaults; see the module docstring for the API."""
+    C.lr("lbfgs", lr, schedule_ok=False)
+    C.integer("lbfgs", "max_iter", max_iter)
     if max_eval is None:
         max_eval = max_iter * 5 // 4
-    if line_search_fn not in (None, "strong_wolfe"):
-        raise ValueError(f"lbfgs: line_search_fn must be None or 'strong_wolfe', got {line_search_fn!r}")
-    if not 0.0 <= lr:
-        raise ValueError(f"lbfgs: invalid learning rate {lr}")
+    C.integer("lbfgs", "max_eval", max_eval)
+    C.nonneg("lbfgs", "tolerance_grad", tolerance_grad)
+    C.nonneg("lbfgs", "tolerance_change", tolerance_change)
+    C.integer("lbfgs", "history_size", history_size)
+    C.choice("lbfgs", "line_search_fn", line_search_fn, (None, "strong_wolfe"))
     lr = float(lr)
 
     def init(params):

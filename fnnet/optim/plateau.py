@@ -7,6 +7,7 @@ import math
 import torch
 
 from .. import tree as T
+from . import _check as C
 from . import _ops
 from .base import GradientTransformation
 
@@ -28,8 +29,14 @@ def reduce_on_plateau(factor: float = 0.1, patience: int = 10, threshold: float 
     torch's ``min_lr / lr`` and ``eps / lr``). Calls without
     ``value`` apply the current scale and change nothing (per-step updates between epochs).
     The bookkeeping reads ``value`` on the host: use it eagerly, outside ``fn.jit``."""
-    if mode not in ("min", "max") or threshold_mode not in ("rel", "abs"):
-        raise ValueError("reduce_on_plateau: mode must be 'min'|'max', threshold_mode 'rel'|'abs'")
+    C.choice("reduce_on_plateau", "mode", mode, ("min", "max"))
+    C.choice("reduce_on_plateau", "threshold_mode", threshold_mode, ("rel", "abs"))
+    C.number("reduce_on_plateau", "factor", factor, lo=0.0, hi=1.0, hi_open=True)  # torch: factor < 1
+    C.integer("reduce_on_plateau", "patience", patience, lo=0)
+    C.nonneg("reduce_on_plateau", "threshold", threshold)
+    C.integer("reduce_on_plateau", "cooldown", cooldown, lo=0)
+    C.nonneg("reduce_on_plateau", "min_scale", min_scale)
+    C.nonneg("reduce_on_plateau", "eps", eps)
 
     def better(a: float, best: float) -> bool:
         if mode == "min":

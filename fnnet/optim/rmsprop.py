@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from . import _check as C
 from .base import GradientTransformation, optimizer, weight_decayed
 
 
@@ -12,6 +13,11 @@ def rmsprop(lr=1e-2, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float
     """``v = a v + (1 - a) g^2``; centered: ``avg = sqrt(v - gbar^2) + eps`` with
     ``gbar = lerp(gbar, g, 1 - a)``, else ``sqrt(v) + eps``; momentum: ``b = m b + g / avg``,
     ``p -= lr b``; else ``p -= lr g / avg``. State: ``square_avg``, ``grad_avg``, ``momentum_buffer``."""
+    C.lr("rmsprop", lr)
+    for name, v in (("alpha", alpha), ("eps", eps), ("weight_decay", weight_decay), ("momentum", momentum)):
+        C.nonneg("rmsprop", name, v)
+    C.flag("rmsprop", "centered", centered)
+    C.flag("rmsprop", "maximize", maximize)
     hp = {"lr": lr, "alpha": alpha, "eps": eps}
     if weight_decay != 0:
         hp["weight_decay"] = weight_decay

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from . import _check as C
 from .base import GradientTransformation, optimizer
 
 
@@ -14,12 +15,21 @@ def rprop(lr=1e-2, etas: tuple[float, float] = (0.5, 1.2),
     (its ``g`` is taken as 0); ``p -= sign(g) * step``, steps clamped to ``step_sizes``.
     State: ``prev``, ``step_size`` (per element, as torch). ``etas`` and ``step_sizes`` are fixed
     at construction (there is no lr to change: it only sets the initial step sizes)."""
+    if callable(lr):
+        raise ValueError("rprop: lr is the initial step size; it cannot be a schedule")
+    C.lr("rprop", lr)
+    for name, pair in (("etas", etas), ("step_sizes", step_sizes)):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise ValueError(f"rprop: {name} must be a pair, got {pair!r}")
+        for i, v in enumerate(pair):
+            C.number("rprop", f"{name}[{i}]", v)
     etaminus, etaplus = etas
     lo, hi = step_sizes
     if not 0.0 < etaminus < 1.0 < etaplus:
         raise ValueError(f"rprop: need 0 < etaminus < 1 < etaplus, got etas={etas}")
-    if callable(lr):
-        raise ValueError("rprop: lr is the initial step size; it cannot be a schedule")
+    if not 0.0 <= lo <= hi:
+        raise ValueError(f"rprop: need 0 <= min step <= max step, got step_sizes={step_sizes}")
+    C.flag("rprop", "maximize", maximize)
 
     def slots(params):
         return {"prev": [torch.zeros_like(p) for p in params],

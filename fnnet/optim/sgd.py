@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from . import _check as C
 from . import _ops
 from .base import GradientTransformation, optimizer, weight_decayed
 
@@ -12,8 +13,15 @@ def sgd(lr=1e-3, momentum: float = 0.0, dampening: float = 0.0, weight_decay: fl
         nesterov: bool = False, *, maximize: bool = False) -> GradientTransformation:
     """``g += wd p``; ``b = m b + (1 - dampening) g`` (``b = g`` on the first step);
     ``g = g + m b`` (Nesterov) or ``b``; ``p -= lr g``. State: ``momentum_buffer``."""
+    C.lr("sgd", lr)
+    C.nonneg("sgd", "momentum", momentum)
+    C.number("sgd", "dampening", dampening)
+    C.nonneg("sgd", "weight_decay", weight_decay)
+    C.flag("sgd", "nesterov", nesterov)
+    C.flag("sgd", "maximize", maximize)
     if nesterov and (momentum <= 0 or dampening != 0):
-        raise ValueError("sgd: Nesterov momentum requires a momentum and zero dampening (as torch)")
+        raise ValueError(f"sgd: Nesterov momentum requires a momentum and zero dampening (as torch), got "
+                         f"momentum={momentum}, dampening={dampening}")
     hp = {"lr": lr}
     if momentum != 0:
         hp.update(momentum=momentum, dampening=dampening)

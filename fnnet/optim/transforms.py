@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from .. import tree as T
+from . import _check as C
 from . import _ops
 from .base import GradientTransformation
 
@@ -27,7 +28,14 @@ def clip_by_global_norm(max_norm: float, norm_type: float = 2.0,
     """Scale all gradients by ``max_norm / (total_norm + 1e-6)`` when that is below 1, exactly as
     ``torch.nn.utils.clip_grad_norm_`` (``norm_type`` may be ``inf``). ``error_if_nonfinite``
     raises on a NaN/inf total norm as torch does; the check reads the norm on the host, so with
-    it on the step is not ``fn.jit``-able (leave it off there)."""
+    it on the step is not ``fn.jit``-able (leave it off there). The norm is
+    ``tree.global_norm``'s: accumulated in float32 at least, so float16 gradients whose squares
+    overflow float16 are still clipped by their true norm (where torch's float16 norm is inf)."""
+    C.nonneg("clip_by_global_norm", "max_norm", max_norm)
+    if not (isinstance(norm_type, (int, float)) and not isinstance(norm_type, bool)
+            and (norm_type == float("inf") or norm_type > 0)):
+        raise ValueError(f"clip_by_global_norm: norm_type must be a number > 0 or inf, got {norm_type!r}")
+    C.flag("clip_by_global_norm", "error_if_nonfinite", error_if_nonfinite)
     max_norm, norm_type = float(max_norm), float(norm_type)
 
     def clip(grads, params):
@@ -35,8 +43,7 @@ def clip_by_global_norm(max_norm: float, norm_type: float = 2.0,
         if not flat:
             return grads
         ops = _ops.for_leaves(flat)
-        norms = ops.norms(flat, norm_type)                    # torch: _foreach_norm, then the norm of norms
-        total = torch.linalg.vector_norm(torch.stack(norms), norm_type)
+        total = T.global_norm(flat, norm_type)                # torch: _foreach_norm, then the norm of norms
         if error_if_nonfinite and (torch.isnan(total) or torch.isinf(total)):
             raise RuntimeError(f"The total norm of order {norm_type} for gradients from `parameters` is "
                                "non-finite, so it cannot be clipped. To disable this error and scale the "
@@ -49,17 +56,22 @@ def clip_by_global_norm(max_norm: float, norm_type: float = 2.0,
 
 def clip_by_value(clip_value: float) -> GradientTransformation:
     """Clamp every gradient element to ``[-clip_value, clip_value]`` (``clip_grad_value_``)."""
+    C.nonneg("clip_by_value", "clip_value", clip_value)
     c = float(clip_value)
     return _stateless(lambda grads, params: _map_leaves(lambda ops, xs: ops.clamp(xs, -c, c), grads))
 
 
 def scale(factor: float) -> GradientTransformation:
     """Multiply every update by ``factor``."""
+    C.number("scale", "factor", factor)
     return _stateless(lambda grads, params: _map_leaves(lambda ops, xs: ops.mul(xs, factor), grads))
 
 
 def scale_by_schedule(schedule: Callable[[Any], Any]) -> GradientTransformation:
     """Multiply by ``schedule(count)`` (count 0 for the first update); the state is the count."""
+    if not callable(schedule):
+        raise TypeError(f"scale_by_schedule: schedule must be a function of the step count, got "
+                        f"{type(schedule).__name__}")
 
     def init(params):
         leaves = T.leaves(params)
@@ -78,22 +90,22 @@ def scale_by_schedule(schedule: Callable[[Any], Any]) -> GradientTransformation:
 
 def add_decayed_weights(weight_decay: float, mask: Any = None) -> GradientTransformation:
     """``g + weight_decay * p`` (L2 decay, before an optimizer); ``mask`` — a tree of bools like
-    the params, or ``f(path, leaf) -> bool`` — selects the leaves that decay (e.g. not biases)."""
+    the params, or ``f(path, leaf) -> bool`` — selects the leaves that decay (e.g. not biases).
+    grads, params and mask are paired by path."""
+    C.nonneg("add_decayed_weights", "weight_decay", weight_decay)
 
     def decay(grads, params):
         if params is None:
             raise ValueError("add_decayed_weights needs params: call update(grads, state, params)")
-        flat_g, spec = T.flatten(grads)
-        flat_p = T.leaves(params)
+        spec, (flat_g, flat_p) = T.match(grads, params, names=("grads", "params"), what="add_decayed_weights")
         if mask is None:
             keep = [True] * len(flat_g)
         elif callable(mask):
-            keep = [bool(mask(path, p)) for path, p in T.flatten_with_paths(params)]
+            keep = [bool(mask(path, p)) for path, p in T.flatten_with_paths(T.unflatten(spec, flat_p))]
         else:
-            keep = [bool(m) for m in T.leaves(mask)]
-        if len(keep) != len(flat_g) or len(flat_p) != len(flat_g):
-            raise ValueError(f"add_decayed_weights: grads have {len(flat_g)} leaves, params {len(flat_p)}, "
-                             f"mask {len(keep)}")
+            _, (_, flat_m) = T.match(grads, mask, names=("grads", "mask"), what="add_decayed_weights",
+                                     shapes=False)
+            keep = [bool(m) for m in flat_m]
         idx = [i for i, k in enumerate(keep) if k]
         out = list(flat_g)
         if idx:
