@@ -218,23 +218,25 @@ def vdot(a: Any, b: Any) -> torch.Tensor:
     return torch.stack(terms).sum() if terms else torch.tensor(0.0)
 
 
-def global_norm(tree: Any, ord: float = 2.0) -> torch.Tensor:
+def global_norm(tree: Any, ord: float = 2.0, *, wide: bool = False) -> torch.Tensor:
     """The ``ord``-norm of all leaves taken as one vector (what ``clip_grad_norm_`` measures).
 
-    Accumulated in float32 at least (float16 leaves whose squares, or whose norm, overflow
-    float16 do not give ``inf``; float64 leaves in float64), returned in the dtype torch's
-    ``clip_grad_norm_`` returns: the promotion of the leaves' dtypes."""
+    Accumulated in float32 at least (float16 leaves whose squares overflow float16 do not give
+    ``inf``; float64 leaves in float64) and returned in the dtype torch's ``clip_grad_norm_``
+    returns, the promotion of the leaves' dtypes — or, ``wide=True``, in the accumulation dtype
+    (a float16 tree's norm past 65504 is then still finite: what clipping divides by)."""
     flat = [x for x in leaves(tree) if isinstance(x, torch.Tensor)]
     if not flat:
         return torch.tensor(0.0)
     out_dtype = functools.reduce(torch.promote_types, (x.dtype for x in flat))
     acc = torch.promote_types(out_dtype, torch.float32)
-    wide = [x if x.dtype == acc else x.to(acc) for x in flat]
-    if builtins.any(is_batchedtensor(x) for x in wide):  # _foreach_norm has no vmap rule
-        norms = [torch.linalg.vector_norm(x, ord) for x in wide]
+    wide_leaves = [x if x.dtype == acc else x.to(acc) for x in flat]
+    if builtins.any(is_batchedtensor(x) for x in wide_leaves):  # _foreach_norm has no vmap rule
+        norms = [torch.linalg.vector_norm(x, ord) for x in wide_leaves]
     else:
-        norms = torch._foreach_norm(wide, ord)
-    return torch.linalg.vector_norm(torch.stack(list(norms)), ord).to(out_dtype)
+        norms = torch._foreach_norm(wide_leaves, ord)
+    total = torch.linalg.vector_norm(torch.stack(list(norms)), ord)
+    return total if wide else total.to(out_dtype)
 
 
 def size(tree: Any) -> int:

@@ -29,8 +29,9 @@ def clip_by_global_norm(max_norm: float, norm_type: float = 2.0,
     ``torch.nn.utils.clip_grad_norm_`` (``norm_type`` may be ``inf``). ``error_if_nonfinite``
     raises on a NaN/inf total norm as torch does; the check reads the norm on the host, so with
     it on the step is not ``fn.jit``-able (leave it off there). The norm is
-    ``tree.global_norm``'s: accumulated in float32 at least, so float16 gradients whose squares
-    overflow float16 are still clipped by their true norm (where torch's float16 norm is inf)."""
+    ``tree.global_norm(wide=True)``: accumulated and kept in float32 at least, so float16
+    gradients whose norm overflows float16 are still clipped by their true norm (torch's float16
+    norm is then ``inf`` and its clipping zeroes them); otherwise torch's numbers."""
     C.nonneg("clip_by_global_norm", "max_norm", max_norm)
     if not (isinstance(norm_type, (int, float)) and not isinstance(norm_type, bool)
             and (norm_type == float("inf") or norm_type > 0)):
@@ -43,7 +44,7 @@ def clip_by_global_norm(max_norm: float, norm_type: float = 2.0,
         if not flat:
             return grads
         ops = _ops.for_leaves(flat)
-        total = T.global_norm(flat, norm_type)                # torch: _foreach_norm, then the norm of norms
+        total = T.global_norm(flat, norm_type, wide=True)     # torch: _foreach_norm, then the norm of norms
         if error_if_nonfinite and (torch.isnan(total) or torch.isinf(total)):
             raise RuntimeError(f"The total norm of order {norm_type} for gradients from `parameters` is "
                                "non-finite, so it cannot be clipped. To disable this error and scale the "
