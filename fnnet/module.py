@@ -7,12 +7,14 @@ treats it as a constant. It has two pure methods::
     y = module.apply(params, x, key=None, train=False)
 
 Stateful modules (BatchNorm) also have ``init_state()`` and return ``(y, new_state)``
-from ``apply(params, x, state=..., train=...)``; ``module.stateful`` tells which form.
+from ``apply(params, x, state=..., train=...)``; ``module.stateful`` tells which form,
+and a module is stateful when one of its children is (the combinators thread the state).
 
-A user model is a frozen dataclass subclassing :class:`Module` whose Module-typed
-fields are its children; the default ``init`` initializes each child under its field
-name (children without parameters get no key), so the params tree has the names
-``nn.Module`` would give it::
+**Children.** A user model is a frozen dataclass subclassing :class:`Module`; its children
+are the modules in its fields, also inside tuple, list and dict fields (keyed ``"field.0"``,
+``"field.key"``, as ``nn.ModuleList`` / ``nn.ModuleDict`` name them). The default ``init``
+initializes each child under its name (children without parameters get no key), so the
+params tree has the names ``nn.Module`` would give it::
 
     @dataclass(frozen=True)
     class MLP(fn.Module):
@@ -21,19 +23,54 @@ name (children without parameters get no key), so the params tree has the names
 
         def apply(self, params, x, *, key=None, train=False):
             return self.fc2.apply(params["fc2"], fn.relu(self.fc1.apply(params["fc1"], x)))
+
+A plain class that sets its children in ``__init__`` (``self.fc1 = fn.Linear(2, 4)``, as in an
+``nn.Module``) works too: its public instance attributes are its fields, in assignment order.
+A class that declares fields (annotations, or modules as class attributes) without
+``@dataclass`` is refused with a ``TypeError``: those fields would not exist.
+
+**A custom parameter.** Override ``init``: call ``super().init(key)`` for the children's params
+and add yours, made on ``key.device`` (the expected shapes are computed from ``init`` on the
+meta device)::
+
+    @dataclass(frozen=True)
+    class Scaled(fn.Module):
+        fc: fn.Linear
+
+        def init(self, key):
+            k_fc, k_scale = random.split(key)
+            params = super().init(k_fc)
+            params["scale"] = torch.ones(self.fc.out_features, device=key.device)
+            return params
+
+        def apply(self, params, x, *, key=None, train=False):
+            return self.fc(params["fc"], x) * params["scale"]
+
+**The params check.** The ``apply`` of every Module subclass (layers, cells, combinators, user
+models) is wrapped when the class is created (``Module.__init_subclass__``) so that the
+*outermost* call checks ``params`` (and ``state=``, for a stateful module) against the tree
+``init`` (``init_state``) builds, by path: a missing, extra or misshaped leaf raises
+:class:`ParamsError` naming its path and expected shape. The expected tree is computed once
+per module, on the meta device, and cached on it (modules are immutable); children called
+from inside a checked ``apply`` skip the check (a per-thread flag), so the cost is one walk
+of the tree per outermost call. Under ``torch.compile`` the check runs while tracing (shapes
+are static), never in the compiled code. Inside ``vmap`` the params look unbatched, as the
+check expects (ensembles of stacked params work).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import functools
+import inspect
+import threading
+from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import Callable
 
 import torch
 
 from . import random
-from . import tree as T
 
 __all__ = ["Module", "Sequential", "Residual", "Concat", "Lambda", "ParamsError", "check_params",
            "param_shapes"]
@@ -43,16 +80,260 @@ class ParamsError(ValueError):
     """A params (or state) tree does not fit the module it is given to."""
 
 
+# -- the params check: one mechanism for every module -------------------------------------------
+
+class _Local(threading.local):
+    inside = False  # True while a checked apply runs in this thread: its children skip the check
+
+
+_local = _Local()
+
+
+def _checked(apply: Callable) -> Callable:
+    """``apply`` with the params (and state) check at the outermost call."""
+
+    @functools.wraps(apply)
+    def checked_apply(self, params, *inputs, **kwargs):
+        local = _local
+        if local.inside:
+            return apply(self, params, *inputs, **kwargs)
+        _check_call(self, params, kwargs.get("state"))
+        local.inside = True
+        try:
+            return apply(self, params, *inputs, **kwargs)
+        finally:
+            local.inside = False
+
+    checked_apply._fnnet_checked = True
+    return checked_apply
+
+
+def _check_call(module: Module, params: Any, state: Any) -> None:
+    spec = _expected(module, "params")
+    if not _fits(spec, params):
+        _raise_misfit(module, "params", spec, params)
+    if state is not None and module.stateful:
+        spec = _expected(module, "state")
+        if not _fits(spec, state):
+            _raise_misfit(module, "state", spec, state)
+
+
+def _fits(spec: dict, given: Any) -> bool:
+    """Fast path: ``given`` has exactly the keys of ``spec`` at every level and its tensors
+    the shapes (``None`` in ``spec``: a non-tensor leaf, any value)."""
+    if not isinstance(given, dict):
+        return given is None and not spec
+    if given.keys() != spec.keys():
+        return False
+    for k, s in spec.items():
+        g = given[k]
+        if isinstance(s, dict):  # (not type(s) is dict: dynamo cannot guard a constant's type)
+            if not _fits(s, g):
+                return False
+        elif s is not None and (not isinstance(g, torch.Tensor) or g.shape != s):
+            return False
+    return True
+
+
+def _expected(module: Module, what: str) -> dict:
+    """The expected tree of ``what`` ("params" or "state"): nested dicts, ``torch.Size`` leaves.
+    Cached on the module; while dynamo traces it comes from a constant-folded call."""
+    if torch.compiler.is_compiling():
+        return _nest(_flat_spec(module, what))
+    return _cached_spec(module, what)
+
+
+def _cached_spec(module: Module, what: str) -> dict:
+    try:
+        return module.__dict__["_fnnet_" + what]
+    except KeyError:
+        spec = _compute_spec(module, what)
+        module.__dict__["_fnnet_" + what] = spec
+        return spec
+
+
+def _compute_spec(module: Module, what: str) -> dict:
+    def shapes(tree):
+        if isinstance(tree, dict):
+            return {k: shapes(v) for k, v in tree.items()}
+        return tree.shape if isinstance(tree, torch.Tensor) else None
+
+    def build(device):
+        if what == "params":
+            return module.init(random.key(0, device=device))
+        return module.init_state(device)
+    try:
+        tree = build("meta")
+    except Exception:  # an init the meta device cannot run (reads a value): run it for real, once
+        tree = build(None)
+    if not isinstance(tree, dict):
+        raise TypeError(f"{type(module).__name__}.{'init' if what == 'params' else 'init_state'} must "
+                        f"return a dict, got {type(tree).__name__}")
+    return shapes(tree)
+
+
+@torch.compiler.assume_constant_result  # run for real while dynamo traces; the result is a constant
+def _flat_spec(module: Module, what: str) -> tuple:
+    def flat(tree, prefix):
+        for k, v in tree.items():
+            if type(v) is dict:
+                yield from flat(v, prefix + (k,))
+            else:
+                yield prefix + (k,), None if v is None else tuple(v)
+    return tuple(flat(_cached_spec(module, what), ()))
+
+
+def _nest(flat: tuple) -> dict:
+    out: dict = {}
+    for path, shape in flat:
+        d = out
+        for k in path[:-1]:
+            d = d.setdefault(k, {})
+        d[path[-1]] = shape
+    return out
+
+
+def _leaves(tree: Any, prefix: str = "") -> dict:
+    """``{dotted path: leaf}``; empty dicts have no leaves."""
+    out = {}
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            out.update(_leaves(v, f"{prefix}{k}."))
+    elif prefix:
+        out[prefix[:-1]] = tree
+    return out
+
+
+def _shape_str(x: Any) -> str:
+    return f"shape {list(x.shape)}" if isinstance(x, torch.Tensor) else f"a {type(x).__name__}"
+
+
+def _problems(module: Module, spec: dict, given: Any) -> list[str]:
+    want, got = _leaves(spec), _leaves(given)
+    out = []
+    for p, s in want.items():
+        if p not in got:
+            out.append(f"missing {p!r} (expected shape {list(s) if s is not None else '?'})")
+        elif s is not None and not isinstance(got[p], torch.Tensor):
+            out.append(f"{p!r} is {_shape_str(got[p])}, expected a tensor of shape {list(s)}")
+        elif s is not None and got[p].shape != s:
+            out.append(f"{p!r} has {_shape_str(got[p])}, expected {list(s)}")
+    for p, x in got.items():
+        if p not in want:
+            out.append(f"unexpected {p!r} ({_shape_str(x)}){_owner_note(module, p)}")
+    return out
+
+
+@torch.compiler.assume_constant_result  # (run for real while dynamo traces, as _describe)
+def _owner_note(module: Module, path: str) -> str:
+    """For an unexpected path: which module it falls under, and that it has no such params."""
+    parts, m, i = path.split("."), module, 0
+    while i < len(parts):
+        kids = m.children()
+        for j in range(len(parts) - 1, i, -1):  # dotted child names ("blocks.0") first
+            name = ".".join(parts[i:j])
+            if name in kids:
+                m, i = kids[name], j
+                break
+        else:
+            break
+    if m is module:
+        return ""
+    return f": {_name(m)} has no parameters" if not _cached_spec(m, "params") else f" under {_name(m)}"
+
+
+@torch.compiler.assume_constant_result  # dynamo cannot trace a dataclass repr (reprlib's thread id)
+def _describe(module: Module) -> str:
+    return _name(module)
+
+
+def _raise_misfit(module: Module, what: str, spec: dict, given: Any) -> None:
+    """Raise the ParamsError listing every problem. While dynamo traces, fn.jit reports it as
+    its own error with this message in it (an exception cannot leave a full graph as itself)."""
+    if not isinstance(given, dict) and given is not None:
+        raise ParamsError(f"{what} for {_describe(module)} must be a nested dict of tensors, "
+                          f"got {type(given).__name__}")
+    problems = _problems(module, spec, given or {})
+    if problems:  # otherwise only empty sub-dicts differed: harmless
+        raise ParamsError(f"{what} do not fit {_describe(module)}:\n  " + "\n  ".join(problems))
+
+
+# -- children -----------------------------------------------------------------------------------
+
+_undeclared_cache: dict[type, tuple] = {}
+
+
+def _undeclared(cls: type) -> tuple:
+    """Names a class declares (annotations, or modules as class attributes) that are not its
+    dataclass fields: what a forgotten ``@dataclass`` leaves behind."""
+    try:
+        return _undeclared_cache[cls]
+    except KeyError:
+        pass
+    fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    names = []
+    for klass in cls.__mro__:
+        if klass is Module or not issubclass(klass, Module):
+            continue
+        for name, ann in klass.__dict__.get("__annotations__", {}).items():
+            text = ann if isinstance(ann, str) else repr(ann)
+            if "ClassVar" in text or "InitVar" in text:
+                continue
+            if name not in fields:
+                names.append(name)
+        names += [n for n, v in vars(klass).items() if isinstance(v, Module) and n not in fields]
+    _undeclared_cache[cls] = result = tuple(dict.fromkeys(names))
+    return result
+
+
+def _collect(name: str, value: Any, kids: dict) -> None:
+    """Modules in ``value`` under ``name``; tuples/lists keyed ``name.i``, dicts ``name.key``."""
+    if isinstance(value, Module):
+        kids[name] = value
+    elif isinstance(value, (tuple, list)):
+        for i, v in enumerate(value):
+            _collect(f"{name}.{i}", v, kids)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(v, Module) and (not isinstance(k, str) or "." in k or not k):
+                raise TypeError(f"the dict field {name!r} holds a module under {k!r}: keys of modules "
+                                f"must be non-empty strings without '.' (they name the params)")
+            _collect(f"{name}.{k}", v, kids)
+
+
+def _put(tree: dict, dotted: str, value: Any) -> None:
+    *head, last = dotted.split(".")
+    for k in head:
+        tree = tree.setdefault(k, {})
+    tree[last] = value
+
+
 class Module:
     """Base class of every fnnet model. Subclasses are ``@dataclass(frozen=True)``."""
 
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        apply = cls.apply
+        if apply is not Module.apply and not getattr(apply, "_fnnet_checked", False):
+            cls.apply = _checked(apply)
+
     # -- structure ---------------------------------------------------------------------------
     def children(self) -> dict[str, Module]:
-        """Named sub-modules, in field order (the default: Module-typed dataclass fields)."""
-        if not dataclasses.is_dataclass(self):
-            return {}
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if isinstance(getattr(self, f.name), Module)}
+        """Named sub-modules, in field order: modules in dataclass fields (and in tuple, list and
+        dict fields, as ``"field.0"``, ``"field.key"``); for a plain class, in its public
+        instance attributes."""
+        cls = type(self)
+        missing = [n for n in _undeclared(cls) if n not in self.__dict__]
+        if missing:
+            raise TypeError(f"{cls.__name__} declares {missing} but they are not dataclass fields: "
+                            f"decorate {cls.__name__} with @dataclass(frozen=True) (a module's children "
+                            f"and hyperparameters are its fields)")
+        names = [f.name for f in dataclasses.fields(self)] if dataclasses.is_dataclass(self) else []
+        names += [n for n in self.__dict__ if not n.startswith("_") and n not in names]
+        kids: dict[str, Module] = {}
+        for name in names:
+            _collect(name, getattr(self, name), kids)
+        return kids
 
     @property
     def stateful(self) -> bool:
@@ -72,18 +353,22 @@ class Module:
     def init(self, key: torch.Tensor) -> dict:
         """Parameters of every child under its name; children without parameters are left out."""
         kids = self.children()
-        params = {}
+        params: dict = {}
         if kids:
             keys = random.split(key, len(kids))
             for (name, child), k in zip(kids.items(), keys):
                 p = child.init(k)
                 if p:
-                    params[name] = p
+                    _put(params, name, p)
         return params
 
     def init_state(self, device: Any = None) -> dict:
         """Initial non-trainable state (running statistics), keyed like the params."""
-        return {name: c.init_state(device) for name, c in self.children().items() if c.stateful}
+        state: dict = {}
+        for name, c in self.children().items():
+            if c.stateful:
+                _put(state, name, c.init_state(device))
+        return state
 
     def apply(self, params: dict, *inputs: Any, key: torch.Tensor | None = None,
               train: bool = False) -> Any:
@@ -106,32 +391,23 @@ def _name(module: Module) -> str:
     return type(module).__name__ if module.children() else repr(module)
 
 
-def _spec(tree: Any) -> dict[str, tuple]:
-    return {p: tuple(x.shape) for p, x in T.flatten_with_paths(tree)}
-
-
 def param_shapes(module: Module) -> dict:
     """The params tree ``module.init`` would build, with ``torch.Size`` leaves (computed on the
     meta device: no memory, no arithmetic)."""
-    return T.map(lambda x: x.shape, module.init(random.key(0, device="meta")))
+    def copy(tree):
+        return {k: copy(v) for k, v in tree.items()} if type(tree) is dict else tree
+    return copy(_expected(module, "params"))
 
 
 def check_params(module: Module, params: Any, state: Any = None) -> None:
-    """Raise :class:`ParamsError` naming every missing or extra path and every wrong shape."""
-    for what, given, expected in (("params", params, module.init(random.key(0, device="meta"))),
-                                  ("state", state, module.init_state() if state is not None else None)):
-        if given is None:
+    """Raise :class:`ParamsError` naming every missing or extra path and every wrong shape of
+    ``params`` (and of ``state``, when given) -- the check every outermost ``apply`` makes."""
+    for what, given in (("params", params), ("state", state)):
+        if what == "state" and state is None:
             continue
-        if not isinstance(given, dict):
-            raise ParamsError(f"{type(module).__name__}: {what} must be a nested dict of tensors, "
-                              f"got {type(given).__name__}")
-        want, got = _spec(expected), _spec(given)
-        problems = [f"missing {p!r} (expected shape {list(s)})" for p, s in want.items() if p not in got]
-        problems += [f"unexpected {p!r} (shape {list(s)})" for p, s in got.items() if p not in want]
-        problems += [f"{p!r} has shape {list(got[p])}, expected {list(s)}"
-                     for p, s in want.items() if p in got and got[p] != s]
-        if problems:
-            raise ParamsError(f"{what} do not fit {_name(module)}:\n  " + "\n  ".join(problems))
+        spec = _expected(module, what)
+        if not _fits(spec, given):
+            _raise_misfit(module, what, spec, given)
 
 
 def _split_or_none(key: torch.Tensor | None, n: int) -> list:
@@ -144,58 +420,98 @@ class Lambda(Module):
 
     f: Callable
 
+    def __post_init__(self):
+        if not callable(self.f) or isinstance(self.f, Module):
+            raise TypeError(f"Lambda: expected a function, got {type(self.f).__name__}")
+
+    def __repr__(self) -> str:
+        return f"Lambda({getattr(self.f, '__name__', None) or self.f!r})"
+
     def apply(self, params, *inputs, key=None, train=False):
         return self.f(*inputs)
 
 
-def _as_module(m: Any) -> Module:
+def _as_module(m: Any, where: str = "Sequential") -> Module:
+    """What a combinator accepts as a layer: a module, a function (a :class:`Lambda`), or a
+    list/tuple of those (a :class:`Sequential`)."""
     if isinstance(m, Module):
         return m
+    if isinstance(m, (list, tuple)):
+        return Sequential(*m)
     if callable(m):
         return Lambda(m)
-    raise TypeError(f"expected an fnnet Module or a function, got {type(m).__name__}")
+    raise TypeError(f"{where}: expected an fnnet Module, a function or a list of them, got {type(m).__name__}")
+
+
+_takes_state_cache: dict[type, bool] = {}
+
+
+def _takes_state(layer: Module) -> bool:
+    cls = type(layer)
+    try:
+        return _takes_state_cache[cls]
+    except KeyError:
+        params = inspect.signature(inspect.unwrap(cls.apply)).parameters
+        ok = "state" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+        _takes_state_cache[cls] = ok
+        return ok
 
 
 def _run(layer: Module, params: dict, x: Any, state: dict, key, train: bool):
     """Apply one child, threading its state if it has any."""
     if layer.stateful:
-        return layer.apply(params, x, state=state, key=key, train=train)
+        if not _takes_state(layer):
+            raise TypeError(f"{_name(layer)} is stateful (it has a child with running statistics): its "
+                            f"apply must take state= and return (y, new_state)")
+        out = layer.apply(params, x, state=state, key=key, train=train)
+        if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict)):
+            raise TypeError(f"{_name(layer)} is stateful (it has a child with running statistics): its "
+                            f"apply must return (y, new_state), got {type(out).__name__}")
+        return out
     return layer.apply(params, x, key=key, train=train), state
 
 
 class _Container(Module):
-    """Children ``"0"``, ``"1"``, ... as in ``nn.Sequential``; plain functions allowed."""
+    """Children keyed by ``names`` (``"0"``, ``"1"``, ... as in ``nn.Sequential``); plain
+    functions and lists of layers allowed."""
 
     def children(self) -> dict[str, Module]:
-        return {str(i): m for i, m in enumerate(self.layers)}
+        return dict(zip(self.names, self.layers))
 
-    def _init_layers(self, layers: tuple) -> None:
-        object.__setattr__(self, "layers", tuple(_as_module(m) for m in layers))
+    def _init_layers(self, layers: tuple, where: str) -> None:
+        object.__setattr__(self, "layers", tuple(_as_module(m, where) for m in layers))
+        object.__setattr__(self, "names", tuple(str(i) for i in range(len(layers))))
 
 
 @dataclass(frozen=True, init=False)
 class Sequential(_Container):
     """``Sequential(fn.Linear(2, 400), fn.relu, fn.Linear(400, 1))``: params keyed ``"0"``, ``"2"``
-    like ``nn.Sequential`` (layers without parameters have no key)."""
+    like ``nn.Sequential`` (layers without parameters have no key). A slice is a Sequential
+    that keeps the names, as ``nn.Sequential``'s: ``model[2:]`` takes ``{"2": ..., "3": ...}``."""
 
     layers: tuple
+    names: tuple = field(default=(), repr=False)
 
     def __init__(self, *layers: Any):
-        self._init_layers(layers)
+        self._init_layers(layers, "Sequential")
 
     def __len__(self) -> int:
         return len(self.layers)
 
-    def __getitem__(self, i: int) -> Module:
+    def __getitem__(self, i: int | slice) -> Module:
+        if isinstance(i, slice):
+            sub = Sequential(*self.layers[i])
+            object.__setattr__(sub, "names", self.names[i])
+            return sub
         return self.layers[i]
 
     def apply(self, params, x, *, state=None, key=None, train=False):
         if self.stateful and state is None:
             raise ValueError("Sequential contains stateful layers (BatchNorm): pass state=model.init_state()")
+        params = params or {}
         keys = _split_or_none(key, len(self.layers))
         new_state = {}
-        for i, (layer, k) in enumerate(zip(self.layers, keys)):
-            name = str(i)
+        for name, layer, k in zip(self.names, self.layers, keys):
             x, s = _run(layer, params.get(name, {}), x, state.get(name) if state else None, k, train)
             if layer.stateful:
                 new_state[name] = s
@@ -205,27 +521,35 @@ class Sequential(_Container):
 @dataclass(frozen=True)
 class Residual(Module):
     """``activation(block(x) + shortcut(x))``; the shortcut is the identity when ``None``
-    (a 1x1 convolution when the channel count changes). Params: ``{"block", "shortcut"}``."""
+    (a 1x1 convolution when the channel count changes). Each of the three may be a module, a
+    function or a list of them (a Sequential), as a Sequential's layers may.
+    Params: ``{"block", "shortcut", "activation"}`` (those that have any)."""
 
-    block: Module
-    shortcut: Module | None = None
-    activation: Callable | None = None
+    block: Any
+    shortcut: Any = None
+    activation: Any = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "block", _as_module(self.block, "Residual block"))
+        for name in ("shortcut", "activation"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, _as_module(getattr(self, name), f"Residual {name}"))
 
     def apply(self, params, x, *, state=None, key=None, train=False):
         kb, ks = _split_or_none(key, 2)
-        state = state or {}
-        y, sb = _run(self.block, params.get("block", {}), x, state.get("block"), kb, train)
+        params, state = params or {}, state or {}
+        new_state = {}
+        y, new_state["block"] = _run(self.block, params.get("block", {}), x, state.get("block"), kb, train)
         if self.shortcut is not None:
-            x, ss = _run(self.shortcut, params.get("shortcut", {}), x, state.get("shortcut"), ks, train)
+            x, new_state["shortcut"] = _run(self.shortcut, params.get("shortcut", {}), x,
+                                            state.get("shortcut"), ks, train)
         y = y + x
         if self.activation is not None:
-            y = self.activation(y)
+            y, new_state["activation"] = _run(self.activation, params.get("activation", {}), y,
+                                              state.get("activation"), None, train)
         if not self.stateful:
             return y
-        new_state = {"block": sb} if self.block.stateful else {}
-        if self.shortcut is not None and self.shortcut.stateful:
-            new_state["shortcut"] = ss
-        return y, new_state
+        return y, {k: s for k, s in new_state.items() if getattr(self, k).stateful}
 
 
 @dataclass(frozen=True, init=False)
@@ -235,16 +559,21 @@ class Concat(_Container):
 
     layers: tuple
     dim: int = 1
+    names: tuple = field(default=(), repr=False)
 
     def __init__(self, *branches: Any, dim: int = 1):
-        self._init_layers(branches)
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise TypeError(f"Concat: dim must be an int, got {type(dim).__name__}")
+        if not branches:
+            raise ValueError("Concat: expected at least one branch")
+        self._init_layers(branches, "Concat")
         object.__setattr__(self, "dim", dim)
 
     def apply(self, params, x, *, state=None, key=None, train=False):
+        params = params or {}
         keys = _split_or_none(key, len(self.layers))
         outs, new_state = [], {}
-        for i, (branch, k) in enumerate(zip(self.layers, keys)):
-            name = str(i)
+        for name, branch, k in zip(self.names, self.layers, keys):
             y, s = _run(branch, params.get(name, {}), x, (state or {}).get(name), k, train)
             outs.append(y)
             if branch.stateful:
