@@ -417,7 +417,10 @@ def _read_fnnet(f: BinaryIO, size: int, path: Any, magic: bytes) -> Any:
         crc = zlib.crc32(raw.numpy(), crc)
         if s.dtype == torch.bool and bool((raw > 1).any()):
             raise CheckpointError(path, f"corrupt data: {s.where} is bool but holds bytes other than 0 and 1")
-        tensors[s.index] = raw.view(s.dtype).reshape(s.shape)
+        try:
+            tensors[s.index] = raw.view(s.dtype).reshape(s.shape)
+        except RuntimeError as e:
+            raise CheckpointError(path, f"corrupt header at {s.where}: shape {s.shape}: {e}") from None
     if version >= 2 and crc != struct.unpack("<I", pre[8:12])[0]:
         raise CheckpointError(path, "corrupt: the CRC-32 of the header and data does not match the one "
                                     "saved (the file was damaged after it was written)")
@@ -433,31 +436,41 @@ def _read_fnnet(f: BinaryIO, size: int, path: Any, magic: bytes) -> Any:
 # -- load: torch.save zips -----------------------------------------------------------------------
 
 def _check_zip(f: BinaryIO, size: int, path: Any) -> None:
-    """Before torch reads a zip, check its directory: every entry inside the file, no name twice,
-    stored entries as large as they say, and compressed ones inflating to at most
-    :data:`ZIP_INFLATE_CAP` bytes in all (torch allocates what an entry declares)."""
+    """Before torch reads a zip, check it: every entry inside the file, no name twice, stored
+    entries as large as they say, compressed ones inflating to at most :data:`ZIP_INFLATE_CAP`
+    bytes in all (torch allocates what an entry declares), and each entry's CRC-32 (torch does
+    not check them: a damaged tensor would load as other numbers). An entry whose CRC is 0 is
+    taken as unchecked (``torch.save`` writes 0 when its ``compute_crc32`` is off)."""
     try:
-        infos = zipfile.ZipFile(f).infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, NotImplementedError,
-            struct.error) as e:
-        raise CheckpointError(path, f"a corrupt zip (torch.save) file: {e}") from None
-    names = [i.filename for i in infos]
-    if len(set(names)) != len(names):
-        raise CheckpointError(path, f"a zip with two entries named {next(n for n in names if names.count(n) > 1)!r}")
-    inflated = 0
-    for i in infos:
-        if i.header_offset + i.compress_size > size:
-            raise CheckpointError(path, f"truncated: zip entry {i.filename!r} ends past the end of the file")
-        if i.compress_type == zipfile.ZIP_STORED:
-            if i.file_size != i.compress_size:
+        zf = zipfile.ZipFile(f)
+        infos = zf.infolist()
+        names = [i.filename for i in infos]
+        if len(set(names)) != len(names):
+            raise CheckpointError(path, f"a zip with two entries named "
+                                        f"{next(n for n in names if names.count(n) > 1)!r}")
+        inflated = 0
+        for i in infos:
+            if i.header_offset + i.compress_size > size:
+                raise CheckpointError(path, f"truncated: zip entry {i.filename!r} ends past the end of the file")
+            if i.compress_type == zipfile.ZIP_STORED and i.file_size != i.compress_size:
                 raise CheckpointError(path, f"corrupt zip: stored entry {i.filename!r} claims {i.file_size} "
                                             f"bytes but holds {i.compress_size}")
-        else:
-            inflated += i.file_size
-    if inflated > ZIP_INFLATE_CAP:
-        raise CheckpointError(path, f"a zip whose compressed entries inflate to {inflated} bytes, over the "
-                                    f"cap of {ZIP_INFLATE_CAP} (fnnet.io.ZIP_INFLATE_CAP; torch.save "
-                                    f"itself never compresses)")
+            if i.compress_type != zipfile.ZIP_STORED:
+                inflated += i.file_size
+        if inflated > ZIP_INFLATE_CAP:
+            raise CheckpointError(path, f"a zip whose compressed entries inflate to {inflated} bytes, over the "
+                                        f"cap of {ZIP_INFLATE_CAP} (fnnet.io.ZIP_INFLATE_CAP; torch.save "
+                                        f"itself never compresses)")
+        for i in infos:
+            if i.CRC:
+                with zf.open(i) as member:  # raises BadZipFile at the end on a CRC mismatch
+                    while member.read(1 << 20):
+                        pass
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, NotImplementedError,
+            RuntimeError, struct.error, zlib.error) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(path, f"a corrupt zip (torch.save) file: {type(e).__name__}: {e}") from None
 
 
 def _read_torch(f: BinaryIO, size: int, path: Any) -> Any:
