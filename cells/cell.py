@@ -28,6 +28,46 @@ import torch.nn.functional as F
 import fnnet as fn
 from fnnet import random
 from fnnet.layers._util import expect, param
+from fnnet.module import Module
+
+
+def check_int(layer: str, name: str, value: Any, minimum: int = 1) -> None:
+    """A constructor size, checked as torch.nn's ``RNNBase`` checks it: an ``int`` (not a bool)
+    of at least ``minimum``; ``TypeError`` / ``ValueError`` naming the layer."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{layer}: {name} should be of type int, got {type(value).__name__} ({value!r})")
+    if value < minimum:
+        raise ValueError(f"{layer}: {name} must be at least {minimum}, got {value}")
+
+
+def check_bool(layer: str, name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{layer}: {name} should be a bool, got {type(value).__name__} ({value!r})")
+
+
+def check_tensor(layer: Module, name: str, value: Any) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{layer!r}: {name} must be a tensor, got {type(value).__name__}")
+
+
+def check_dtypes(layer: Module, x: torch.Tensor, weights: dict, states: dict) -> None:
+    """Input, params and states share one floating dtype and one device, as ``nn.RNN``
+    requires; a mismatch is named the way torch names it (``ValueError``), before any matmul.
+    ``weights`` and ``states``: name -> tensor."""
+    first = next(iter(weights))
+    dtype, device = weights[first].dtype, weights[first].device
+    for name, w in weights.items():
+        if not w.is_floating_point() or w.dtype != dtype or w.device != device:
+            raise ValueError(f"{layer!r}: params[{name!r}] is {w.dtype} on {w.device}; every param must be "
+                             f"floating point with the dtype and device of {first!r} ({dtype} on {device})")
+    if x.dtype != dtype:
+        raise ValueError(f"{layer!r}: input dtype ({x.dtype}) does not match weight dtype ({dtype}). Convert "
+                         f"input: x.to({dtype}), or convert params: fn.tree.map(lambda p: p.to({x.dtype}), params)")
+    if x.device != device:
+        raise ValueError(f"{layer!r}: input is on {x.device} but the params are on {device}")
+    for name, s in states.items():
+        if s.dtype != dtype or s.device != device:
+            raise ValueError(f"{layer!r}: {name} is {s.dtype} on {s.device}, expected the params' {dtype} on {device}")
 
 
 @dataclass(frozen=True)
@@ -37,6 +77,13 @@ class _Cell(fn.Module):
     bias: bool = True
 
     gates: ClassVar[int] = 1
+    state_names: ClassVar[tuple] = ("h",)
+
+    def __post_init__(self):
+        name = type(self).__name__
+        check_int(name, "input_size", self.input_size)
+        check_int(name, "hidden_size", self.hidden_size)
+        check_bool(name, "bias", self.bias)
 
     # -- params ------------------------------------------------------------------------------
     def shapes(self, input_size: int | None = None, state_size: int | None = None, suffix: str = "") -> dict:
@@ -84,20 +131,40 @@ class _Cell(fn.Module):
         return torch.zeros(*batch_shape, self.hidden_size, dtype=like.dtype, device=like.device)
 
     def apply(self, params, x, state=None, *, key=None, train=False):
+        check_tensor(self, "input", x)
         expect(self, x.ndim in (1, 2) and x.shape[-1] == self.input_size,
                f"input [B, {self.input_size}] or [{self.input_size}]", x)
-        w_ih, w_hh, b_ih, b_hh = self.weights(params)
+        w_ih, w_hh, b_ih, b_hh = weights = self.weights(params)
+        batch = tuple(x.shape[:-1])
+        given = {} if state is None else self._state_parts(state, batch)
+        check_dtypes(self, x, dict(zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), weights[:2 + 2 * self.bias])),
+                     given)
         if state is None:
-            state = self.zero_state(tuple(x.shape[:-1]), x)
-        self._check_state(state, tuple(x.shape[:-1]))
+            state = self.zero_state(batch, x)
         new_state, _ = self.step(w_hh, b_hh, self.project(w_ih, b_ih, b_hh, x), state)
         return new_state
 
-    def _check_state(self, state, batch: tuple) -> None:
-        for s in (state if isinstance(state, tuple) else (state,)):
-            if tuple(s.shape) != (*batch, self.hidden_size):
-                raise ValueError(f"{self!r}: expected state of shape {[*batch, self.hidden_size]}, "
-                                 f"got {list(s.shape)}")
+    def _state_parts(self, state, batch: tuple) -> dict:
+        """The state's tensors by name, checked: a tensor (a tuple ``(h, c)`` for the LSTM
+        cell) of shape ``[*batch, hidden_size]``."""
+        if len(self.state_names) == 1:
+            parts = (state,)
+        elif isinstance(state, tuple) and len(state) == len(self.state_names):
+            parts = state
+        else:
+            got = f"a tuple of {len(state)}" if isinstance(state, (tuple, list)) else type(state).__name__
+            raise TypeError(f"{self!r}: state must be a tuple ({', '.join(self.state_names)}), got {got}")
+        want = (*batch, self.hidden_size)
+        for name, s in zip(self.state_names, parts):
+            check_tensor(self, f"state {name}", s)
+            if tuple(s.shape) != want:
+                raise ValueError(f"{self!r}: expected state {name} of shape {list(want)}, got {list(s.shape)}")
+        return dict(zip(self.state_names, parts))
+
+
+def check_nonlinearity(layer: str, value: Any) -> None:
+    if not isinstance(value, str) or value not in ("tanh", "relu"):
+        raise ValueError(f"{layer}: unknown nonlinearity {value!r}; select from 'tanh' or 'relu'")
 
 
 @dataclass(frozen=True)
@@ -107,8 +174,8 @@ class RNNCell(_Cell):
     nonlinearity: str = "tanh"
 
     def __post_init__(self):
-        if self.nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"RNNCell: nonlinearity must be 'tanh' or 'relu', got {self.nonlinearity!r}")
+        super().__post_init__()
+        check_nonlinearity("RNNCell", self.nonlinearity)
 
     @property
     def kind(self) -> str:
@@ -126,6 +193,7 @@ class LSTMCell(_Cell):
 
     gates: ClassVar[int] = 4
     kind: ClassVar[str] = "lstm"
+    state_names: ClassVar[tuple] = ("h", "c")
 
     def zero_state(self, batch_shape, like):
         z = super().zero_state(batch_shape, like)

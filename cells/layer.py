@@ -45,9 +45,31 @@ from fnnet import random
 from fnnet.layers._util import expect, param
 from fnnet.scan import scan
 
-from .cell import GRUCell, LSTMCell, RNNCell, _Cell
+from .cell import (GRUCell, LSTMCell, RNNCell, _Cell, check_bool, check_dtypes, check_int,
+                   check_nonlinearity, check_tensor)
 from . import native
 from .fused import recurrence
+
+
+def check_length_values(lengths: torch.Tensor, T: int, layer: str) -> None:
+    """Every length in ``[1, T]``, as ``pack_padded_sequence`` requires (0 would be an empty
+    sequence, more than T would read past the padded input)."""
+    if lengths.numel() and (bool((lengths < 1).any()) or bool((lengths > T).any())):
+        raise ValueError(f"{layer}: lengths must be in [1, {T}] (the padded length), got {lengths.tolist()}")
+
+
+@torch.library.custom_op("cells::checked_lengths", mutates_args=())
+def checked_lengths(lengths: torch.Tensor, T: int, layer: str) -> torch.Tensor:
+    """``lengths`` (a copy: an op's output may not alias its input) after
+    :func:`check_length_values`: in a compiled graph the check runs on the values of each
+    call, and the mask is built from this output, so the check cannot be dropped."""
+    check_length_values(lengths, T, layer)
+    return lengths.clone()
+
+
+@checked_lengths.register_fake
+def _(lengths, T, layer):
+    return torch.empty_like(lengths)
 
 
 @dataclass(frozen=True)
@@ -66,10 +88,16 @@ class _RNNBase(fn.Module):
     cell_type: ClassVar[type] = RNNCell
 
     def __post_init__(self):
-        if self.num_layers < 1 or self.hidden_size < 1 or self.input_size < 1:
-            raise ValueError(f"{type(self).__name__}: sizes and num_layers must be positive")
-        if not 0.0 <= self.dropout <= 1.0:
-            raise ValueError(f"{type(self).__name__}: dropout must be in [0, 1], got {self.dropout}")
+        """The checks of torch.nn's ``RNNBase``, at construction, naming the layer."""
+        name = type(self).__name__
+        for field in ("input_size", "hidden_size", "num_layers"):
+            check_int(name, field, getattr(self, field))
+        for field in ("bias", "batch_first", "bidirectional", "learn_initial_state", "fused", "native"):
+            check_bool(name, field, getattr(self, field))
+        d = self.dropout
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d <= 1.0:  # NaN fails too
+            raise ValueError(f"{name}: dropout should be a number in [0, 1] (the probability of an element "
+                             f"being zeroed), got {d!r}")
 
     # -- structure ------------------------------------------------------------------------------
     @property
@@ -116,6 +144,7 @@ class _RNNBase(fn.Module):
 
     # -- apply --------------------------------------------------------------------------------
     def _check_input(self, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        check_tensor(self, "input", x)
         layout = "[B, T, {0}]" if self.batch_first else "[T, B, {0}]"
         expect(self, x.ndim in (2, 3) and x.shape[-1] == self.input_size,
                f"input of shape {layout.format(self.input_size)} or unbatched [T, {self.input_size}]", x)
@@ -131,14 +160,19 @@ class _RNNBase(fn.Module):
     def _initial_states(self, params: dict, h0: Any, batch: int, x: torch.Tensor, unbatched: bool) -> list:
         """One tensor ``[L*D, B, size]`` per state component (h; and c for LSTM)."""
         n, sizes = self.num_layers * self.num_directions, self._state_sizes()
-        given = h0 if isinstance(h0, tuple) else (h0,)
-        if h0 is not None and len(given) != len(sizes):
-            raise ValueError(f"{self!r}: h0 must be {'(h0, c0)' if len(sizes) == 2 else 'a tensor'}")
+        if len(sizes) == 1:
+            given = (h0,)
+        elif h0 is None or (isinstance(h0, tuple) and len(h0) == 2):
+            given = h0
+        else:  # a bare tensor would be unpacked along its first axis: refuse it
+            got = f"a tuple of {len(h0)}" if isinstance(h0, (tuple, list)) else type(h0).__name__
+            raise TypeError(f"{self!r}: the initial state must be a tuple (h0, c0), got {got}")
         states = []
         for i, size in enumerate(sizes):
             name = ("h0", "c0")[i]
             if h0 is not None:
                 s = given[i]
+                check_tensor(self, name, s)
                 want = (n, size) if unbatched else (n, batch, size)
                 if tuple(s.shape) != want:
                     raise ValueError(f"{self!r}: expected {name} of shape {list(want)}, got {list(s.shape)}")
@@ -151,19 +185,27 @@ class _RNNBase(fn.Module):
         return states
 
     def _check_lengths(self, lengths: Any, T: int, batch: int, unbatched: bool) -> torch.Tensor:
+        """``lengths`` as a ``[B]`` integer tensor, checked as ``pack_padded_sequence`` checks it
+        (every length in ``[1, T]``); under ``torch.compile`` the value check is an op of the
+        graph (``cells::checked_lengths``), so a compiled call with a bad length raises too."""
         if not isinstance(lengths, torch.Tensor):
-            lengths = torch.as_tensor(lengths)
-        if lengths.is_floating_point() or lengths.dtype == torch.bool:
+            try:
+                lengths = torch.as_tensor(lengths)
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise TypeError(f"{self!r}: lengths must be a 1-D integer tensor (or list of ints), got "
+                                f"{type(lengths).__name__}: {e}") from None
+        if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
             raise ValueError(f"{self!r}: lengths must be an integer tensor, got {lengths.dtype}")
         want = () if unbatched else (batch,)
         if tuple(lengths.shape) != want:
             raise ValueError(f"{self!r}: lengths must have shape {list(want)} (one per sequence), "
                              f"got {list(lengths.shape)}")
-        if not torch.compiler.is_compiling() and lengths.numel() and (
-                bool((lengths < 1).any()) or bool((lengths > T).any())):
-            raise ValueError(f"{self!r}: lengths must be in [1, {T}] (the padded length), got "
-                             f"{lengths.tolist()}")
-        return lengths.reshape(batch)
+        lengths = lengths.reshape(batch)
+        if torch.compiler.is_compiling():  # (dynamo cannot trace a dataclass repr: a short name)
+            name = f"{type(self).__name__}({self.input_size}, {self.hidden_size}, ...)"
+            return checked_lengths(lengths, T, name)
+        check_length_values(lengths, T, repr(self))
+        return lengths
 
     def _run_direction(self, weights: tuple, x: torch.Tensor, state: Any, mask: torch.Tensor | None,
                        reverse: bool) -> tuple[Any, torch.Tensor]:
@@ -199,10 +241,21 @@ class _RNNBase(fn.Module):
         sfx = self._suffix(layer, d)
         return self.cell().weights(params, sfx, self._layer_input(layer), self.output_size)
 
+    def _check_dtypes(self, params: dict, x: torch.Tensor, states: list) -> None:
+        """Params, input and initial states: one floating dtype, one device (as nn.RNN)."""
+        shapes = self._shapes()
+        weights = {name: param(self, params, name, shape) for name, shape in shapes.items()}
+        if self.learn_initial_state:
+            n = self.num_layers * self.num_directions
+            weights.update({name: param(self, params, name, (n, size))
+                            for name, size in zip(("h0", "c0"), self._state_sizes())})
+        check_dtypes(self, x, weights, dict(zip(("h0", "c0"), states)))
+
     def apply(self, params, x, h0=None, *, lengths=None, key=None, train=False):
         x, unbatched = self._check_input(x)
         T, B = x.shape[0], x.shape[1]
         states = self._initial_states(params, h0, B, x, unbatched)
+        self._check_dtypes(params, x, states)
         mask = None
         if lengths is not None:
             lengths = self._check_lengths(lengths, T, B, unbatched)
@@ -243,6 +296,10 @@ class RNN(_RNNBase):
 
     nonlinearity: str = "tanh"
 
+    def __post_init__(self):
+        super().__post_init__()
+        check_nonlinearity("RNN", self.nonlinearity)
+
     def cell(self) -> _Cell:
         return RNNCell(self.input_size, self.hidden_size, self.bias, self.nonlinearity)
 
@@ -264,8 +321,10 @@ class LSTM(_RNNBase):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.proj_size < 0 or (self.proj_size and self.proj_size >= self.hidden_size):
-            raise ValueError(f"LSTM: proj_size must be in [0, hidden_size), got {self.proj_size}")
+        check_int("LSTM", "proj_size", self.proj_size, minimum=0)
+        if self.proj_size >= self.hidden_size:
+            raise ValueError(f"LSTM: proj_size has to be smaller than hidden_size ({self.hidden_size}), "
+                             f"got {self.proj_size}")
 
     @property
     def output_size(self) -> int:

@@ -16,7 +16,7 @@ so nothing is hidden in the op; under ``fn.jit`` the compiler sees two opaque op
 is.
 
 ``available(...)`` says when it applies: CPU, float32, oneDNN built and enabled
-(``torch.backends.mkldnn``), no ``proj_size``, no ``lengths`` mask, and no ``vmap``
+(``torch.backends.mkldnn``), a non-empty batch, no ``proj_size``, no ``lengths`` mask, and no ``vmap``
 (the kernel has no batching rule). Otherwise the layers use ``cells.fused``. Like
 ``cells.fused``, its backward cannot be differentiated again (``fused=False`` for that).
 """
@@ -43,7 +43,7 @@ _HAVE_OP = (hasattr(torch.ops.aten, "mkldnn_rnn_layer") and hasattr(torch.ops.at
 def available(x: Tensor, proj: bool, mask: Tensor | None) -> bool:
     """Whether ``lstm_layer`` can run this LSTM layer."""
     return (_HAVE_OP and not proj and mask is None and x.device.type == "cpu" and x.dtype == torch.float32
-            and _enabled() and not inside_vmap())
+            and x.shape[1] > 0 and _enabled() and not inside_vmap())  # oneDNN fails on an empty batch
 
 
 @torch.compiler.assume_constant_result  # a flag dynamo cannot read; the compiled step assumes it stays
