@@ -21,9 +21,28 @@ def _dtype(dtype: torch.dtype | None) -> torch.dtype:
     return dtype or torch.get_default_dtype()
 
 
+def _shape(shape: Sequence[int]) -> tuple:
+    """A shape: a sequence of ints >= 0 (a bare int is a 1-d shape)."""
+    if isinstance(shape, int) and not isinstance(shape, bool):
+        shape = (shape,)
+    if not isinstance(shape, (tuple, list, torch.Size)) or any(
+            isinstance(d, bool) or not isinstance(d, int) for d in shape):
+        raise TypeError(f"init: shape must be a sequence of ints, got {shape!r}")
+    if any(d < 0 for d in shape):
+        raise ValueError(f"init: shape must not have negative sizes, got {list(shape)}")
+    return tuple(shape)
+
+
+def _scale(name: str, v: float) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        raise ValueError(f"init: {name} must be a finite number >= 0, got {v!r}")
+    return v
+
+
 def fans(shape: Sequence[int]) -> tuple[int, int]:
     """``(fan_in, fan_out)`` exactly as ``torch.nn.init`` computes them: dim 1 and dim 0,
     times the receptive field (the product of the trailing dims)."""
+    shape = _shape(shape)
     if len(shape) < 2:
         raise ValueError(f"fans need a weight with at least 2 dims, got shape {list(shape)}")
     receptive = math.prod(shape[2:])
@@ -31,41 +50,56 @@ def fans(shape: Sequence[int]) -> tuple[int, int]:
 
 
 def zeros(key: torch.Tensor, shape: Sequence[int], dtype: torch.dtype | None = None) -> torch.Tensor:
-    return torch.zeros(tuple(shape), dtype=_dtype(dtype), device=key.device)
+    return torch.zeros(_shape(shape), dtype=_dtype(dtype), device=key.device)
 
 
 def ones(key: torch.Tensor, shape: Sequence[int], dtype: torch.dtype | None = None) -> torch.Tensor:
-    return torch.ones(tuple(shape), dtype=_dtype(dtype), device=key.device)
+    return torch.ones(_shape(shape), dtype=_dtype(dtype), device=key.device)
 
 
 def uniform(key: torch.Tensor, shape: Sequence[int], bound: float,
             dtype: torch.dtype | None = None) -> torch.Tensor:
     """Uniform on ``[-bound, bound)``."""
-    return random.uniform(key, tuple(shape), _dtype(dtype), -bound, bound)
+    bound = _scale("bound", bound)
+    return random.uniform(key, _shape(shape), _dtype(dtype), -bound, bound)
 
 
 def normal(key: torch.Tensor, shape: Sequence[int], std: float = 1.0,
            dtype: torch.dtype | None = None) -> torch.Tensor:
-    return random.normal(key, tuple(shape), _dtype(dtype)) * std
+    return random.normal(key, _shape(shape), _dtype(dtype)) * _scale("std", std)
+
+
+_GAINS = {"relu": math.sqrt(2.0), "tanh": 5.0 / 3, "linear": 1.0, "sigmoid": 1.0, "selu": 0.75,
+          "conv1d": 1.0, "conv2d": 1.0, "conv3d": 1.0}
 
 
 def _gain(nonlinearity: str, a: float) -> float:
+    """``torch.nn.init.calculate_gain``."""
     if nonlinearity == "leaky_relu":
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a):
+            raise ValueError(f"init: the negative slope a must be a finite number, got {a!r}")
         return math.sqrt(2.0 / (1 + a * a))
-    return {"relu": math.sqrt(2.0), "tanh": 5.0 / 3, "linear": 1.0, "sigmoid": 1.0,
-            "selu": 0.75}[nonlinearity]
+    if nonlinearity not in _GAINS:
+        raise ValueError(f"init: nonlinearity must be one of {['leaky_relu', *_GAINS]}, got {nonlinearity!r}")
+    return _GAINS[nonlinearity]
+
+
+def _fan(shape: Sequence[int], mode: str) -> int:
+    if mode not in ("fan_in", "fan_out"):
+        raise ValueError(f"init: mode must be 'fan_in' or 'fan_out', got {mode!r}")
+    return fans(shape)[0 if mode == "fan_in" else 1]
 
 
 def kaiming_uniform(key, shape, a: float = 0.0, mode: str = "fan_in",
                     nonlinearity: str = "leaky_relu", dtype=None) -> torch.Tensor:
-    fan = fans(shape)[0 if mode == "fan_in" else 1]
+    fan = _fan(shape, mode)
     bound = _gain(nonlinearity, a) * math.sqrt(3.0 / fan) if fan > 0 else 0.0
     return uniform(key, shape, bound, dtype)
 
 
 def kaiming_normal(key, shape, a: float = 0.0, mode: str = "fan_in",
                    nonlinearity: str = "leaky_relu", dtype=None) -> torch.Tensor:
-    fan = fans(shape)[0 if mode == "fan_in" else 1]
+    fan = _fan(shape, mode)
     std = _gain(nonlinearity, a) / math.sqrt(fan) if fan > 0 else 0.0
     return normal(key, shape, std, dtype)
 

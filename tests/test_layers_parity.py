@@ -264,7 +264,10 @@ def test_batchnorm_gradients_match_torch_in_train_and_eval(shape, train, track, 
         def forward(self, x):
             return tmod(x)
 
-    class OnlyY(fn.Module):
+    class OnlyY(fn.Module):  # the layer's params as its own: init says so (the params check reads it)
+        def init(self, key):
+            return layer.init(key)
+
         def apply(self, params, x, **kw):
             out = layer.apply(params, x, **kw)
             return out[0] if track else out

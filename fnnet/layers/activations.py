@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from ..module import Module
+from . import _util as U
+from ._util import expect
 
 relu = F.relu
 relu6 = F.relu6
@@ -57,6 +59,7 @@ def log_softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 @dataclass(frozen=True)
 class _Activation(Module):
     def apply(self, params, x, *, key=None, train=False):
+        expect(self, isinstance(x, torch.Tensor), "a tensor", x)
         return self.f(x)
 
 
@@ -82,6 +85,9 @@ class Tanh(_Activation):
 class LeakyReLU(_Activation):
     negative_slope: float = 0.01
 
+    def __post_init__(self):
+        U.real(self, "negative_slope")
+
     def f(self, x):
         return leaky_relu(x, self.negative_slope)
 
@@ -90,6 +96,9 @@ class LeakyReLU(_Activation):
 class GELU(_Activation):
     approximate: str = "none"
 
+    def __post_init__(self):
+        U.choice(self, "approximate", ("none", "tanh"))
+
     def f(self, x):
         return gelu(x, self.approximate)
 
@@ -97,6 +106,9 @@ class GELU(_Activation):
 @dataclass(frozen=True)
 class ELU(_Activation):
     alpha: float = 1.0
+
+    def __post_init__(self):
+        U.real(self, "alpha")
 
     def f(self, x):
         return elu(x, self.alpha)
@@ -107,6 +119,10 @@ class Softplus(_Activation):
     beta: float = 1.0
     threshold: float = 20.0
 
+    def __post_init__(self):
+        U.real(self, "beta", nonzero=True)
+        U.real(self, "threshold")
+
     def f(self, x):
         return softplus(x, self.beta, self.threshold)
 
@@ -115,6 +131,9 @@ class Softplus(_Activation):
 class Softmax(_Activation):
     dim: int = -1
 
+    def __post_init__(self):
+        U.ints(self, "dim", minimum=None)
+
     def f(self, x):
         return softmax(x, self.dim)
 
@@ -122,6 +141,9 @@ class Softmax(_Activation):
 @dataclass(frozen=True)
 class LogSoftmax(_Activation):
     dim: int = -1
+
+    def __post_init__(self):
+        U.ints(self, "dim", minimum=None)
 
     def f(self, x):
         return log_softmax(x, self.dim)

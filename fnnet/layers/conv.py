@@ -7,12 +7,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 
 from .. import init as I
 from .. import random
 from ..module import Module
-from ._util import expect, no_extra, ntuple, param
+from . import _util as U
+from ._util import expect
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
@@ -31,12 +33,19 @@ class _Weighted(Module):
             p["bias"] = I.torch_default_bias(kb, (self.out_channels,), I.fans(shape)[0])
         return p
 
-    def weights(self, params: dict) -> tuple:
-        """``(weight, bias or None)``, checked against their shapes, nothing else in ``params``."""
-        w = param(self, params, "weight", self.weight_shape)
-        b = param(self, params, "bias", (self.out_channels,)) if self.bias else None
-        no_extra(self, params, ("weight", "bias") if self.bias else ("weight",))
-        return w, b
+    def _check_common(self) -> None:
+        U.ints(self, "in_channels", "out_channels", "groups")
+        U.flags(self, "bias")
+        for name, minimum in (("kernel_size", 1), ("stride", 1), ("dilation", 1)):
+            U.sizes(self, name, self.n, minimum)
+        U.divisible(self, "groups", "in_channels", "out_channels")
+
+    def _check_input(self, x) -> None:
+        n = self.n
+        dims = ", ".join("*" * n)
+        expect(self, isinstance(x, torch.Tensor) and x.ndim in (n + 1, n + 2)
+               and x.shape[-n - 1] == self.in_channels,
+               f"input [N, {self.in_channels}, {dims}] or unbatched [{self.in_channels}, {dims}]", x)
 
 
 @dataclass(frozen=True)
@@ -54,30 +63,19 @@ class _Conv(_Weighted):
     n = 0  # spatial dims, set by subclasses
 
     def __post_init__(self):
-        n = self.n
-        for name in ("kernel_size", "stride", "dilation"):
-            object.__setattr__(self, name, ntuple(getattr(self, name), n))
-        if not isinstance(self.padding, str):
-            object.__setattr__(self, "padding", ntuple(self.padding, n))
-        elif self.padding not in ("same", "valid"):
-            raise ValueError(f"{type(self).__name__}: padding must be 'same', 'valid' or ints, got {self.padding!r}")
-        if self.padding == "same" and any(s != 1 for s in self.stride):
-            raise ValueError(f"{type(self).__name__}: padding='same' needs stride 1 (as in torch)")
-        if self.in_channels % self.groups or self.out_channels % self.groups:
-            raise ValueError(f"{type(self).__name__}: in_channels ({self.in_channels}) and out_channels "
-                             f"({self.out_channels}) must be divisible by groups ({self.groups})")
-        if self.padding_mode not in _PADDING_MODES:
-            raise ValueError(f"{type(self).__name__}: padding_mode must be one of {_PADDING_MODES}")
+        self._check_common()
+        U.choice(self, "padding_mode", _PADDING_MODES)
+        if isinstance(self.padding, str):
+            U.choice(self, "padding", ("same", "valid"))
+            if self.padding == "same" and any(s != 1 for s in self.stride):
+                raise ValueError(f"{type(self).__name__}: padding='same' needs stride 1 (as in torch), "
+                                 f"got stride {self.stride}")
+        else:
+            U.sizes(self, "padding", self.n, 0)
 
     @property
     def weight_shape(self) -> tuple:
         return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
-
-    def _check_input(self, x):
-        n = self.n
-        dims = ", ".join("*" * n)
-        expect(self, x.ndim in (n + 1, n + 2) and x.shape[-n - 1] == self.in_channels,
-               f"input [N, {self.in_channels}, {dims}] or unbatched [{self.in_channels}, {dims}]", x)
 
     def _padding_amounts(self) -> list[int]:
         """F.pad amounts (last dim first) for a non-zeros padding_mode, as torch computes them."""
@@ -93,7 +91,11 @@ class _Conv(_Weighted):
 
     def apply(self, params, x, *, key=None, train=False):
         self._check_input(x)
-        w, b = self.weights(params)
+        if not isinstance(self.padding, str):
+            U.window_fits(self, x, self.kernel_size, self.stride, self.padding, self.dilation)
+        elif self.padding == "valid":
+            U.window_fits(self, x, self.kernel_size, self.stride, (0,) * self.n, self.dilation)
+        w, b = params["weight"], params["bias"] if self.bias else None
         conv = _CONV[self.n]
         if self.padding_mode != "zeros":
             x = F.pad(x, self._padding_amounts(), mode=self.padding_mode)
@@ -138,15 +140,17 @@ class _ConvTranspose(_Weighted):
     n = 0
 
     def __post_init__(self):
-        for name in ("kernel_size", "stride", "padding", "output_padding", "dilation"):
-            object.__setattr__(self, name, ntuple(getattr(self, name), self.n))
+        self._check_common()
+        U.sizes(self, "padding", self.n, 0)
+        U.sizes(self, "output_padding", self.n, 0)
         if self.padding_mode != "zeros":
-            raise ValueError(f"{type(self).__name__}: only padding_mode='zeros' is supported (as in torch)")
-        if self.in_channels % self.groups or self.out_channels % self.groups:
-            raise ValueError(f"{type(self).__name__}: channels must be divisible by groups ({self.groups})")
+            raise ValueError(f"{type(self).__name__}: only padding_mode='zeros' is supported (as in torch), "
+                             f"got {self.padding_mode!r}")
         for op, s, d in zip(self.output_padding, self.stride, self.dilation):
             if not (op < s or op < d):
-                raise ValueError(f"{type(self).__name__}: output_padding must be smaller than stride or dilation")
+                raise ValueError(f"{type(self).__name__}: output_padding must be smaller than stride or "
+                                 f"dilation, got output_padding {self.output_padding}, stride {self.stride}, "
+                                 f"dilation {self.dilation}")
 
     @property
     def weight_shape(self) -> tuple:
@@ -156,6 +160,11 @@ class _ConvTranspose(_Weighted):
         """torch's ``_ConvTransposeNd._output_padding``: the padding that reaches ``output_size``."""
         if output_size is None:
             return self.output_padding
+        ok = isinstance(output_size, (tuple, list, torch.Size)) and len(output_size) in (
+            self.n, x.ndim) and all(isinstance(v, int) and not isinstance(v, bool) for v in output_size)
+        if not ok:
+            raise TypeError(f"{self!r}: output_size must be {self.n} ints (or {x.ndim}: the whole output "
+                            f"shape), got {output_size!r}")
         size = tuple(output_size)[-self.n:]
         spatial = x.shape[-self.n:]
         pads = []
@@ -170,9 +179,13 @@ class _ConvTranspose(_Weighted):
 
     def apply(self, params, x, output_size=None, *, key=None, train=False):
         n = self.n
-        expect(self, x.ndim in (n + 1, n + 2) and x.shape[-n - 1] == self.in_channels,
-               f"input [N, {self.in_channels}, ...{n} spatial dims] or unbatched", x)
-        w, b = self.weights(params)
+        self._check_input(x)
+        for i in range(n):  # the output (before output_padding) has at least one element per dim
+            if ((x.shape[x.ndim - n + i] - 1) * self.stride[i] - 2 * self.padding[i]
+                    + self.dilation[i] * (self.kernel_size[i] - 1) + 1) < 1:
+                raise ValueError(f"{self!r}: input {list(x.shape)} gives an empty output: padding "
+                                 f"{self.padding} removes more than the transposed convolution adds")
+        w, b = params["weight"], params["bias"] if self.bias else None
         return _CONV_T[n](x, w, b, self.stride, self.padding, self._output_padding(x, output_size),
                           self.groups, self.dilation)
 

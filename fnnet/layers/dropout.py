@@ -8,6 +8,7 @@ import torch
 
 from .. import random
 from ..module import Module
+from . import _util as U
 
 
 def dropout(x: torch.Tensor, p: float, key: torch.Tensor, mask_shape: tuple | None = None) -> torch.Tensor:
@@ -28,14 +29,12 @@ class Dropout(Module):
     p: float = 0.5
 
     def __post_init__(self):
-        if not 0.0 <= self.p <= 1.0:
-            raise ValueError(f"Dropout: p must be in [0, 1], got {self.p}")
+        U.real(self, "p", 0.0, 1.0)
 
     def apply(self, params, x, *, key=None, train=False):
         if not train or self.p == 0.0:
             return x
-        if key is None:
-            raise ValueError(f"{self!r}: train=True needs a key= for the dropout mask")
+        U.dropout_inputs(self, x, key)
         return dropout(x, self.p, key)
 
 
@@ -46,8 +45,6 @@ class Dropout2d(Dropout):
     def apply(self, params, x, *, key=None, train=False):
         if not train or self.p == 0.0:
             return x
-        if key is None:
-            raise ValueError(f"{self!r}: train=True needs a key= for the dropout mask")
-        if x.ndim not in (3, 4):
-            raise ValueError(f"{self!r}: expected input [N, C, H, W] or [C, H, W], got {list(x.shape)}")
+        U.dropout_inputs(self, x, key)
+        U.expect(self, x.ndim in (3, 4), "input [N, C, H, W] or [C, H, W]", x)
         return dropout(x, self.p, key, (*x.shape[:-2], 1, 1))

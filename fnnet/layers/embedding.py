@@ -9,7 +9,11 @@ import torch.nn.functional as F
 
 from .. import init as I
 from ..module import Module
-from ._util import expect, no_extra, param
+from . import _util as U
+from ._util import expect
+
+
+_INDEX_DTYPES = (torch.int64, torch.int32)  # what F.embedding takes
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,12 @@ class Embedding(Module):
     freeze: bool = False
 
     def __post_init__(self):
+        U.ints(self, "num_embeddings", "embedding_dim")
+        if self.padding_idx is not None:
+            U.ints(self, "padding_idx", minimum=None)
+        U.real(self, "max_norm", 0.0, open_low=True, none=True)
+        U.real(self, "norm_type", 0.0, open_low=True)
+        U.flags(self, "scale_grad_by_freq", "freeze")
         if self.padding_idx is not None:
             if not -self.num_embeddings <= self.padding_idx < self.num_embeddings:
                 raise ValueError(f"Embedding: padding_idx must be within num_embeddings "
@@ -58,10 +68,9 @@ class Embedding(Module):
         return {"weight": w}
 
     def apply(self, params, indices, *, key=None, train=False):
-        expect(self, not indices.is_floating_point() and not indices.is_complex(),
-               "integer indices", indices)
-        w = param(self, params, "weight", (self.num_embeddings, self.embedding_dim))
-        no_extra(self, params, ("weight",))
+        expect(self, isinstance(indices, torch.Tensor) and indices.dtype in _INDEX_DTYPES,
+               "integer indices (int64 or int32)", indices)
+        w = params["weight"]
         if self.freeze:
             w = w.detach()
         out = F.embedding(indices, w, self.padding_idx, None, self.norm_type, self.scale_grad_by_freq)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -10,7 +11,8 @@ import torch.nn.functional as F
 from .. import init as I
 from .. import random
 from ..module import Module
-from ._util import expect, no_extra, param
+from . import _util as U
+from ._util import expect
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,10 @@ class Linear(Module):
     out_features: int
     bias: bool = True
 
+    def __post_init__(self):
+        U.ints(self, "in_features", "out_features")
+        U.flags(self, "bias")
+
     def init(self, key):
         kw, kb = random.split(key)
         p = {"weight": I.torch_default(kw, (self.out_features, self.in_features))}
@@ -30,12 +36,9 @@ class Linear(Module):
         return p
 
     def apply(self, params, x, *, key=None, train=False):
-        expect(self, x.ndim >= 1 and x.shape[-1] == self.in_features,
+        expect(self, isinstance(x, torch.Tensor) and x.ndim >= 1 and x.shape[-1] == self.in_features,
                f"input [..., {self.in_features}]", x)
-        w = param(self, params, "weight", (self.out_features, self.in_features))
-        b = param(self, params, "bias", (self.out_features,)) if self.bias else None
-        no_extra(self, params, ("weight", "bias") if self.bias else ("weight",))
-        return F.linear(x, w, b)
+        return F.linear(x, params["weight"], params["bias"] if self.bias else None)
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,18 @@ class Flatten(Module):
     start_dim: int = 1
     end_dim: int = -1
 
+    def __post_init__(self):
+        U.ints(self, "start_dim", "end_dim", minimum=None)
+
     def apply(self, params, x, *, key=None, train=False):
+        if isinstance(x, torch.Tensor):
+            n = max(x.ndim, 1)
+            start, end = self.start_dim % n if -n <= self.start_dim < n else None, \
+                self.end_dim % n if -n <= self.end_dim < n else None
+            ok = start is not None and end is not None and start <= end
+        else:
+            ok = False
+        expect(self, ok, f"input with dims {self.start_dim}..{self.end_dim} (start before end)", x)
         return torch.flatten(x, self.start_dim, self.end_dim)
 
 
@@ -62,5 +76,22 @@ class Unflatten(Module):
     dim: int
     unflattened_size: tuple
 
+    def __post_init__(self):
+        U.ints(self, "dim", minimum=None)
+        size = self.unflattened_size
+        if not isinstance(size, (tuple, list)) or not size or any(
+                isinstance(s, bool) or not isinstance(s, int) for s in size):
+            raise TypeError(f"Unflatten: unflattened_size must be a non-empty tuple of ints, got {size!r}")
+        if any(s < 1 and s != -1 for s in size) or list(size).count(-1) > 1:
+            raise ValueError(f"Unflatten: unflattened_size must hold sizes >= 1 and at most one -1, "
+                             f"got {size!r}")
+        object.__setattr__(self, "unflattened_size", tuple(size))
+
     def apply(self, params, x, *, key=None, train=False):
-        return x.unflatten(self.dim, tuple(self.unflattened_size))
+        ok = isinstance(x, torch.Tensor) and -x.ndim <= self.dim < x.ndim
+        if ok:
+            known = math.prod(s for s in self.unflattened_size if s != -1)
+            n = x.shape[self.dim]
+            ok = n % known == 0 if -1 in self.unflattened_size else n == known
+        expect(self, ok, f"input whose dim {self.dim} splits into {list(self.unflattened_size)}", x)
+        return x.unflatten(self.dim, self.unflattened_size)

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from .. import init as I
 from ..module import Module
-from ._util import expect, no_extra, param
+from . import _util as U
+from ._util import expect
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,12 @@ class _BatchNorm(Module):
 
     ndims: ClassVar[tuple] = (2, 3)  # accepted input ranks
 
+    def __post_init__(self):
+        U.ints(self, "num_features")
+        U.real(self, "eps", 0.0, open_low=True)
+        U.real(self, "momentum", 0.0, 1.0, none=True)
+        U.flags(self, "affine", "track_running_stats")
+
     @property
     def stateful(self) -> bool:
         return self.track_running_stats
@@ -51,7 +58,7 @@ class _BatchNorm(Module):
                 "num_batches_tracked": torch.zeros((), dtype=torch.int64, device=device)}
 
     def apply(self, params, x, *, state=None, key=None, train=False):
-        expect(self, x.ndim in self.ndims and x.shape[1] == self.num_features,
+        expect(self, isinstance(x, torch.Tensor) and x.ndim in self.ndims and x.shape[1] == self.num_features,
                f"input of rank {' or '.join(map(str, self.ndims))} with {self.num_features} channels "
                f"in dim 1", x)
         if self.track_running_stats and state is None:
@@ -69,10 +76,7 @@ class _BatchNorm(Module):
             mean, var = state["running_mean"].to(x.dtype), state["running_var"].to(x.dtype)
         y = (x - mean.reshape(shape)) * torch.rsqrt(var.reshape(shape) + self.eps)
         if self.affine:
-            w = param(self, params, "weight", (self.num_features,))
-            b = param(self, params, "bias", (self.num_features,))
-            no_extra(self, params, ("weight", "bias"))
-            y = y * w.reshape(shape) + b.reshape(shape)
+            y = y * params["weight"].reshape(shape) + params["bias"].reshape(shape)
         if not self.track_running_stats:
             return y
         if not train:
@@ -113,7 +117,11 @@ class LayerNorm(Module):
 
     def __post_init__(self):
         s = self.normalized_shape
-        object.__setattr__(self, "normalized_shape", (s,) if isinstance(s, int) else tuple(s))
+        if isinstance(s, (tuple, list, torch.Size)) and len(s) == 0:
+            raise ValueError(f"LayerNorm: normalized_shape must name at least one dim, got {s!r}")
+        U.sizes(self, "normalized_shape", len(s) if isinstance(s, (tuple, list, torch.Size)) else 1)
+        U.real(self, "eps", 0.0, open_low=True)
+        U.flags(self, "elementwise_affine", "bias")
 
     def init(self, key):
         if not self.elementwise_affine:
@@ -125,13 +133,10 @@ class LayerNorm(Module):
 
     def apply(self, params, x, *, key=None, train=False):
         k = len(self.normalized_shape)
-        expect(self, tuple(x.shape[x.ndim - k:]) == self.normalized_shape,
+        expect(self, isinstance(x, torch.Tensor) and x.ndim >= k and tuple(x.shape[x.ndim - k:]) == self.normalized_shape,
                f"input [..., {', '.join(map(str, self.normalized_shape))}]", x)
-        w = b = None
-        if self.elementwise_affine:
-            w = param(self, params, "weight", self.normalized_shape)
-            if self.bias:
-                b = param(self, params, "bias", self.normalized_shape)
+        w = params["weight"] if self.elementwise_affine else None
+        b = params["bias"] if self.elementwise_affine and self.bias else None
         return F.layer_norm(x, self.normalized_shape, w, b, self.eps)
 
 
@@ -145,9 +150,10 @@ class GroupNorm(Module):
     affine: bool = True
 
     def __post_init__(self):
-        if self.num_channels % self.num_groups:
-            raise ValueError(f"GroupNorm: num_channels ({self.num_channels}) must be divisible by "
-                             f"num_groups ({self.num_groups})")
+        U.ints(self, "num_groups", "num_channels")
+        U.divisible(self, "num_groups", "num_channels")
+        U.real(self, "eps", 0.0, open_low=True)
+        U.flags(self, "affine")
 
     def init(self, key):
         if not self.affine:
@@ -155,8 +161,8 @@ class GroupNorm(Module):
         return {"weight": I.ones(key, (self.num_channels,)), "bias": I.zeros(key, (self.num_channels,))}
 
     def apply(self, params, x, *, key=None, train=False):
-        expect(self, x.ndim >= 2 and x.shape[1] == self.num_channels,
+        expect(self, isinstance(x, torch.Tensor) and x.ndim >= 2 and x.shape[1] == self.num_channels,
                f"input [N, {self.num_channels}, ...]", x)
-        w = param(self, params, "weight", (self.num_channels,)) if self.affine else None
-        b = param(self, params, "bias", (self.num_channels,)) if self.affine else None
+        w = params["weight"] if self.affine else None
+        b = params["bias"] if self.affine else None
         return F.group_norm(x, self.num_groups, w, b, self.eps)
