@@ -178,3 +178,176 @@ def test_set_hyperparams_refuses_what_the_optimizer_does_not_hold():
         optim.set_hyperparams(optim.sgd(optim.exponential_lr(0.1, 0.9)).init(params), lr=0.2)
     state = optim.set_hyperparams(optim.adam(0.1, weight_decay=0.01).init(params), weight_decay=0.2)
     assert state["hyperparams"]["weight_decay"].item() == pytest.approx(0.2)
+
+
+# -- degenerate hyperparameters: lr = 0 (held, scheduled, per member) leaves params unchanged, as torch
+
+ZERO_LR = {
+    "sgd": (lambda lr: optim.sgd(lr, momentum=0.9, weight_decay=0.1),
+            lambda ps, lr: torch.optim.SGD(ps, lr, momentum=0.9, weight_decay=0.1)),
+    "adam": (lambda lr: optim.adam(lr, weight_decay=0.1, amsgrad=True),
+             lambda ps, lr: torch.optim.Adam(ps, lr, weight_decay=0.1, amsgrad=True)),
+    "adamw": (lambda lr: optim.adamw(lr, weight_decay=0.1), lambda ps, lr: torch.optim.AdamW(ps, lr, weight_decay=0.1)),
+    "adamax": (lambda lr: optim.adamax(lr), lambda ps, lr: torch.optim.Adamax(ps, lr)),
+    "adagrad": (lambda lr: optim.adagrad(lr), lambda ps, lr: torch.optim.Adagrad(ps, lr)),
+    "rmsprop": (lambda lr: optim.rmsprop(lr, centered=True), lambda ps, lr: torch.optim.RMSprop(ps, lr, centered=True)),
+    "asgd": (lambda lr: optim.asgd(lr), lambda ps, lr: torch.optim.ASGD(ps, lr)),
+}
+
+
+def _params_and_grads(dtype=torch.float32, n=3):
+    """Params and ``n`` steps of grads, some elements exactly 0 (where Adam's v is 0: 0/0 if lr
+    were divided into the denominator)."""
+    g = torch.Generator().manual_seed(3)
+    params = {"w": torch.randn(4, 3, generator=g, dtype=dtype), "b": torch.randn(3, generator=g, dtype=dtype)}
+    grads = [fn.tree.map(lambda x: torch.randn(x.shape, generator=g, dtype=dtype) * (torch.arange(x.numel()).reshape(x.shape) % 3 != 0), params)
+             for _ in range(n)]
+    return params, grads
+
+
+@pytest.mark.parametrize("name", ZERO_LR)
+def test_lr_zero_leaves_params_exactly_unchanged_as_torch_does(name):
+    ours, theirs = ZERO_LR[name]
+    params, grads = _params_and_grads()
+    opt = ours(0.0)
+    p, state = params, opt.init(params)
+    for g in grads:
+        updates, state = opt.update(g, state, p)
+        p = optim.apply_updates(p, updates)
+    tp = {k: v.clone().requires_grad_() for k, v in params.items()}
+    topt = theirs(list(tp.values()), 0.0)
+    for g in grads:
+        for k, v in tp.items():
+            v.grad = g[k].clone()
+        topt.step()
+    for k in params:
+        assert torch.equal(p[k], params[k]), k
+        assert torch.equal(tp[k].detach(), params[k]), k   # torch: the same
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "rmsprop"])
+def test_lr_zero_for_one_member_of_a_vmapped_ensemble_leaves_that_member_unchanged(name):
+    ours, _ = ZERO_LR[name]
+    params, grads = _params_and_grads()
+    members = fn.tree.stack([params, params])
+    opt = ours(0.1)
+    state = optim.set_hyperparams(fn.vmap(opt.init)(members), lr=torch.tensor([0.0, 0.1]))
+
+    def step(p, s, g):
+        updates, s = opt.update(g, s, p)
+        return optim.apply_updates(p, updates), s
+
+    for g in grads:
+        members, state = fn.vmap(step, in_dims=(0, 0, None))(members, state, g)
+    first, second = fn.tree.unstack(members)
+    assert all(torch.equal(first[k], params[k]) for k in params)
+    assert not torch.equal(second["w"], params["w"])
+
+
+def test_schedules_that_reach_zero_leave_params_unchanged_and_follow_torch_until_then():
+    params, grads = _params_and_grads(torch.float64, n=4)
+    # cosine at T_max = 3: the 4th update has lr exactly 0
+    opt = optim.adamw(optim.cosine_annealing_lr(0.1, T_max=3), weight_decay=0.1)
+    p, state, traj = params, opt.init(params), []
+    for g in grads:
+        updates, state = opt.update(g, state, p)
+        p = optim.apply_updates(p, updates)
+        traj.append(p)
+    assert all(torch.equal(traj[3][k], traj[2][k]) for k in params)
+    tp = {k: v.clone().requires_grad_() for k, v in params.items()}
+    topt = torch.optim.AdamW(list(tp.values()), 0.1, weight_decay=0.1)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(topt, T_max=3)
+    for g, ours in zip(grads, traj):
+        for k, v in tp.items():
+            v.grad = g[k].clone()
+        topt.step()
+        sched.step()
+        assert_trees_close(ours, {k: v.detach() for k, v in tp.items()})
+    # a linear warm-up from 0 (start_factor=0: torch's LinearLR refuses it): the first update is a no-op
+    opt = optim.adam(optim.linear_lr(0.1, start_factor=0.0, total_iters=4))
+    updates, _ = opt.update(grads[0], opt.init(params), params)
+    assert all(torch.equal(optim.apply_updates(params, updates)[k], params[k]) for k in params)
+
+
+def test_compiled_steps_with_lr_reaching_zero_leave_params_unchanged_and_equal_eager():
+    """fn.jit (inductor): the schedule and a held lr set to 0 are tensors in the graph."""
+    params, grads = _params_and_grads(n=3)
+    for opt, zero_at in [(optim.adamw(optim.cosine_annealing_lr(0.1, T_max=2), weight_decay=0.1), 2),
+                         (optim.adam(0.1, weight_decay=0.1), 1)]:
+        def step(p, s, g, opt=opt):
+            updates, s = opt.update(g, s, p)
+            return optim.apply_updates(p, updates), s
+
+        jstep = fn.jit(step)
+        pe, se = params, opt.init(params)
+        pc, sc = params, opt.init(params)
+        for i, g in enumerate(grads):
+            if zero_at == 1 and i == 1:  # set_hyperparams(lr=0): no recompile, held as a tensor
+                se, sc = optim.set_hyperparams(se, lr=0.0), optim.set_hyperparams(sc, lr=0.0)
+            before = pc
+            pe, se = step(pe, se, g)
+            pc, sc = jstep(pc, sc, g)
+            assert_trees_close(pc, pe)
+            if i >= zero_at:
+                assert all(torch.equal(pc[k], before[k]) for k in params), (opt, i)
+
+
+# -- set_hyperparams on param groups: only the named group changes; an unnamed change must be unambiguous
+
+def test_set_hyperparams_changes_only_the_named_group_and_refuses_an_ambiguous_change():
+    params = {"w": torch.ones(2), "b": torch.ones(1)}
+    opt = optim.multi_transform({"decay": optim.adamw(0.1), "no_decay": optim.adam(0.1)},
+                                lambda path, p: "no_decay" if path == "b" else "decay")
+    state = opt.init(params)
+    with pytest.raises(ValueError, match=r"'lr' is held by 2 optimizer states .*group="):
+        optim.set_hyperparams(state, lr=0.01)
+    new = optim.set_hyperparams(state, group="decay", lr=0.01)
+    assert new["decay"]["hyperparams"]["lr"].item() == pytest.approx(0.01)
+    assert new["no_decay"]["hyperparams"]["lr"].item() == pytest.approx(0.1)
+    # weight_decay is held by the adamw group only: unambiguous without a name
+    new = optim.set_hyperparams(state, weight_decay=0.5)
+    assert new["decay"]["hyperparams"]["weight_decay"].item() == 0.5
+    with pytest.raises(KeyError, match="no optimizer state under group 'nope'"):
+        optim.set_hyperparams(state, group="nope", lr=0.01)
+    # in a chain, a position names the group; freeze's trainable group is "train"
+    chained = optim.chain(optim.clip_by_global_norm(1.0), opt).init(params)
+    assert optim.set_hyperparams(chained, group="no_decay", lr=0.2)[1]["no_decay"]["hyperparams"]["lr"].item() \
+        == pytest.approx(0.2)
+    frozen = optim.freeze(optim.adam(0.1), lambda path, p: path == "b").init(params)
+    assert optim.set_hyperparams(frozen, lr=0.3)["train"]["hyperparams"]["lr"].item() == pytest.approx(0.3)
+
+
+# -- frozen layers: Embedding.from_pretrained(freeze=True) stays frozen under weight decay, as in torch
+
+def test_a_pretrained_frozen_embedding_stays_unchanged_under_adamw_weight_decay_like_torch():
+    g = torch.Generator().manual_seed(0)
+    vectors = torch.randn(10, 4, generator=g, dtype=torch.float64)
+    emb, emb_params = fn.Embedding.from_pretrained(vectors)          # freeze=True by default
+    model = fn.Sequential(emb, fn.Linear(4, 2))
+    params = {"0": emb_params, "1": fn.tree.map(lambda x: x.double(), model[1].init(fn.random.key(1)))}
+    idx = torch.tensor([[1, 2, 3], [4, 5, 1]])
+    target = torch.randn(2, 3, 2, generator=g, dtype=torch.float64)
+    loss = lambda p: ((model.apply(p, idx) - target) ** 2).mean()
+    assert optim.frozen_paths(model) == ["0.weight"]
+
+    opt = optim.freeze(optim.adamw(0.1, weight_decay=0.5), model)
+    p, state = params, opt.init(params)
+    for _ in range(3):
+        updates, state = opt.update(fn.grad(loss)(p), state, p)
+        p = optim.apply_updates(p, updates)
+
+    tm = torch.nn.Sequential(torch.nn.Embedding.from_pretrained(vectors.clone()), torch.nn.Linear(4, 2).double())
+    tm[1].load_state_dict(fn.to_state_dict(params["1"]))
+    topt = torch.optim.AdamW(tm.parameters(), 0.1, weight_decay=0.5)   # skips the frozen table
+    for _ in range(3):
+        topt.zero_grad()
+        ((tm(idx) - target) ** 2).mean().backward()
+        topt.step()
+    assert torch.equal(p["0"]["weight"], vectors) and torch.equal(tm[0].weight, vectors)
+    assert_trees_close(p["1"], {k: v.detach() for k, v in fn.params_from_module(tm[1]).items()})
+    # without freeze the decoupled decay would shrink the pretrained table: the reason for the helper
+    plain = optim.adamw(0.1, weight_decay=0.5)
+    u, _ = plain.update(fn.grad(loss)(params), plain.init(params), params)
+    assert not torch.equal(optim.apply_updates(params, u)["0"]["weight"], vectors)
+    with pytest.raises(ValueError, match=r"freeze: the model marks \['0\.weight'\] frozen"):
+        opt.init({"1": params["1"]})

@@ -20,10 +20,13 @@ def _real(owner: str, name: str, value: Any) -> float:
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{owner}: {name} must be a real number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
+    try:
+        f = float(value)
+    except OverflowError:  # an int beyond float's range
+        f = math.inf
+    if not math.isfinite(f):
         raise ValueError(f"{owner}: {name} must be finite, got {value}")
-    return value
+    return f
 
 
 def number(owner: str, name: str, value: Any, lo: float | None = None, hi: float | None = None,

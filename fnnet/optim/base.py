@@ -23,6 +23,14 @@ from . import _ops
 Schedule = Callable[[Any], Any]
 
 
+class HyperparamError(KeyError, ValueError):
+    """``set_hyperparams`` was asked for a hyperparameter (or group) no state holds: a
+    ``KeyError`` (a name not found) and a ``ValueError`` (a bad argument)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class GradientTransformation(NamedTuple):
     """``init(params) -> state``; ``update(grads, state, params=None) -> (updates, state)``."""
 
@@ -181,7 +189,7 @@ def set_hyperparams(state: Any, group: str | int | None = None, **values: Any) -
     missing = set(values) - set(held)
     if missing:
         scope = f" under group {group!r}" if group is not None else ""
-        raise KeyError(f"set_hyperparams: no optimizer state{scope} holds {sorted(missing)}. A hyperparameter "
+        raise HyperparamError(f"set_hyperparams: no optimizer state{scope} holds {sorted(missing)}. A hyperparameter "
                        "given as a schedule is not stored, nor is one that decides which arithmetic "
                        "runs when it is 0 (weight_decay, momentum): build the optimizer with it nonzero")
     if group is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .. import random
 from .. import tree as T
 from ..module import Module
 from .base import GradientTransformation, set_to_zero
@@ -84,7 +85,7 @@ def frozen_paths(model: Module) -> list[str]:
 
     def visit(m: Module, prefix: str) -> None:
         if getattr(m, "freeze", False) is True:
-            out.extend(prefix + p for p in T.paths(m.param_shapes()))
+            out.extend(prefix + p for p in T.paths(m.init(random.key(0, device="meta"))))  # no memory
             return
         for name, child in m.children().items():
             visit(child, f"{prefix}{name}.")
