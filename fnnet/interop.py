@@ -34,8 +34,12 @@ __all__ = ["flat", "functional", "nest", "params_from_module", "state_from_modul
 
 def nest(flat_dict: dict[str, Any]) -> dict:
     """``{"a.b.weight": x}`` -> ``{"a": {"b": {"weight": x}}}`` (insertion order kept)."""
+    if not isinstance(flat_dict, dict):
+        raise TypeError(f"nest: expected a dict of dotted names, got {type(flat_dict).__name__}")
     out: dict = {}
     for name, value in flat_dict.items():
+        if not isinstance(name, str):
+            raise TypeError(f"nest: names must be dotted strings, got {name!r}")
         node = out
         *parents, leaf = name.split(".")
         for i, part in enumerate(parents):
@@ -58,9 +62,16 @@ def _copy(t: torch.Tensor) -> torch.Tensor:
     return t.detach().clone()
 
 
+def _check_module(module: Any, where: str) -> None:
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"{where}: expected a torch.nn.Module, got {type(module).__name__} "
+                        f"(an fnnet module's params come from its init(key))")
+
+
 def params_from_module(module: torch.nn.Module) -> dict:
     """The module's parameters as a nested dict named as ``named_parameters`` names them
     (``"features.0.weight"`` -> ``params["features"]["0"]["weight"]``); detached copies."""
+    _check_module(module, "params_from_module")
     return nest({n: _copy(p) for n, p in module.named_parameters()})
 
 
@@ -73,6 +84,7 @@ def state_from_module(module: torch.nn.Module) -> dict:
     """The module's persistent buffers (BatchNorm's ``running_mean``, ``running_var``,
     ``num_batches_tracked``) nested like the params; detached copies. This is the
     ``state`` that fnnet's stateful layers take and return."""
+    _check_module(module, "state_from_module")
     return nest({n: _copy(b) for n, b in _persistent_buffers(module)})
 
 
@@ -107,8 +119,7 @@ def to_state_dict(params: Any, state: Any = None, *, module: torch.nn.Module | N
             out[name] = value
     if module is None:
         return out
-    if not isinstance(module, torch.nn.Module):
-        raise TypeError(f"to_state_dict: module= must be a torch.nn.Module, got {type(module).__name__}")
+    _check_module(module, "to_state_dict(module=)")
     expected = module.state_dict(keep_vars=True)
     for alias, name in _aliases(expected.items()).items():
         if alias not in out and name in out:
@@ -162,6 +173,9 @@ def functional(module: torch.nn.Module, *, return_buffers: bool = False
     module's own weights, which would silently get no gradient). A tied weight is given once,
     under the name ``params`` has for it.
     """
+    _check_module(module, "functional")
+    if not isinstance(return_buffers, bool):
+        raise TypeError(f"functional: return_buffers must be a bool, got {return_buffers!r}")
     params = params_from_module(module)
     buffers = nest({n: _copy(b) for n, b in module.named_buffers()})
     param_shapes = {n: p.shape for n, p in module.named_parameters()}

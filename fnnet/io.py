@@ -263,7 +263,7 @@ class _Decoder:
             raise self.bad(where, f"nested more than {_MAX_DEPTH} levels deep")
         if not isinstance(node, dict):
             raise self.bad(where, "not a node")
-        if node.get("t") not in _FIELDS:
+        if not isinstance(node.get("t"), str) or node["t"] not in _FIELDS:
             raise self.bad(where, f"unknown node type {node.get('t')!r}")
         kind = node["t"]
         if set(node) != _FIELDS[kind]:

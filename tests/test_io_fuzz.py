@@ -15,6 +15,8 @@ import zipfile
 import zlib
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 import torch
 
 from fnnet import io
@@ -367,3 +369,32 @@ def test_special_files_are_refused_at_once_never_read(tmp_path, kind):
     expected = {"directory": "a directory", "dangling_symlink": "cannot be read"}.get(
         kind, "regular files only")
     assert expected in str(box["error"])
+
+
+# -- arbitrary headers: a clear error or a tree, nothing else -------------------------------------
+
+SCALAR = st.none() | st.booleans() | st.integers(-3, 40) | st.floats(allow_nan=False) | st.text("ab.1", max_size=3)
+FIELD_VALUE = st.recursive(SCALAR, lambda inner: st.lists(inner, max_size=3), max_leaves=5)
+
+
+def node_like(children):
+    """Dicts shaped like header nodes: a known or unknown kind, known and random fields."""
+    kinds = st.sampled_from(["tensor", "value", "dict", "namedtuple", "list", "tuple", "node", "?"])
+    fields = st.fixed_dictionaries({"t": kinds}, optional={
+        "values": st.lists(children, max_size=3), "keys": st.lists(st.lists(SCALAR, max_size=2), max_size=3),
+        "fields": st.lists(st.text("ab_", max_size=2), max_size=3), "paths": st.lists(st.text("a.b", max_size=3), max_size=3),
+        "name": st.text("Ab_1", max_size=3), "type": st.text(max_size=2), "v": FIELD_VALUE,
+        "dtype": st.sampled_from(["float32", "bool", "int64", "int4", 3]), "shape": FIELD_VALUE,
+        "offset": FIELD_VALUE, "nbytes": FIELD_VALUE, "extra": SCALAR})
+    return fields
+
+
+HEADERS = st.recursive(node_like(SCALAR), node_like, max_leaves=12)
+
+
+@given(tree=HEADERS, data=st.binary(max_size=24))
+def test_an_arbitrary_header_gives_a_checkpoint_error_or_a_tree_never_another_error(tmp_path_factory, tree, data):
+    path = tmp_path_factory.mktemp("h") / "c.fnnet"
+    write(path, tree, data)
+    box = run_limited(lambda: io.load(path))
+    assert "value" in box or isinstance(box["error"], CheckpointError), box
