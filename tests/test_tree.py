@@ -92,3 +92,38 @@ def test_map_with_path_sees_the_dotted_paths_and_named_tuples_are_nodes():
     out = tree.map_with_path(lambda p, x: seen.append(p) or x + 1, t)
     assert seen == ["opt.mu", "opt.nu"] and isinstance(out["opt"], State)
     assert tree.all_finite(t) and not tree.all_finite({"x": torch.tensor([float("nan")])})
+
+
+def test_global_norm_of_float16_leaves_accumulates_wide_and_returns_torch_s_dtype():
+    # squares of 300 overflow float16 (max 65504); the norm, 600, does not
+    big = {"a": torch.full((4,), 300.0, dtype=torch.float16)}
+    assert tree.global_norm(big).dtype == torch.float16 and tree.global_norm(big).item() == 600.0
+    # a float16 first leaf next to a float32 one: float32 (torch.stack's promotion), never inf
+    mixed = [torch.full((2,), 1e4, dtype=torch.float16), torch.ones(2)]
+    ref = torch.linalg.vector_norm(torch.cat([x.double() for x in mixed]))
+    out = tree.global_norm(mixed)
+    p = [torch.nn.Parameter(torch.zeros_like(x)) for x in mixed]
+    for q, x in zip(p, mixed):
+        q.grad = x.clone()
+    assert out.dtype == nn.utils.clip_grad_norm_(p, float("inf")).dtype == torch.float32
+    torch.testing.assert_close(out.double(), ref, rtol=1e-6, atol=0)
+    # beyond float16's range: inf in float16 (torch's dtype), finite with wide=True
+    huge = [torch.full((2,), 6e4, dtype=torch.float16)]
+    assert torch.isinf(tree.global_norm(huge)) and tree.global_norm(huge, wide=True).item() == pytest.approx(6e4 * 2 ** 0.5)
+
+
+def test_clipping_float16_grads_whose_norm_overflows_float16_clips_instead_of_zeroing():
+    grads = {"w": torch.full((2,), 6e4, dtype=torch.float16)}
+    clipped, _ = fn.optim.clip_by_global_norm(1.0).update(grads, {})
+    assert clipped["w"].dtype == torch.float16
+    torch.testing.assert_close(clipped["w"].float(), torch.full((2,), 2 ** -0.5), rtol=1e-3, atol=0)
+
+
+def test_map_takes_is_leaf_and_pairs_several_trees_by_path():
+    t = {"pair": (torch.ones(2), torch.zeros(2)), "x": (torch.ones(1), torch.ones(1))}
+    out = tree.map(lambda pair: pair[0] + pair[1], t, is_leaf=lambda x: isinstance(x, tuple))
+    assert torch.equal(out["pair"], torch.ones(2)) and torch.equal(out["x"], torch.full((1,), 2.0))
+    a = {"x": torch.ones(2), "y": torch.ones(3)}
+    b = {"y": torch.zeros(3), "x": torch.zeros(2)}
+    assert tree.paths(tree.map(torch.sub, a, b)) == ["x", "y"]
+    assert tree.paths(tree.map(lambda *xs: sum(xs), a, b, dict(a))) == ["x", "y"]
