@@ -54,7 +54,12 @@ class Embedding(Module):
     def from_pretrained(cls, embeddings: torch.Tensor, freeze: bool = True, padding_idx: int | None = None,
                         max_norm: float | None = None, norm_type: float = 2.0,
                         scale_grad_by_freq: bool = False) -> tuple[Embedding, dict]:
-        """``(module, params)`` from a ``[num, dim]`` tensor, as ``nn.Embedding.from_pretrained``."""
+        """``(module, params)`` from a ``[num, dim]`` tensor, as ``nn.Embedding.from_pretrained``.
+
+        ``freeze=True`` (the default) stops gradients to the table; to keep it out of the
+        optimizer too (weight decay, as torch.optim skips a param that does not require grad),
+        build the optimizer with ``optim.freeze(opt, model)``, which freezes the paths
+        ``optim.frozen_paths(model)`` reports (every layer whose ``freeze`` field is true)."""
         if embeddings.ndim != 2:
             raise ValueError(f"Embedding.from_pretrained: expected a [num, dim] tensor, got {list(embeddings.shape)}")
         m = cls(embeddings.shape[0], embeddings.shape[1], padding_idx, max_norm, norm_type,
