@@ -2,35 +2,38 @@
 
     carry, ys = scan(f, carry, xs)      # f(carry, x_t) -> (carry, y_t)
 
+is, by definition, this Python loop (``reverse=True`` walks ``t`` from ``T - 1`` down to 0 and
+still stores ``y_t`` at index ``t``)::
+
+    ys = []
+    for t in range(T):
+        carry, y_t = f(carry, tree.map(lambda x: x[t], xs))
+        ys.append(y_t)
+    return carry, tree.map(lambda *y: torch.stack(y), *ys)
+
 ``xs`` is a pytree of tensors stacked on dim 0 (or ``None`` with ``length``); ``ys`` is the
 pytree of the ``y_t`` stacked the same way (``None`` if ``f``'s y is ``None`` or has no tensors).
-``reverse=True`` runs from the last index to the first and still stores ``y_t`` at index t.
+Every step's carry must have the initial carry's structure, shapes and dtypes (checked, eager
+and compiled, with an error naming the path).
 
-Design (measured on torch 2.13, CPU; see ``benchmarks/cells.py`` and the README table):
+How it runs (the numbers live in ``benchmarks/cells.py`` and the README table):
 
-* **Eager**: a tight Python loop. Each leaf of ``xs`` is unbound once, so per step there is
-  no indexing or tree rebuilding beyond the step itself; autograd differentiates it, so
+* **Eager**: that loop, with each leaf of ``xs`` unbound once. Autograd differentiates it, so
   ``fn.grad`` and ``fn.vmap`` compose with it.
-* **Under ``fn.jit``** (``unroll=1``, the default, as in JAX): torch's ``scan`` op
-  (``torch._higher_order_ops.scan``): the body is traced once, so compile time does not grow
-  with the length (an LSTM cell's training step: ~5 s at T=16 and at T=1024, where the
-  unrolled loop took 546 s at T=1024). With gradients this needs the step's gradient to be
-  taken by autograd, which is what ``fn.grad``/``fn.value_and_grad`` do as the outermost
-  transform of an ``fn.jit`` step (see ``fnnet.transforms``); it also covers a compiled
-  forward followed by ``loss.backward()``. The op is not used, and the loop is unrolled
-  instead, inside a ``torch.func`` transform (``fn.vmap``, or a ``torch.func.grad`` that is
-  not ``fn.grad``): there it fails on torch 2.13 ("Expected FakeTensor"). It is not used with
-  gradients on torch < 2.13 either: earlier versions silently zeroed gradients w.r.t.
-  closed-over weights when the initial carry did not require grad (pytorch/pytorch#184528,
-  a test here checks it). ``FNNET_SCAN_HOP=0`` in the environment turns the op off.
-* Speed: the op runs its steps one at a time with little fusion. An LSTM cell scanned and
-  trained under ``fn.jit`` takes 2.2-2.4x ``nn.LSTM``'s time (T=64, 256; compile 2-7 s at
-  any T). ``unroll=k`` traces a body of k steps once (T need not be a multiple of k): k=8
-  takes 1.4-1.7x, compiling in 16-20 s. ``unroll=True`` unrolls the whole loop: compile
-  time linear in the length (minutes for an LSTM at T=64). JAX's ``lax.scan`` under
-  ``jit``: 1.3x, compiled in 0.6 s. The recurrent layers of ``cells`` use hand-written VJPs
-  behind opaque ops instead (``cells.fused``, ``cells.native``): flat compile time and
-  native speed. That is the pattern to follow for a cell on a hot path.
+* **Under ``fn.jit`` without gradients** (``torch.no_grad()``, or nothing the loop touches
+  requires grad: inference): torch's ``scan`` op (``torch._higher_order_ops.scan``), the body
+  traced once (``unroll=k``: a body of k steps), so compile time does not grow with the length.
+* **Under ``fn.jit`` with gradients, and inside ``torch.func`` transforms**: the loop unrolled,
+  so compile time grows with the length. torch's scan op is not trusted with gradients: under
+  inductor it silently gives wrong gradients when two scans are chained in one graph
+  (pytorch/pytorch#153679, still so on torch 2.13; ``tests/test_scan.py`` pins it and fails
+  once the installed torch is fixed), and inside a compiled ``torch.func.grad`` it fails
+  ("Expected FakeTensor"). Whether a loop needs gradients shows on its first step: if what
+  that step returns does not require grad, no later step's does (same function, same
+  closure), and the rest of the loop goes to the op. ``FNNET_SCAN_HOP=0`` turns the op off.
+  The recurrent layers of ``cells`` run their recurrence as hand-written VJPs behind opaque
+  ops (``cells.fused``, ``cells.native``): flat compile time with gradients, at native speed.
+  That is the pattern to follow for a cell on a hot path.
 """
 
 from __future__ import annotations
@@ -52,8 +55,6 @@ except ImportError:  # pragma: no cover - depends on the installed torch
     _scan_hop = None
 
 _USE_HOP = os.environ.get("FNNET_SCAN_HOP", "1") != "0"
-# pytorch/pytorch#184528 (closed-over weights' gradients silently zeroed) is fixed in 2.13
-_HOP_GRADIENTS_RIGHT = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 13)
 
 
 def scan(f: Callable[[Any, Any], tuple[Any, Any]], carry: Any, xs: Any = None, reverse: bool = False,
@@ -62,37 +63,91 @@ def scan(f: Callable[[Any, Any], tuple[Any, Any]], carry: Any, xs: Any = None, r
 
     f: ``(carry, x_t) -> (carry, y_t)``, carry keeping its structure, shapes and dtypes.
     xs: pytree of ``[T, ...]`` tensors, or ``None`` (then ``x_t`` is ``None``; give ``length``).
-    unroll: under ``fn.jit``, steps per traced body (``True``: the whole loop unrolled).
+    unroll: under ``fn.jit`` without gradients, steps per traced body (``True``: the whole
+    loop unrolled).
     Returns ``(carry, ys)``, ys a pytree of ``[T, ...]`` tensors (``None`` if f's y is None).
     """
-    if not isinstance(unroll, int) or unroll < 0 or (unroll == 0 and not isinstance(unroll, bool)):
+    if isinstance(unroll, bool):
+        pass
+    elif not isinstance(unroll, int) or unroll < 1:
         raise ValueError(f"scan: unroll must be True, False or a positive int, got {unroll!r}")
+    if not isinstance(reverse, bool):
+        raise TypeError(f"scan: reverse must be a bool, got {type(reverse).__name__}")
     if xs is None:
         if length is None:
             raise ValueError("scan: give xs or length")
+        if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+            raise ValueError(f"scan: length must be a non-negative int, got {length!r}")
         n, flat, spec = length, [], None
     else:
         flat, spec = T.flatten(xs)
         if not flat:
             raise ValueError("scan: xs has no leaves; pass xs=None and length=")
-        n = flat[0].shape[0]
-        for i, x in enumerate(flat):
+        for path, x in T.flatten_with_paths(xs):
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(f"scan: xs leaf {path!r} is a {type(x).__name__}, expected a tensor")
+        n = flat[0].shape[0] if flat[0].ndim else None
+        for path, x in T.flatten_with_paths(xs):
             if x.ndim == 0 or x.shape[0] != n:
-                raise ValueError(f"scan: every leaf of xs needs the same leading length {n}; leaf {i} "
-                                 f"has shape {list(x.shape)}")
+                raise ValueError(f"scan: every leaf of xs needs the same leading length ({n}); xs leaf "
+                                 f"{path!r} has shape {list(x.shape)}")
         if length is not None and length != n:
             raise ValueError(f"scan: length={length} but xs has leading length {n}")
+    f = _checked(f, carry)
     steps = n if unroll is True else max(int(unroll), 1)  # False: one step per body
     if steps >= n or not _op_applies():
         return _loop(f, carry, flat, spec, n, reverse)
-    return _traced_once(f, carry, flat, spec, n, reverse, steps)
+    if not torch.is_grad_enabled():
+        return _traced_once(f, carry, flat, spec, n, reverse, steps)
+    # Gradients may be needed: torch's scan op cannot be trusted with them (see the module
+    # doc). The first step, run as the loop runs it, tells: if nothing it returns requires
+    # grad, neither will any later step, and the rest goes to the op.
+    first, rest = ([x[n - 1:] for x in flat], [x[:n - 1] for x in flat]) if reverse else \
+        ([x[:1] for x in flat], [x[1:] for x in flat])
+    carry, y_first = _loop(f, carry, first, spec, 1, reverse)
+    if any(leaf.requires_grad for leaf in T.leaves((carry, y_first)) if isinstance(leaf, torch.Tensor)):
+        carry, y_rest = _loop(f, carry, rest, spec, n - 1, reverse)
+    elif steps >= n - 1:
+        carry, y_rest = _loop(f, carry, rest, spec, n - 1, reverse)
+    else:
+        carry, y_rest = _traced_once(f, carry, rest, spec, n - 1, reverse, steps)
+    if y_first is None:
+        return carry, None
+    return carry, T.map(lambda a, b: torch.cat([b, a] if reverse else [a, b]), y_first, y_rest)
 
 
 def _op_applies() -> bool:
-    """Whether torch's scan op can run this loop (see the module doc)."""
+    """Whether torch's scan op may run this loop (compiling, outside torch.func transforms)."""
     if _scan_hop is None or not _USE_HOP or not torch.compiler.is_compiling():
         return False
-    return not torch.is_grad_enabled() or (_HOP_GRADIENTS_RIGHT and not inside_functorch())
+    return not inside_functorch()
+
+
+def _checked(f: Callable, carry: Any) -> Callable:
+    """``f`` that refuses a new carry whose structure, shapes or dtypes differ from ``carry``'s
+    (an error naming the path; eager and compiled alike, as the loop's definition requires)."""
+    spec = T.structure(carry)
+    like = T.flatten_with_paths(carry)
+    for path, leaf in like:
+        if not isinstance(leaf, torch.Tensor):
+            raise TypeError(f"scan: carry leaf {path!r} is a {type(leaf).__name__}, expected a tensor")
+    want = [(p, x.shape, x.dtype) for p, x in like]
+
+    def step(c, x_t):
+        out = f(c, x_t)
+        if not isinstance(out, tuple) or len(out) != 2:
+            raise TypeError(f"scan: f must return a pair (carry, y), got {type(out).__name__}")
+        new = out[0]
+        if T.structure(new) != spec:
+            raise ValueError(f"scan: f must return a carry of the same structure as the initial one; "
+                             f"got {T.structure(new)}, expected {spec}")
+        for (p, shape, dtype), x in zip(want, T.leaves(new)):
+            if not isinstance(x, torch.Tensor) or x.shape != shape or x.dtype != dtype:
+                got = (f"{list(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__)
+                raise ValueError(f"scan: carry leaf {p!r} came back from f as {got}, expected "
+                                 f"{list(shape)} {dtype} (the initial carry's)")
+        return out
+    return step
 
 
 def _loop(f, carry, flat, spec, n, reverse):
@@ -108,9 +163,8 @@ def _loop(f, carry, flat, spec, n, reverse):
 
 
 def _traced_once(f, carry, flat, spec, n, reverse, k):
-    """torch's scan op: a body of ``k`` steps traced once, over ``n // k`` blocks; the
-    ``n % k`` steps the loop reaches last run unrolled after it."""
-    carry_spec = T.structure(carry)
+    """torch's scan op (no gradients): a body of ``k`` steps traced once, over ``n // k``
+    blocks; the ``n % k`` steps the loop reaches last run unrolled after it."""
     if not T.leaves(carry):
         raise ValueError("scan: under fn.jit the carry needs at least one tensor")
     if spec is None:  # length only: a [n, 0] placeholder to scan over
@@ -122,12 +176,7 @@ def _traced_once(f, carry, flat, spec, n, reverse, k):
     left = [x[:cut] if reverse else x[cut:] for x in flat]
 
     def step(c, x_leaves):
-        x_t = T.unflatten(spec, list(x_leaves)) if spec is not None else None
-        new, y = f(c, x_t)
-        if T.structure(new) != carry_spec:
-            raise ValueError(f"scan: f must return a carry of the same structure as the initial one; "
-                             f"got {T.structure(new)}, expected {carry_spec}")
-        return new, y
+        return f(c, T.unflatten(spec, list(x_leaves)) if spec is not None else None)
 
     def body(c, x_block):
         if k == 1:

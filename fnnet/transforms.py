@@ -8,7 +8,6 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.func
-import torch.utils._pytree as pytree
 from torch._C._functorch import TransformType
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
@@ -40,64 +39,11 @@ def value_and_grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool 
 
 
 def _grad_and_value(f: Callable, argnums: int | Sequence[int], has_aux: bool) -> Callable:
-    """``torch.func.grad_and_value``, except as the outermost transform of a step traced by
-    ``fn.jit``: there it is plain autograd (``torch.autograd.grad``, which ``fn.jit`` lets
-    dynamo trace). The numbers are the same; the difference is what the compiler can do with
-    the step: torch's ``scan`` op (``fnnet.scan``'s body traced once) differentiates under
-    autograd but not inside a compiled ``torch.func.grad`` (torch 2.13)."""
+    """``torch.func.grad_and_value``, the same transform eager and under ``fn.jit``: what is
+    differentiated keeps its graph to everything it was computed from (a ``w`` that requires
+    grad stays connected), as JAX's ``jit`` never changes what ``grad`` means."""
     argnums = tuple(argnums) if isinstance(argnums, (list, tuple)) else argnums
-    by_func = torch.func.grad_and_value(f, argnums=argnums, has_aux=has_aux)
-
-    def g(*args: Any, **kwargs: Any):
-        if (torch.compiler.is_compiling() and _traces_autograd() and not inside_functorch()
-                and not _autograd_grad_depth):
-            return _autograd_grad_and_value(f, argnums, has_aux, args, kwargs)
-        return by_func(*args, **kwargs)
-    return g
-
-
-# an fn.grad inside one computed by autograd (a gradient penalty) must stay torch.func's: the
-# outer gradient flows through it, which a detached autograd.grad would silently cut
-_autograd_grad_depth = 0
-
-
-def _autograd_grad_and_value(f, argnums, has_aux, args, kwargs):
-    global _autograd_grad_depth
-    _autograd_grad_depth += 1
-    try:
-        return _autograd_grad_and_value_impl(f, argnums, has_aux, args, kwargs)
-    finally:
-        _autograd_grad_depth -= 1
-
-
-def _autograd_grad_and_value_impl(f, argnums, has_aux, args, kwargs):
-    nums = argnums if isinstance(argnums, tuple) else (argnums,)
-    args, specs, leaves = list(args), [], []
-    for i in nums:
-        flat, spec = pytree.tree_flatten(args[i])
-        flat = [x.detach().requires_grad_() for x in flat]
-        args[i] = pytree.tree_unflatten(flat, spec)
-        specs.append((spec, len(flat)))
-        leaves += flat
-    with torch.enable_grad():
-        out = f(*args, **kwargs)
-        value, aux = out if has_aux else (out, None)
-        if not isinstance(value, torch.Tensor) or value.dim() != 0:  # as torch.func.grad asks
-            raise RuntimeError(f"grad: f must return a scalar tensor, got {type(value).__name__}"
-                               + (f" of shape {list(value.shape)}" if isinstance(value, torch.Tensor) else ""))
-        if value.requires_grad:
-            grads = torch.autograd.grad(value, leaves, allow_unused=True, materialize_grads=True)
-        else:  # f does not depend on what is differentiated: zeros, as torch.func.grad gives
-            grads = tuple(torch.zeros_like(leaf) for leaf in leaves)
-    trees, start = [], 0
-    for spec, n in specs:
-        trees.append(pytree.tree_unflatten(list(grads[start:start + n]), spec))
-        start += n
-    grads = tuple(trees) if isinstance(argnums, tuple) else trees[0]
-    value = value.detach()
-    if has_aux:
-        return grads, (value, pytree.tree_map(lambda a: a.detach() if isinstance(a, torch.Tensor) else a, aux))
-    return grads, value
+    return torch.func.grad_and_value(f, argnums=argnums, has_aux=has_aux)
 
 
 @torch.compiler.assume_constant_result  # read at trace time: dynamo cannot trace the level itself
@@ -110,11 +56,6 @@ def inside_functorch() -> bool:
 def inside_vmap() -> bool:
     """Whether a ``vmap`` encloses this call (read as a constant while dynamo traces)."""
     return any(i.key() == TransformType.Vmap for i in retrieve_all_functorch_interpreters())
-
-
-@torch.compiler.assume_constant_result
-def _traces_autograd() -> bool:
-    return bool(getattr(torch._dynamo.config, "trace_autograd_ops", False))
 
 
 def _own_code(wrapper: Callable) -> Callable:
@@ -137,33 +78,11 @@ def vmap(f: Callable, in_dims: Any = 0, out_dims: Any = 0, randomness: str = "er
 def jit(f: Callable | None = None, *, fullgraph: bool = True, dynamic: bool | None = None,
         backend: str = "inductor", mode: str | None = None, **options: Any) -> Callable:
     """``torch.compile`` with ``fullgraph=True`` by default: a graph break is an error, not a
-    silent slowdown. Usable as ``jit(f)`` or ``@jit(mode="max-autotune")``.
-
-    While it traces, dynamo's ``trace_autograd_ops`` is on (restored after each call), so
-    ``fn.grad`` can take a step's outermost gradient with ``torch.autograd.grad``: that is
-    what lets ``fnnet.scan``'s traced-once loop be differentiated (see ``_grad_and_value``).
-    ``torch.compile`` called directly works too; there ``fn.grad`` stays ``torch.func``'s
-    and a scan is unrolled."""
+    silent slowdown. Usable as ``jit(f)`` or ``@jit(mode="max-autotune")``. It changes how
+    ``f`` runs, never what it computes: values, gradients and what they stay connected to are
+    eager's."""
     def compile_(fun: Callable) -> Callable:
-        compiled = torch.compile(fun, fullgraph=fullgraph, dynamic=dynamic, backend=backend,
-                                 mode=mode, **options)
-        config = torch._dynamo.config
-        if not hasattr(config, "trace_autograd_ops"):  # older torch: fn.grad stays torch.func's
-            return compiled
-
-        @functools.wraps(fun)
-        def call(*args: Any, **kwargs: Any):
-            # let dynamo trace torch.autograd.grad, which fn.grad uses as a step's outermost
-            # transform (see _grad_and_value). Set and reset directly: config.patch costs ~50 us
-            # a call, this ~10 us; none where the user turned the flag on for good.
-            if config.trace_autograd_ops:
-                return compiled(*args, **kwargs)
-            config.trace_autograd_ops = True
-            try:
-                return compiled(*args, **kwargs)
-            finally:
-                config.trace_autograd_ops = False
-        return call
+        return torch.compile(fun, fullgraph=fullgraph, dynamic=dynamic, backend=backend, mode=mode, **options)
 
     return compile_ if f is None else compile_(f)
 
