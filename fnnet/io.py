@@ -54,15 +54,13 @@ _MAX_DEPTH = 100  # tree levels a checkpoint may nest; deeper is refused by save
 #: stores its entries uncompressed, so only a re-packed (or hostile, zip-bomb) file meets it.
 ZIP_INFLATE_CAP = 1 << 30
 
-# Every dtype whose elements are whole bytes: raw bytes round-trip them exactly.
-_DTYPES = {str(d).removeprefix("torch."): d for d in (
-    torch.float64, torch.float32, torch.float16, torch.bfloat16,
-    torch.complex128, torch.complex64, torch.complex32,
-    torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.uint16, torch.uint32,
-    torch.uint64, torch.bool,
-    torch.float8_e4m3fn, torch.float8_e5m2, torch.float8_e4m3fnuz, torch.float8_e5m2fnuz,
-    torch.float8_e8m0fnu, torch.float4_e2m1fn_x2,
-    torch.bits8, torch.bits16, torch.bits1x8, torch.bits2x4, torch.bits4x2)}
+# Every dtype whose elements are whole bytes: raw bytes round-trip them exactly. (The newer
+# ones are taken where the installed torch has them.)
+_DTYPES = {name: getattr(torch, name) for name in (
+    "float64", "float32", "float16", "bfloat16", "complex128", "complex64", "complex32",
+    "int64", "int32", "int16", "int8", "uint8", "uint16", "uint32", "uint64", "bool",
+    "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu", "float4_e2m1fn_x2",
+    "bits8", "bits16", "bits1x8", "bits2x4", "bits4x2") if isinstance(getattr(torch, name, None), torch.dtype)}
 _SCALARS = (bool, int, float, str, type(None))
 
 # The fields of each kind of header node, exactly (a missing or unknown field is corruption).
@@ -164,6 +162,8 @@ def save(path: str | os.PathLike, tree: Any) -> None:
     except ValueError as e:  # an int too long for JSON, say
         raise ValueError(f"io.save: the tree cannot be written: {e}") from None
     path = Path(path)
+    if path.name in ("", ".", "..") or "\0" in str(path) or path.is_dir():
+        raise ValueError(f"io.save: path {str(path)!r} names no file (a directory, or a NUL in it)")
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
@@ -520,8 +520,14 @@ def _check_like(path: Any, tree: Any, like: Any) -> Any:
     problems += [f"unexpected {p!r}" for p in got if p not in want]
     if problems:
         raise CheckpointError(path, "does not fit the like= template:\n  " + "\n  ".join(problems))
-    # Rebuild in the template's own containers (its named tuples, its key order).
-    return T.map_with_path(lambda p, w: got[p].to(w.device) if isinstance(w, torch.Tensor) else got[p], like)
+    # Rebuild in the template's own containers (its named tuples, its key order), each tensor on
+    # its template leaf's device; a meta template (shapes only) leaves the data where it is.
+    def place(p: str, w: Any) -> Any:
+        if isinstance(w, torch.Tensor) and not w.is_meta:
+            return got[p].to(w.device)
+        return got[p]
+
+    return T.map_with_path(place, like)
 
 
 def load(path: str | os.PathLike, *, device: Any = None, like: Any = None) -> Any:
@@ -530,7 +536,8 @@ def load(path: str | os.PathLike, *, device: Any = None, like: Any = None) -> An
     ``like=`` is a template tree (e.g. ``model.init(key)``): the loaded tree is matched to it
     by path and must have its paths, shapes, dtypes and leaf types, or :class:`CheckpointError`
     names each path that differs; the result uses the template's containers and puts each
-    tensor on its template leaf's device. ``device=`` moves every tensor there (it wins over
+    tensor on its template leaf's device (a template on the meta device, shapes only, leaves
+    the tensors on the CPU). ``device=`` moves every tensor there (it wins over
     the template's devices). Never executes code from the file, never reads anything but a
     regular file, never allocates more than the file holds (plus
     :data:`ZIP_INFLATE_CAP` for a compressed zip).

@@ -25,7 +25,7 @@ nn = torch.nn
 
 WRONG_PATHS = st.one_of(st.integers(), st.floats(), st.none(), st.lists(st.text(max_size=3), max_size=2),
                         st.binary(max_size=4).map(bytearray))
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
                     max_leaves=6)
 
@@ -43,6 +43,12 @@ def tmpdir() -> Path:
 def test_save_and_load_refuse_a_path_that_is_not_a_path(path):
     expect_clear_error(lambda: io.save(path, {"w": torch.ones(2)}), match="path must be")
     expect_clear_error(lambda: io.load(path), match="path must be")
+
+
+@given(st.sampled_from(["", ".", "/", "a/..", "nul\0byte"]))
+def test_save_and_load_refuse_a_path_that_names_no_file(path):
+    expect_clear_error(lambda: io.save(path, {"w": torch.ones(2)}), match="io.save: path")
+    expect_clear_error(lambda: io.load(path))
 
 
 UNSTORABLE = st.sampled_from([
@@ -110,7 +116,7 @@ def lies(field: str) -> st.SearchStrategy:
                                                                    and io._DTYPES[v].itemsize == 4)),
         "shape": st.one_of(anything.filter(lambda v: not isinstance(v, list)),
                            st.lists(st.integers(-3, 30), max_size=4).filter(lambda s: _numel(s) != 6 or min(s) < 0),
-                           st.lists(st.sampled_from([2.0, True, "3", None, [6]]), min_size=1, max_size=3)),
+                           st.lists(st.sampled_from([2.0, float("nan"), True, "3", None, [6]]), min_size=1, max_size=3)),
         "offset": st.one_of(anything.filter(lambda v: not (type(v) is int and v == 0)), st.integers(1, 2**70)),
         "nbytes": anything.filter(lambda v: not (type(v) is int and v == 24)),
         "t": anything.filter(lambda v: v != "tensor"),

@@ -243,7 +243,7 @@ def test_a_save_that_fails_midway_leaves_the_old_file_and_no_temporary_file(tmp_
 
 def test_save_over_a_directory_fails_and_leaves_no_temporary_file(tmp_path):
     (tmp_path / "d").mkdir()
-    with pytest.raises(OSError):
+    with pytest.raises(ValueError, match="names no file"):
         io.save(tmp_path / "d", {"w": torch.ones(2)})
     assert [p.name for p in tmp_path.iterdir()] == ["d"]
 
@@ -291,3 +291,10 @@ def test_like_refuses_a_tree_with_two_leaves_at_one_path(tmp_path):
     assert torch.equal(back["1"], torch.ones(2)) and torch.equal(back[1], torch.zeros(2))
     with pytest.raises(CheckpointError, match=r"two leaves at the path '1'"):
         io.load(tmp_path / "c", like={"1": torch.empty(2)})
+
+
+def test_a_template_on_the_meta_device_checks_shapes_and_keeps_the_data(tmp_path):
+    params = fn.Linear(3, 2).init(fn.random.key(0))
+    io.save(tmp_path / "c", params)
+    back = io.load(tmp_path / "c", like=tree.map(lambda t: t.to("meta"), params))
+    assert back["weight"].device.type == "cpu" and torch.equal(back["weight"], params["weight"])
