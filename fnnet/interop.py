@@ -187,8 +187,9 @@ def functional(module: torch.nn.Module, *, return_buffers: bool = False
     def apply_fn(params: dict, buffers: dict, *args: Any, **kwargs: Any) -> Any:
         given = flat(params)
         _check_names(where, "params", given, param_shapes, param_aliases)
-        bufs = {n: b.clone() for n, b in flat(buffers).items()}
-        _check_names(where, "buffers", bufs, buffer_shapes, buffer_aliases)
+        given_buffers = flat(buffers)
+        _check_names(where, "buffers", given_buffers, buffer_shapes, buffer_aliases)
+        bufs = {n: b.clone() for n, b in given_buffers.items()}
         out = torch.func.functional_call(module, {**given, **bufs}, args, kwargs, strict=True)
         return (out, nest(bufs)) if return_buffers else out
 

@@ -228,14 +228,15 @@ def test_functional_refuses_params_that_do_not_fit_the_module_naming_the_path(ca
     expect_clear_error(lambda: fn.to_state_dict(params, state, module=net), match=rf"'{name}")
 
 
-@given(st.sampled_from(["running_mean", "running_var", "num_batches_tracked"]), st.booleans())
-def test_functional_refuses_buffers_missing_an_entry_or_of_another_shape(name, drop):
+@given(st.sampled_from(["running_mean", "running_var", "num_batches_tracked"]),
+       st.sampled_from(["drop", "shape", "not_a_tensor"]))
+def test_functional_refuses_buffers_missing_an_entry_or_of_another_shape(name, change):
     net = _torch_net()
     apply_fn, params, buffers = fn.functional(net)
-    if drop:
+    if change == "drop":
         del buffers["1"][name]
     else:
-        buffers["1"][name] = torch.zeros(7)
+        buffers["1"][name] = torch.zeros(7) if change == "shape" else 0.5
     expect_clear_error(lambda: apply_fn(params, buffers, torch.ones(5, 3)), match=rf"'1\.{name}'")
 
 
