@@ -425,7 +425,7 @@ class Lambda(Module):
             raise TypeError(f"Lambda: expected a function, got {type(self.f).__name__}")
 
     def __repr__(self) -> str:
-        return f"Lambda({getattr(self.f, '__name__', None) or self.f!r})"
+        return f"Lambda({getattr(self.f, '__name__', None) or repr(self.f)})"
 
     def apply(self, params, *inputs, key=None, train=False):
         return self.f(*inputs)

@@ -139,3 +139,154 @@ def test_summary_lists_paths_shapes_dtypes_counts_and_totals():
     assert str(tree.size(params)) in fn.summary(params)
     with pytest.raises(fn.ParamsError):
         fn.summary({"0": params["0"]}, model=model)
+
+
+# -- the Module protocol has no silent pitfalls ----------------------------------------------------
+
+@dataclass(frozen=True)
+class Tower(fn.Module):
+    stem: fn.Linear
+    blocks: tuple
+    heads: dict
+
+    def apply(self, params, x, *, key=None, train=False):
+        h = self.stem(params["stem"], x)
+        for i, b in enumerate(self.blocks):
+            h = b(params["blocks"].get(str(i), {}), h)
+        return {k: head(params["heads"][k], h) for k, head in self.heads.items()}
+
+
+def test_children_in_tuple_list_and_dict_fields_are_named_as_modulelist_and_moduledict_name_them():
+    model = Tower(fn.Linear(2, 3), (fn.Linear(3, 3), fn.ReLU(), fn.Linear(3, 3)),
+                  {"cls": fn.Linear(3, 4), "reg": fn.Linear(3, 1)})
+    twin = nn.Module()
+    twin.stem = nn.Linear(2, 3)
+    twin.blocks = nn.ModuleList([nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 3)])
+    twin.heads = nn.ModuleDict({"cls": nn.Linear(3, 4), "reg": nn.Linear(3, 1)})
+    params = model.init(KEY)
+    assert tree.paths(params) == [n for n, _ in twin.named_parameters()]
+    twin.load_state_dict(fn.to_state_dict(params))
+    out = model.apply(params, torch.ones(5, 2))
+    h = twin.stem(torch.ones(5, 2))
+    for b in twin.blocks:
+        h = b(h)
+    torch.testing.assert_close(out["cls"], twin.heads["cls"](h))
+    listed = Tower(fn.Linear(2, 3), [fn.Linear(3, 3)], {})
+    assert tree.paths(listed.init(KEY)) == ["stem.weight", "stem.bias", "blocks.0.weight", "blocks.0.bias"]
+
+
+def test_a_plain_class_with_children_set_in_init_works_like_an_nn_module():
+    class Net(fn.Module):  # no @dataclass: children are its public attributes, as nn.Module's
+        def __init__(self):
+            self.fc1 = fn.Linear(2, 4)
+            self.fc2 = fn.Linear(4, 1)
+
+        def apply(self, params, x, *, key=None, train=False):
+            return self.fc2(params["fc2"], torch.relu(self.fc1(params["fc1"], x)))
+
+    net = Net()
+    params = net.init(KEY)
+    assert tree.paths(params) == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
+    assert net.apply(params, torch.ones(3, 2)).shape == (3, 1)
+    with pytest.raises(fn.ParamsError, match="missing 'fc2.bias'"):
+        net.apply({"fc1": params["fc1"], "fc2": {"weight": params["fc2"]["weight"]}}, torch.ones(3, 2))
+
+
+def test_fields_declared_without_dataclass_are_a_clear_error_not_an_empty_params_tree():
+    class Forgot(fn.Module):
+        fc: fn.Linear = fn.Linear(2, 3)
+
+        def apply(self, params, x, *, key=None, train=False):
+            return self.fc(params["fc"], x)
+
+    with pytest.raises(TypeError, match=r"Forgot declares \['fc'\].*@dataclass\(frozen=True\)"):
+        Forgot().init(KEY)
+
+    class Unannotated(fn.Module):
+        fc = fn.Linear(2, 3)
+
+    with pytest.raises(TypeError, match=r"Unannotated declares \['fc'\]"):
+        Unannotated().init(KEY)
+
+    @dataclass(frozen=True)
+    class Base(fn.Module):
+        fc: fn.Linear
+
+    class Sub(Base):  # a subclass's own fields need the decorator again
+        head: fn.Linear = fn.Linear(3, 1)
+
+    with pytest.raises(TypeError, match=r"Sub declares \['head'\]"):
+        Sub(fn.Linear(2, 3)).init(KEY)
+
+
+@dataclass(frozen=True)
+class ConvBN(fn.Module):
+    conv: fn.Conv2d
+    bn: fn.BatchNorm2d
+
+    def apply(self, params, x, *, state=None, key=None, train=False):
+        y, bn_state = self.bn(params["bn"], self.conv(params["conv"], x), state=state["bn"], train=train)
+        return torch.relu(y), {"bn": bn_state}
+
+
+def test_a_user_block_with_a_batchnorm_threads_its_state_inside_sequential():
+    model = fn.Sequential(ConvBN(fn.Conv2d(3, 4, 3), fn.BatchNorm2d(4)), fn.Flatten(), fn.Linear(4 * 3 * 3, 2))
+    assert model.stateful
+    params, state = model.init(KEY), model.init_state()
+    assert tree.paths(state) == ["0.bn.running_mean", "0.bn.running_var", "0.bn.num_batches_tracked"]
+    x = torch.randn(2, 3, 5, 5)
+    y, new_state = model.apply(params, x, state=state, train=True)
+    tmod = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(36, 2))
+    ours = {**fn.to_state_dict(params), **fn.to_state_dict(state)}
+    tmod.load_state_dict({k.replace("0.conv", "0").replace("0.bn", "1").replace("2.", "4."): v
+                          for k, v in ours.items()})
+    torch.testing.assert_close(y, tmod.train()(x))
+    torch.testing.assert_close(new_state["0"]["bn"]["running_mean"], tmod[1].running_mean)
+
+
+def test_a_stateful_user_block_that_forgets_state_is_a_clear_error():
+    @dataclass(frozen=True)
+    class NoState(fn.Module):
+        bn: fn.BatchNorm1d
+
+        def apply(self, params, x, *, key=None, train=False):
+            return x
+
+    @dataclass(frozen=True)
+    class DropsState(fn.Module):
+        bn: fn.BatchNorm1d
+
+        def apply(self, params, x, *, state=None, key=None, train=False):
+            return self.bn(params["bn"], x, state=state["bn"], train=train)[0]  # y only
+
+    for block, match in ((NoState(fn.BatchNorm1d(3)), "must take state="),
+                         (DropsState(fn.BatchNorm1d(3)), r"must return \(y, new_state\), got Tensor")):
+        model = fn.Sequential(block)
+        with pytest.raises(TypeError, match=match):
+            model.apply(model.init(KEY), torch.randn(4, 3), state=model.init_state(), train=True)
+
+
+def test_residual_takes_what_sequential_takes_functions_lists_and_modules():
+    x = torch.randn(2, 3)
+    res = fn.Residual(torch.tanh, activation=fn.ReLU())
+    assert res.init(KEY) == {}
+    torch.testing.assert_close(res.apply({}, x), torch.relu(torch.tanh(x) + x))
+    lin = fn.Residual([fn.Linear(3, 3), fn.relu], shortcut=fn.Linear(3, 3), activation=torch.tanh)
+    p = lin.init(KEY)
+    assert tree.paths(p) == ["block.0.weight", "block.0.bias", "shortcut.weight", "shortcut.bias"]
+    expected = torch.tanh(torch.relu(fn.Linear(3, 3).apply(p["block"]["0"], x)) + fn.Linear(3, 3).apply(p["shortcut"], x))
+    torch.testing.assert_close(lin.apply(p, x), expected)
+    with pytest.raises(TypeError, match="Residual block: expected an fnnet Module, a function"):
+        fn.Residual(3)
+
+
+def test_a_slice_of_a_sequential_is_a_sequential_keeping_torch_names():
+    model = fn.Sequential(fn.Linear(2, 4), fn.relu, fn.Linear(4, 4), fn.relu, fn.Linear(4, 1))
+    tail = model[2:]
+    assert isinstance(tail, fn.Sequential) and len(tail) == 3
+    twin = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1))
+    assert tree.paths(tail.init(KEY)) == list(twin[2:].state_dict()) == ["2.weight", "2.bias", "4.weight", "4.bias"]
+    params = model.init(KEY)
+    h = model[:2].apply({"0": params["0"]}, torch.ones(3, 2))
+    torch.testing.assert_close(tail.apply({k: params[k] for k in ("2", "4")}, h), model.apply(params, torch.ones(3, 2)))
+    assert isinstance(model[1], fn.Lambda) and model[-1] == fn.Linear(4, 1)
