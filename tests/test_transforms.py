@@ -144,10 +144,8 @@ def test_jit_of_grad_and_value_and_grad_compiles_many_different_functions_in_one
 
 
 def test_compiled_grads_equal_eager_ones_with_aux_argnums_tuples_and_nested_grads():
-    """Under fn.jit the outermost fn.grad is computed by autograd (so that torch's scan op
-    can differentiate, see fnnet/scan.py); it gives torch.func's numbers, pytrees, aux and
-    argnums included. A grad nested inside it (a penalty on an input gradient) stays
-    torch.func's, so the outer gradient flows through it."""
+    """Under fn.jit, fn.grad gives eager's numbers, pytrees, aux and argnums included; a grad
+    nested inside it (a penalty on an input gradient) carries the outer gradient through it."""
     mlp = fn.Sequential(fn.Linear(3, 8), fn.tanh, fn.Linear(8, 1))
     params = mlp.init(random.key(0))
     x = torch.randn(5, 3, dtype=torch.float64)
@@ -175,9 +173,30 @@ def test_compiled_gradient_of_a_function_that_ignores_its_argument_is_zero_as_ea
         assert_trees_close({"g": got}, {"g": fn.grad(f, argnums=argnums)(p, q)})
 
 
-def test_jit_leaves_dynamo_config_as_it_found_it_and_nests():
-    before = torch._dynamo.config.trace_autograd_ops
+def test_jit_nests_a_jitted_value_and_grad_inside_a_jitted_function():
     inner = fn.jit(fn.value_and_grad(lambda x: (x * 2).square().sum()), backend="eager")
-    outer = fn.jit(lambda x: inner(x)[1] + 1, backend="eager")  # a jitted function calling one
+    outer = fn.jit(lambda x: inner(x)[1] + 1, backend="eager")
     assert torch.equal(outer(torch.ones(2)), torch.full((2,), 9.0))
-    assert torch._dynamo.config.trace_autograd_ops == before
+
+
+def test_jit_of_grad_keeps_the_graph_to_a_tensor_that_requires_grad_as_eager():
+    """Differentiating through a compiled gradient (meta-learning): fn.jit(fn.grad(f))(p, w)
+    stays connected to w, and the gradient of anything computed from it w.r.t. w is eager's
+    (inductor)."""
+    x = torch.randn(6, 3, dtype=torch.float64)
+
+    def loss(p, w):
+        return torch.tanh(x @ (p * w)).square().sum()
+    p = torch.randn(3, 2, dtype=torch.float64)
+    w0 = torch.randn(3, 2, dtype=torch.float64)
+    results = []
+    for g in (fn.grad(loss), fn.jit(fn.grad(loss))):
+        w = w0.clone().requires_grad_()
+        inner = g(p, w)
+        assert inner.requires_grad and inner.grad_fn is not None
+        (outer,) = torch.autograd.grad((inner * p).sum(), w)
+        results.append((inner.detach(), outer))
+    assert_trees_close({"r": results[1]}, {"r": results[0]})
+    assert results[0][1].abs().sum() > 0
+
+
