@@ -4,9 +4,7 @@ inside the cells.fused ops instead of being unrolled)."""
 
 from __future__ import annotations
 
-import importlib
 
-import pytest
 import torch
 from conftest import assert_trees_close
 from torch._dynamo.backends.common import aot_autograd
@@ -58,17 +56,20 @@ def test_compiled_vmap_over_a_batch_of_param_sets_matches_eager():
         assert_trees_close(got, want, msg=repr(layer))
 
 
-def test_the_step_by_step_path_compiles_its_scan_once_too():
-    """fused=False: the cell's step under fnnet.scan; a compiled training step traces the step
-    once (torch's scan op), so its graph does not grow with T either, and matches eager."""
-    scan_module = importlib.import_module("fnnet.scan")  # fnnet.scan is also the function
-    if scan_module._scan_hop is None or not scan_module._HOP_GRADIENTS_RIGHT:
-        pytest.skip("this torch's scan op is not used with gradients")
+def test_the_step_by_step_path_trains_compiled_as_eager_and_infers_with_the_body_traced_once():
+    """fused=False: the cell's step under fnnet.scan. A compiled training step (inductor) equals
+    eager (the loop is unrolled: torch's scan op is not trusted with gradients); compiled
+    inference traces the step once, so its graph does not grow with T."""
     layer = cells.LSTM(3, 5, bidirectional=True, fused=False)
-    params = layer.init(random.key(0))
+    params = fn.tree.map(lambda p: p.double(), layer.init(random.key(0)))
+    x, lengths = torch.randn(4, 2, 3, dtype=torch.float64), torch.tensor([4, 2])
+    step = fn.value_and_grad(lambda p, x: layer.apply(p, x, lengths=lengths)[0].square().mean())
+    assert_trees_close({"s": fn.jit(step)(params, x)}, {"s": step(params, x)})
     sizes, backend = _lowered_graph_sizes()
     for T in (3, 12):
-        x, lengths = torch.randn(T, 2, 3), torch.tensor([T, 2])
-        step = fn.value_and_grad(lambda p, x, lengths=lengths: layer.apply(p, x, lengths=lengths)[0].square().mean())
-        assert_trees_close(fn.jit(step, backend=backend, dynamic=False)(params, x)[1], step(params, x)[1])
+        x, lengths = torch.randn(T, 2, 3, dtype=torch.float64), torch.tensor([T, 2])
+        infer = fn.jit(lambda p, x, lengths=lengths: layer.apply(p, x, lengths=lengths)[0], backend=backend,
+                       dynamic=False)
+        with torch.no_grad():
+            assert_trees_close({"y": infer(params, x)}, {"y": layer.apply(params, x, lengths=lengths)[0]})
     assert len(sizes) == 2 and sizes[0] == sizes[1], f"graph grew with T: {sizes}"
