@@ -77,7 +77,7 @@ CONSTRUCTORS = {
     "rprop": (optim.rprop, {"lr": bad_nonneg(), "maximize": bad_flag()}),
     "asgd": (optim.asgd, {"lr": bad_nonneg(), "lambd": bad_nonneg(), "alpha": bad_real(), "t0": bad_real(),
                           "weight_decay": bad_nonneg()}),
-    "lbfgs": (optim.lbfgs, {"lr": bad_nonneg(), "max_iter": bad_positive_int(), "max_eval": bad_positive_int(),
+    "lbfgs": (optim.lbfgs, {"lr": bad_nonneg(), "max_iter": bad_positive_int(), "max_eval": bad_positive_int().filter(lambda v: v is not None),
                             "tolerance_grad": bad_nonneg(), "tolerance_change": bad_nonneg(),
                             "history_size": bad_positive_int(),
                             "line_search_fn": bad_choice().filter(lambda s: s not in (None, "strong_wolfe"))}),
@@ -152,9 +152,11 @@ def test_rprop_refuses_etas_and_step_sizes_out_of_order(etas, steps):
     expect_clear_error(lambda: optim.rprop(0.01, step_sizes=steps), match="rprop: need 0 <= min step")
 
 
-@given(total_steps=st.integers(1, 50))
-def test_one_cycle_with_a_warm_up_of_no_steps_is_refused(total_steps):
-    expect_clear_error(lambda: optim.one_cycle_lr(0.1, total_steps, pct_start=1.0 / total_steps),
+@given(case=st.sampled_from([(0.1, 10), (0.2, 5), (0.01, 100)]) | st.integers(0, 10).map(lambda k: (2.0 ** -k, 2 ** k)))
+def test_one_cycle_with_a_warm_up_of_no_steps_is_refused(case):
+    """pct_start * total_steps == 1 exactly: torch's OneCycleLR divides by zero at the first step."""
+    pct_start, total_steps = case
+    expect_clear_error(lambda: optim.one_cycle_lr(0.1, total_steps, pct_start=pct_start),
                        match="one_cycle_lr: pct_start \\* total_steps")
 
 
@@ -256,3 +258,13 @@ def test_set_hyperparams_refuses_an_ambiguous_or_unknown_group(group):
                                   lambda p, x: "a" if p == "w" else "b").init(params)
     expect_clear_error(lambda: optim.set_hyperparams(state, lr=0.01), match="set_hyperparams: 'lr' is held by 2")
     expect_clear_error(lambda: optim.set_hyperparams(state, group=group, lr=0.01), match="under group")
+
+
+@given(n=st.integers(1, 5), m=st.integers(1, 5))
+def test_lbfgs_refuses_a_state_built_for_params_of_another_size(n, m):
+    if n == m:
+        m = n + 1
+    opt = optim.lbfgs()
+    state = opt.init({"w": torch.zeros(n)})
+    expect_clear_error(lambda: opt.step(lambda p: (p["w"] ** 2).sum(), {"w": torch.ones(m)}, state),
+                       match=f"lbfgs: the state must be .* {m} elements, got a state for {n} elements")

@@ -113,7 +113,7 @@ def optimizer(hyperparams: dict[str, Any], slots: Callable[[list], dict[str, lis
         flat, spec = T.flatten(params)
         like = flat[0] if flat else None
         state = {"count": torch.zeros((), dtype=torch.int64, device=like.device if like is not None else None),
-                 "hyperparams": {k: _scalar(v, like) for k, v in fixed.items()}}
+                 "hyperparams": {k: _scalar(v, like).reshape(()) for k, v in fixed.items()}}
         for name, leaves in slots(flat).items():
             state[name] = T.unflatten(spec, leaves)
         return state

@@ -197,6 +197,10 @@ def lbfgs(lr: float = 1.0, max_iter: int = 20, max_eval: int | None = None, tole
 
         # evaluate initial f(x) and df/dx
         x = _flat(params).detach().clone()
+        if not isinstance(state, dict) or "d" not in state or state["d"].shape != x.shape:
+            got = f"{state['d'].numel()} elements" if isinstance(state, dict) and "d" in state else type(state).__name__
+            raise ValueError(f"lbfgs: the state must be this optimizer's init(params) for params of {x.numel()} "
+                             f"elements, got a state for {got}")
         orig_loss, flat_grad = evaluate(x)
         loss = float(orig_loss)
         current_evals = 1
