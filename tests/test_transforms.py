@@ -200,3 +200,21 @@ def test_jit_of_grad_keeps_the_graph_to_a_tensor_that_requires_grad_as_eager():
     assert results[0][1].abs().sum() > 0
 
 
+
+
+def test_jit_keeps_closed_over_tensors_that_require_grad_connected_as_eager():
+    """A weight closed over by a jitted function (and by a jitted gradient) gets the gradient eager
+    gives it: fn.jit does not detach what it did not create (inductor)."""
+    x = torch.randn(4, 3, dtype=torch.float64)
+    w0 = torch.randn(3, dtype=torch.float64)
+    results = []
+    for wrap in (lambda f: f, fn.jit):
+        w = w0.clone().requires_grad_()
+
+        def f(x, w=w):
+            return torch.sin(x @ w).square().sum()
+        wrap(f)(x).backward()
+        g_x = wrap(fn.grad(f))(x)  # depends on w through the closure
+        (g_w,) = torch.autograd.grad(g_x.sum(), w)
+        results.append((w.grad, g_x.detach(), g_w))
+    assert_trees_close({"r": results[1]}, {"r": results[0]})
