@@ -2,6 +2,10 @@
 
 This file is the only one that touches the pytree backend (``torch.utils._pytree``),
 so the rest of fnnet speaks in these names. ``None`` is an empty subtree, as in JAX.
+
+Several trees are always paired by path, never by position (:func:`match`): torch's pytree
+flattens a dict in insertion order, so two dicts with the same keys in another order would
+otherwise pair the wrong leaves.
 """
 
 from __future__ import annotations

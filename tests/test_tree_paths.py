@@ -153,7 +153,7 @@ def test_an_optimizer_update_names_the_path_where_grads_params_or_state_differ()
     state = opt.init(params)
     g = grad_fn(params, make_params(1))
     bad_grads = {**g, "head": {"weight": g["head"]["weight"]}}
-    with pytest.raises(ValueError, match=r"optimizer update: .* 'head\.bias'"):
+    with pytest.raises(ValueError, match=r"adam update: .* 'head\.bias'"):
         opt.update(bad_grads, state, params)
     wrong_shape = {**g, "head": {**g["head"], "bias": torch.zeros(3, dtype=torch.float64)}}
     with pytest.raises(ValueError, match=r"at 'head\.bias', grads has shape \[3\] and params \[1\]"):

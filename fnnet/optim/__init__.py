@@ -15,9 +15,18 @@ namesakes step for step, with the same argument names and defaults (``lr`` first
   ``param_group["lr"] = 1e-4``, and a compiled step does not recompile for it. Under ``vmap``
   (ensembles) a state may hold one value per member.
 - Param groups and freezing: ``multi_transform({"a": opt_a, "b": opt_b}, labels)`` with a label
-  tree or ``f(path, leaf) -> label``; ``freeze(opt, predicate)`` (frozen leaves: no state,
-  bit-identical). ``add_decayed_weights(wd, mask)``, ``clip_by_value``, ``scale``,
+  tree or ``f(path, leaf) -> label``; ``freeze(opt, predicate | bool tree | model)`` (frozen
+  leaves: no state, bit-identical). ``add_decayed_weights(wd, mask)``, ``clip_by_value``, ``scale``,
   ``scale_by_schedule``, ``reduce_on_plateau`` (``update(..., value=loss)`` once per epoch).
+
+Trees are matched by path (``tree.match``): grads, params, updates, states, label and mask
+trees may come in any dict key order; a missing, extra or misshaped leaf is a ``ValueError``
+naming its path (nothing is broadcast). Hyperparameters are checked at construction as
+torch.optim checks them (``ValueError`` naming the optimizer and argument). ``lr=0``, held or
+reached by a schedule, leaves the params unchanged, as in torch. Param groups:
+``set_hyperparams(state, group="decay", lr=...)`` changes one group, and an unnamed change held
+by several groups is refused. A model's frozen layers (``Embedding.from_pretrained``) stay out
+of the optimizer with ``freeze(opt, model)`` (torch skips params that do not require grad).
 
 Updates run as ``torch._foreach_*`` over all leaves; under ``vmap`` or when differentiating
 through an update, leaf by leaf (see ``_ops``). Eager on the CPU, hyperparameters are read as

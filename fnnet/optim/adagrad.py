@@ -31,4 +31,4 @@ def adagrad(lr=1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
         std = ops.add(ops.sqrt(acc), h["eps"])
         return ops.mul(ops.div(g, std), -clr), {"sum": acc}
 
-    return optimizer(hp, slots, step)
+    return optimizer(hp, slots, step, "adagrad")

@@ -59,7 +59,7 @@ def _adam(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled) -> Gradien
             updates = ops.add(updates, p, alpha=-lr * wd)                      # p.mul_(1 - lr * wd), first
         return updates, new
 
-    return optimizer(hp, slots, step)
+    return optimizer(hp, slots, step, "adamw" if decoupled else "adam")
 
 
 def adam(lr=1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -95,4 +95,4 @@ def adamax(lr=2e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
         clr = h["lr"] / (1 - h["beta1"] ** count)
         return ops.mul(ops.div(m, u), -clr), {"exp_avg": m, "exp_inf": u}
 
-    return optimizer(hp, slots, step)
+    return optimizer(hp, slots, step, "adamax")

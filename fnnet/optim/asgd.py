@@ -45,4 +45,4 @@ def asgd(lr=1e-2, lambd: float = 1e-4, alpha: float = 0.75, t0: float = 1e6,
             ax = new_p if mu == 1 else ops.add(s["ax"], ops.mul(ops.sub(new_p, s["ax"]), mu))
         return ops.sub(new_p, p), {"ax": ax}
 
-    return optimizer(hp, slots, step)
+    return optimizer(hp, slots, step, "asgd")

@@ -93,7 +93,7 @@ def _scalar(x: Any, like: torch.Tensor | None) -> torch.Tensor:
 
 
 def optimizer(hyperparams: dict[str, Any], slots: Callable[[list], dict[str, list]],
-              step: Callable[..., tuple[list, dict[str, list]]]) -> GradientTransformation:
+              step: Callable[..., tuple[list, dict[str, list]]], name: str = "optimizer") -> GradientTransformation:
     """The one mechanism behind every optimizer here.
 
     ``hyperparams`` (``lr`` first) live in the state as 0-d tensors — ``set_hyperparams``
@@ -104,7 +104,8 @@ def optimizer(hyperparams: dict[str, Any], slots: Callable[[list], dict[str, lis
     on lists of leaves with ``ops`` arithmetic (``_ops``: ``_foreach`` or, under ``vmap``, leaf
     by leaf). ``count`` is the 1-based step number and ``h`` the hyperparameters: Python numbers
     when reading them is free (eager on the CPU, as torch.optim reads its step), else tensors
-    (see ``_ops.host_scalars``); a step's scalar arithmetic works on either.
+    (see ``_ops.host_scalars``); a step's scalar arithmetic works on either. grads, params and
+    the slots are paired by path (``tree.match``); ``name`` goes into the errors.
     """
     schedules = {k: v for k, v in hyperparams.items() if callable(v)}
     fixed = {k: v for k, v in hyperparams.items() if not callable(v)}
@@ -120,7 +121,7 @@ def optimizer(hyperparams: dict[str, Any], slots: Callable[[list], dict[str, lis
 
     def update(grads, state, params=None, **_):
         if not isinstance(state, dict) or "count" not in state or "hyperparams" not in state:
-            raise ValueError(f"optimizer update: the state must be this optimizer's init(params), got "
+            raise ValueError(f"{name} update: the state must be this optimizer's init(params), got "
                              f"{type(state).__name__}" + (f" with keys {sorted(state)}" if isinstance(state, dict) else ""))
         slot_names = [k for k in state if k not in ("count", "hyperparams")]
         # grads, params and every per-leaf slot paired by path (in the grads' order), shapes equal
@@ -130,7 +131,7 @@ def optimizer(hyperparams: dict[str, Any], slots: Callable[[list], dict[str, lis
             names.append("params")
         trees += [state[k] for k in slot_names]
         names += [f"state[{k!r}]" for k in slot_names]
-        spec, cols = T.match(*trees, names=tuple(names), what="optimizer update")
+        spec, cols = T.match(*trees, names=tuple(names), what=f"{name} update")
         flat_g = cols[0]
         flat_p = cols[1] if params is not None else [None] * len(flat_g)
         slot_lists = dict(zip(slot_names, cols[-len(slot_names):] if slot_names else []))

@@ -46,4 +46,4 @@ def rmsprop(lr=1e-2, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float
             return ops.mul(buf, -h["lr"]), new
         return ops.mul(ops.div(g, avg), -h["lr"]), new
 
-    return optimizer(hp, slots, step)
+    return optimizer(hp, slots, step, "rmsprop")

@@ -46,4 +46,4 @@ def rprop(lr=1e-2, etas: tuple[float, float] = (0.5, 1.2),
         g = ops.mul(g, ops.add(down, 1.0))                    # grad[sign < 0] = 0
         return ops.neg(ops.mul(ops.sign(g), size)), {"prev": g, "step_size": size}
 
-    return optimizer({}, slots, step)
+    return optimizer({}, slots, step, "rprop")

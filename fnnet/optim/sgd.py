@@ -42,4 +42,4 @@ def sgd(lr=1e-3, momentum: float = 0.0, dampening: float = 0.0, weight_decay: fl
             g = ops.add(g, buf, alpha=h["momentum"]) if nesterov else buf
         return ops.mul(g, -h["lr"]), new
 
-    return optimizer(hp, slots, step)
+    return optimizer(hp, slots, step, "sgd")
