@@ -121,8 +121,9 @@ def optimizer(hyperparams: dict[str, Any], slots: Callable[[list], dict[str, lis
 
     def update(grads, state, params=None, **_):
         if not isinstance(state, dict) or "count" not in state or "hyperparams" not in state:
+            keys = f" with keys {sorted(state)}" if isinstance(state, dict) else ""
             raise ValueError(f"{name} update: the state must be this optimizer's init(params), got "
-                             f"{type(state).__name__}" + (f" with keys {sorted(state)}" if isinstance(state, dict) else ""))
+                             f"{type(state).__name__}{keys}")
         slot_names = [k for k in state if k not in ("count", "hyperparams")]
         # grads, params and every per-leaf slot paired by path (in the grads' order), shapes equal
         trees, names = [grads], ["grads"]

@@ -94,7 +94,8 @@ def frozen_paths(model: Module) -> list[str]:
     return out
 
 
-def freeze(transform: GradientTransformation, frozen: Callable[[str, Any], bool] | Module | Any) -> GradientTransformation:
+def freeze(transform: GradientTransformation,
+           frozen: Callable[[str, Any], bool] | Module | Any) -> GradientTransformation:
     """``transform`` on every leaf but the frozen ones, which get zero updates (``-0.0``: the
     params stay bit-identical, weight decay included) and no optimizer state. ``frozen`` is
     ``f(path, leaf) -> bool``, a bool tree like the params (paired by path), or a model: its
