@@ -234,11 +234,13 @@ def global_norm(tree: Any, ord: float = 2.0, *, wide: bool = False) -> torch.Ten
         return torch.tensor(0.0)
     out_dtype = functools.reduce(torch.promote_types, (x.dtype for x in flat))
     acc = torch.promote_types(out_dtype, torch.float32)
-    wide_leaves = [x if x.dtype == acc else x.to(acc) for x in flat]
-    if builtins.any(is_batchedtensor(x) for x in wide_leaves):  # _foreach_norm has no vmap rule
-        norms = [torch.linalg.vector_norm(x, ord) for x in wide_leaves]
+    out_dtype = out_dtype if out_dtype.is_floating_point else acc  # integer leaves: a float norm
+    # floating leaves are read in their dtype and accumulated in acc (no wide copy); others cast
+    flat = [x if x.is_floating_point() else x.to(acc) for x in flat]
+    if builtins.any(is_batchedtensor(x) for x in flat):  # _foreach_norm has no vmap rule
+        norms = [torch.linalg.vector_norm(x, ord, dtype=acc) for x in flat]
     else:
-        norms = torch._foreach_norm(wide_leaves, ord)
+        norms = torch._foreach_norm(flat, ord, dtype=acc)
     total = torch.linalg.vector_norm(torch.stack(list(norms)), ord)
     return total if wide else total.to(out_dtype)
 

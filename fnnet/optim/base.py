@@ -115,8 +115,8 @@ def optimizer(hyperparams: dict[str, Any], slots: Callable[[list], dict[str, lis
         like = flat[0] if flat else None
         state = {"count": torch.zeros((), dtype=torch.int64, device=like.device if like is not None else None),
                  "hyperparams": {k: _scalar(v, like).reshape(()) for k, v in fixed.items()}}
-        for name, leaves in slots(flat).items():
-            state[name] = T.unflatten(spec, leaves)
+        for slot, leaves in slots(flat).items():
+            state[slot] = T.unflatten(spec, leaves)
         return state
 
     def update(grads, state, params=None, **_):
