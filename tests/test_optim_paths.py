@@ -147,6 +147,27 @@ def test_low_precision_params_keep_float32_hyperparameters_and_follow_torch():
         torch.testing.assert_close(params["w"], tw.detach(), rtol=1.6e-2, atol=1e-3)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_adam_on_half_precision_params_with_large_grads_moves_every_element_like_torch(dtype):
+    """Adam's denominator is sqrt(v) / (bias correction * step size): in float16 that overflows
+    for |g| of about 1e3 and the update becomes -0 — a param silently not moving. In float16
+    the step follows torch's order of operations instead."""
+    opt = optim.adam(1e-3)
+    params = {"w": torch.zeros(4, dtype=dtype)}
+    grads = {"w": torch.tensor([1000.0, 1.0, -3000.0, 0.0], dtype=dtype)}
+    state = opt.init(params)
+    tw = params["w"].clone().requires_grad_()
+    topt = torch.optim.Adam([tw], 1e-3)
+    for _ in range(3):
+        updates, state = opt.update(grads, state, params)
+        params = optim.apply_updates(params, updates)
+        tw.grad = grads["w"].clone()
+        topt.step()
+    # the 0 gradient: eps = 1e-8 is 0 in float16, so 0 / 0 is NaN there — in torch as here
+    torch.testing.assert_close(params["w"], tw.detach(), rtol=1e-2, atol=1e-5, equal_nan=True)
+    assert (params["w"][[0, 1, 2]] != 0).all()
+
+
 def test_add_decayed_weights_with_a_mask_equals_torch_groups_without_decay_on_biases():
     g = torch.Generator().manual_seed(1)
     params = {"w": torch.randn(3, 2, generator=g, dtype=torch.float64),

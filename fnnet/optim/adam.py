@@ -47,9 +47,10 @@ def _adam(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled) -> Gradien
         # torch: denom = v.sqrt() / bc2_sqrt + eps; p.addcdiv_(m, denom, value=-step_size)
         neg_step = -lr / (1 - b1 ** count)
         bc2_sqrt = _ops.ssqrt(1 - b2 ** count)
-        if _ops.is_number(neg_step) and abs(neg_step) >= _FOLD_MIN:
+        if _ops.is_number(neg_step) and abs(neg_step) >= _FOLD_MIN and not any(x.dtype == torch.float16 for x in v):
             # -step_size folded into denom first (as torch's capturable path does), saving a pass;
-            # only for a step size far from 0, where dividing by it neither overflows nor is 0/0
+            # only for a step size far from 0, where dividing by it neither overflows nor is 0/0,
+            # and not in float16, where sqrt(v) / step_size overflows already for |g| ~ 1e3
             denom = ops.add_(ops.div_(ops.sqrt(v), bc2_sqrt * neg_step), h["eps"] / neg_step)
             updates = ops.div(m, denom)
         else:  # torch's own order: exact for lr = 0 (a schedule at 0, a tensor lr under jit/vmap)
