@@ -1,6 +1,16 @@
-"""Reductions and shape checks shared by the losses."""
+"""Reductions, argument and shape checks shared by the losses.
+
+Every loss checks its arguments before the arithmetic, so a mistake is a ``ValueError`` /
+``TypeError`` naming the loss and the argument, not a silent broadcast and not an error from
+deep inside torch. Checks of *values* (class indices in range, a variance >= 0) read the data:
+they run eagerly, run inside a compiled graph as an op of the graph (:func:`checked_values`),
+and are skipped under ``vmap`` (a batched tensor has no single value to test).
+"""
 
 from __future__ import annotations
+
+import math
+import numbers
 
 import torch
 
@@ -8,8 +18,88 @@ REDUCTIONS = ("mean", "sum", "none")
 
 
 def check_reduction(name: str, reduction: str, allowed: tuple = REDUCTIONS) -> None:
-    if reduction not in allowed:
+    if not isinstance(reduction, str) or reduction not in allowed:
         raise ValueError(f"losses.{name}: reduction must be one of {allowed}, got {reduction!r}")
+
+
+def tensor(name: str, x, what: str) -> torch.Tensor:
+    """``x`` itself, after checking that it is a tensor."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"losses.{name}: {what} must be a tensor, got {type(x).__name__}")
+    return x
+
+
+def float_input(name: str, x, what: str = "input") -> torch.Tensor:
+    """A real floating-point tensor (the predictions a loss differentiates)."""
+    tensor(name, x, what)
+    if not x.is_floating_point():
+        raise TypeError(f"losses.{name}: {what} must be a floating-point tensor, got {x.dtype}")
+    return x
+
+
+def same_device(name: str, input: torch.Tensor, other: torch.Tensor, what: str) -> None:
+    if other.device != input.device:
+        raise ValueError(f"losses.{name}: {what} is on {other.device}, the input on {input.device}")
+
+
+def value_target(name: str, input: torch.Tensor, target, what: str = "target", *, ints: bool = True,
+                 bools: bool = False, same_dtype: bool = False) -> torch.Tensor:
+    """A target of real values, on the input's device: floating point (of the input's dtype if
+    ``same_dtype``, where torch would compute in the target's dtype or refuse), or integer where
+    torch promotes it (``ints``). Complex is refused everywhere; bool where ``False`` (0) is no
+    valid label or torch refuses it."""
+    tensor(name, target, what)
+    same_device(name, input, target, what)
+    kind = target.dtype
+    if target.is_complex() or (kind == torch.bool and not bools) or \
+            (not target.is_floating_point() and kind != torch.bool and not ints):
+        want = "a floating-point tensor" if not ints else "a real (floating-point or integer) tensor"
+        raise TypeError(f"losses.{name}: {what} must be {want}, got {kind}")
+    if same_dtype and target.is_floating_point() and kind != input.dtype:
+        raise TypeError(f"losses.{name}: {what} must have the input's dtype {input.dtype}, got {kind}")
+    return target
+
+
+def index_target(name: str, input: torch.Tensor, target, what: str = "target") -> torch.Tensor:
+    """Class indices: an integer tensor (not bool) on the input's device."""
+    tensor(name, target, what)
+    same_device(name, input, target, what)
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise TypeError(f"losses.{name}: {what} must hold class indices (an integer tensor), got {target.dtype}")
+    return target
+
+
+def float_weight(name: str, input: torch.Tensor, weight, what: str = "weight") -> torch.Tensor | None:
+    """``None`` or a floating tensor of the input's dtype and device (torch refuses others deep
+    inside, or computes in the weight's dtype)."""
+    if weight is None:
+        return None
+    tensor(name, weight, what)
+    same_device(name, input, weight, what)
+    if weight.dtype != input.dtype:
+        raise TypeError(f"losses.{name}: {what} must have the input's dtype {input.dtype}, got {weight.dtype}")
+    return weight
+
+
+def number(name: str, value, what: str, *, low: float | None = None, strict: bool = False,
+           integer: bool = False) -> float:
+    """A finite real hyperparameter (an ``int`` if ``integer``), ``>= low`` (``> low`` if
+    ``strict``). bool is refused: ``margin=True`` is a mistake, not 1."""
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(f"losses.{name}: {what} must be {'an int' if integer else 'a real number'}, "
+                        f"got {type(value).__name__}: {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"losses.{name}: {what} must be finite, got {value}")
+    if low is not None and (value <= low if strict else value < low):
+        raise ValueError(f"losses.{name}: {what} must be {'>' if strict else '>='} {low}, got {value}")
+    return value
+
+
+def flag(name: str, value, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"losses.{name}: {what} must be a bool, got {type(value).__name__}: {value!r}")
+    return value
 
 
 def same_shape(name: str, input: torch.Tensor, target: torch.Tensor, what: str = "target") -> None:
@@ -36,3 +126,53 @@ def reduce(x: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "sum":
         return x.sum()
     return x
+
+
+# -- checks of values -----------------------------------------------------------------------
+
+def _inside_vmap() -> bool:
+    from fnnet.transforms import inside_vmap
+    return inside_vmap()
+
+
+def check_range(x: torch.Tensor, low: float, high: float, message: str) -> None:
+    """Raise ``ValueError(message)`` unless every element is in ``[low, high]`` (NaN fails)."""
+    if x.numel() and not bool(((x >= low) & (x <= high)).all()):
+        bad = x[~((x >= low) & (x <= high))]
+        raise ValueError(f"{message}, got {bad.flatten()[:8].tolist()}")
+
+
+@torch.library.custom_op("losses::checked_range", mutates_args=())
+def _checked_range(x: torch.Tensor, low: float, high: float, message: str) -> torch.Tensor:
+    """``x`` (a copy: an op's output may not alias its input) after :func:`check_range`, so
+    that in a compiled graph the check runs on each call's values and cannot be dropped."""
+    check_range(x, low, high, message)
+    return x.clone()
+
+
+@_checked_range.register_fake
+def _(x, low, high, message):
+    return torch.empty_like(x)
+
+
+def _checked_range_backward(ctx, grad):
+    return grad, None, None, None
+
+
+_checked_range.register_autograd(_checked_range_backward)
+
+
+def checked_values(x: torch.Tensor, low: float, high: float, message: str) -> torch.Tensor:
+    """``x``, its values checked to lie in ``[low, high]``: eagerly, or as an op of a compiled
+    graph; use the result in place of ``x``. Unchecked under ``vmap``."""
+    if _inside_vmap():
+        return x
+    if torch.compiler.is_compiling():
+        return _checked_range(x, float(low), float(high), message)
+    check_range(x.detach(), low, high, message)
+    return x
+
+
+def eager_values() -> bool:
+    """Whether data-dependent checks can read values here (eager, outside ``vmap``)."""
+    return not torch.compiler.is_compiling() and not _inside_vmap()
