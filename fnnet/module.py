@@ -97,7 +97,18 @@ def _checked(apply: Callable) -> Callable:
         local = _local
         if local.inside:
             return apply(self, params, *inputs, **kwargs)
-        _check_call(self, params, kwargs.get("state"))
+        if torch.compiler.is_compiling():
+            spec = _nest(_flat_spec(self, "params"))
+        else:
+            try:
+                spec = self.__dict__["_fnnet_params"]
+            except KeyError:
+                spec = _expected(self, "params")
+        if not _fits(spec, params):
+            _raise_misfit(self, "params", spec, params)
+        state = kwargs.get("state")
+        if state is not None and self.stateful:
+            _check_state(self, state)
         local.inside = True
         try:
             return apply(self, params, *inputs, **kwargs)
@@ -109,27 +120,42 @@ def _checked(apply: Callable) -> Callable:
 
 
 def _check_call(module: Module, params: Any, state: Any) -> None:
+    """What the outermost apply checks (``check_params`` too)."""
     spec = _expected(module, "params")
     if not _fits(spec, params):
         _raise_misfit(module, "params", spec, params)
     if state is not None and module.stateful:
-        spec = _expected(module, "state")
-        if not _fits(spec, state):
-            _raise_misfit(module, "state", spec, state)
+        _check_state(module, state)
+
+
+def _check_state(module: Module, state: Any) -> None:
+    spec = _expected(module, "state")
+    if not _fits(spec, state):
+        _raise_misfit(module, "state", spec, state)
 
 
 def _fits(spec: dict, given: Any) -> bool:
     """Fast path: ``given`` has exactly the keys of ``spec`` at every level and its tensors
-    the shapes (``None`` in ``spec``: a non-tensor leaf, any value)."""
+    the shapes (``None`` in ``spec``: a non-tensor leaf, any value). Two levels per call (a
+    container and its layers' dicts): one Python call per layer would cost more than the
+    comparisons."""
     if not isinstance(given, dict):
         return given is None and not spec
     if given.keys() != spec.keys():
         return False
     for k, s in spec.items():
         g = given[k]
-        if isinstance(s, dict):  # (not type(s) is dict: dynamo cannot guard a constant's type)
-            if not _fits(s, g):
+        # (isinstance, not type(s) is dict: dynamo cannot guard a constant's type)
+        if isinstance(s, dict):
+            if not isinstance(g, dict) or g.keys() != s.keys():
                 return False
+            for k2, s2 in s.items():
+                g2 = g[k2]
+                if isinstance(s2, dict):
+                    if not _fits(s2, g2):
+                        return False
+                elif s2 is not None and (not isinstance(g2, torch.Tensor) or g2.shape != s2):
+                    return False
         elif s is not None and (not isinstance(g, torch.Tensor) or g.shape != s):
             return False
     return True
@@ -316,6 +342,7 @@ class Module:
         apply = cls.apply
         if apply is not Module.apply and not getattr(apply, "_fnnet_checked", False):
             cls.apply = _checked(apply)
+            cls._fnnet_apply = apply  # unchecked: what combinators call, already inside a check
 
     # -- structure ---------------------------------------------------------------------------
     def children(self) -> dict[str, Module]:
@@ -386,6 +413,9 @@ class Module:
         check_params(self, params, state)
 
 
+Module._fnnet_apply = Module.apply
+
+
 def _name(module: Module) -> str:
     """The module's repr, or just its type for a container (whose repr is the whole model)."""
     return type(module).__name__ if module.children() else repr(module)
@@ -402,12 +432,9 @@ def param_shapes(module: Module) -> dict:
 def check_params(module: Module, params: Any, state: Any = None) -> None:
     """Raise :class:`ParamsError` naming every missing or extra path and every wrong shape of
     ``params`` (and of ``state``, when given) -- the check every outermost ``apply`` makes."""
-    for what, given in (("params", params), ("state", state)):
-        if what == "state" and state is None:
-            continue
-        spec = _expected(module, what)
-        if not _fits(spec, given):
-            _raise_misfit(module, what, spec, given)
+    _check_call(module, params, None)
+    if state is not None:
+        _check_state(module, state)
 
 
 def _split_or_none(key: torch.Tensor | None, n: int) -> list:
@@ -437,7 +464,7 @@ def _as_module(m: Any, where: str = "Sequential") -> Module:
     if isinstance(m, Module):
         return m
     if isinstance(m, (list, tuple)):
-        return Sequential(*m)
+        return Sequential(*[_as_module(x, where) for x in m])
     if callable(m):
         return Lambda(m)
     raise TypeError(f"{where}: expected an fnnet Module, a function or a list of them, got {type(m).__name__}")
@@ -458,17 +485,18 @@ def _takes_state(layer: Module) -> bool:
 
 
 def _run(layer: Module, params: dict, x: Any, state: dict, key, train: bool):
-    """Apply one child, threading its state if it has any."""
+    """Apply one child, threading its state if it has any. Called from inside a checked apply:
+    the child's own apply runs unwrapped (its check would be skipped anyway)."""
     if layer.stateful:
         if not _takes_state(layer):
             raise TypeError(f"{_name(layer)} is stateful (it has a child with running statistics): its "
                             f"apply must take state= and return (y, new_state)")
-        out = layer.apply(params, x, state=state, key=key, train=train)
+        out = type(layer)._fnnet_apply(layer, params, x, state=state, key=key, train=train)
         if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict)):
             raise TypeError(f"{_name(layer)} is stateful (it has a child with running statistics): its "
                             f"apply must return (y, new_state), got {type(out).__name__}")
         return out
-    return layer.apply(params, x, key=key, train=train), state
+    return type(layer)._fnnet_apply(layer, params, x, key=key, train=train), state
 
 
 class _Container(Module):

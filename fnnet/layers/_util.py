@@ -111,7 +111,10 @@ def real(layer: Module, name: str, low: float | None = None, high: float | None 
     what = f"a finite number{bounds}" + (" other than 0" if nonzero else "") + (" or None" if none else "")
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         _fail(layer, name, what, v, TypeError)
-    f = float(v)
+    try:
+        f = float(v)
+    except OverflowError:  # an int beyond float range (10**400)
+        f = math.inf
     if (not math.isfinite(f) or (low is not None and (f <= low if open_low else f < low))
             or (high is not None and f > high) or (nonzero and f == 0.0)):
         _fail(layer, name, what, v)
