@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ._util import check_range, eager_values, flag, float_input
+
 KINDS = ("minimax", "non_saturating", "wasserstein", "hinge")
 
 
@@ -33,18 +35,24 @@ def _log_1m_d(x: torch.Tensor, from_logits: bool) -> torch.Tensor:
     return -F.binary_cross_entropy(x, torch.zeros_like(x), reduction="none")
 
 
-def _check(kind: str, from_logits: bool) -> None:
-    if kind not in KINDS:
+def _check(kind: str, from_logits: bool, **scores: torch.Tensor) -> None:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise ValueError(f"losses: GAN kind must be one of {KINDS}, got {kind!r}")
     if not from_logits and kind in ("wasserstein", "hinge"):
         raise ValueError(f"losses: {kind} losses take raw critic scores, not probabilities "
                          "(from_logits=False makes no sense for them)")
+    flag(f"{kind} GAN loss", from_logits, "from_logits")
+    for what, x in scores.items():
+        float_input(f"{kind} GAN loss", x, what)
+        if not from_logits and eager_values():
+            check_range(x.detach(), 0.0, 1.0, f"losses: {kind} GAN loss with from_logits=False: {what} must hold "
+                        "probabilities in [0, 1]")
 
 
 def discriminator_loss(real: torch.Tensor, fake: torch.Tensor, kind: str = "minimax", *,
                        from_logits: bool = True) -> torch.Tensor:
     """What the discriminator minimizes, given its outputs on real and on generated samples."""
-    _check(kind, from_logits)
+    _check(kind, from_logits, real=real, fake=fake)
     if kind in ("minimax", "non_saturating"):
         return -_log_d(real, from_logits).mean() - _log_1m_d(fake, from_logits).mean()
     if kind == "wasserstein":
@@ -55,7 +63,7 @@ def discriminator_loss(real: torch.Tensor, fake: torch.Tensor, kind: str = "mini
 def generator_loss(fake: torch.Tensor, kind: str = "non_saturating", *,
                    from_logits: bool = True) -> torch.Tensor:
     """What the generator minimizes, given the discriminator's outputs on its samples."""
-    _check(kind, from_logits)
+    _check(kind, from_logits, fake=fake)
     if kind == "minimax":
         return _log_1m_d(fake, from_logits).mean()
     if kind == "non_saturating":

@@ -30,11 +30,18 @@ import torch.func
 
 from fnnet import random
 
+from ._util import float_input, number, same_device
+
 INTERPOLATIONS = ("uniform", "real", "fake")
 
 
 def _input_grad(name: str, critic: Callable, params: Any, x: torch.Tensor) -> torch.Tensor:
     """Per-sample ``d critic / d x``, the same shape as ``x``."""
+    if not callable(critic):
+        raise TypeError(f"losses.{name}: critic must be a Module or a function (params, x) -> scores, "
+                        f"got {type(critic).__name__}")
+    if x.ndim == 0:
+        raise ValueError(f"losses.{name}: the batch must be [N, ...], got a scalar")
 
     def total_score(x):
         scores = critic(params, x)
@@ -74,9 +81,15 @@ def gradient_penalty(critic: Callable, critic_params: Any, real: torch.Tensor, f
     Multiply by lambda (10 in the paper) yourself. ``fn.value_and_grad`` of a critic loss that
     contains it, w.r.t. ``critic_params``, compiles in one graph under ``fn.jit``.
     """
-    if interpolation not in INTERPOLATIONS:
+    if not isinstance(interpolation, str) or interpolation not in INTERPOLATIONS:
         raise ValueError(f"losses.gradient_penalty: interpolation must be one of {INTERPOLATIONS}, "
                          f"got {interpolation!r}")
+    float_input("gradient_penalty", real, "real")
+    float_input("gradient_penalty", fake, "fake")
+    same_device("gradient_penalty", real, fake, "fake")
+    target = number("gradient_penalty", target, "target")
+    if real.dtype != fake.dtype:
+        raise TypeError(f"losses.gradient_penalty: real ({real.dtype}) and fake ({fake.dtype}) must have one dtype")
     if real.shape != fake.shape:
         raise ValueError(f"losses.gradient_penalty: real {list(real.shape)} and fake "
                          f"{list(fake.shape)} must have the same shape")
@@ -93,5 +106,6 @@ def gradient_penalty(critic: Callable, critic_params: Any, real: torch.Tensor, f
 def r1_penalty(critic: Callable, critic_params: Any, real: torch.Tensor) -> torch.Tensor:
     """R1 (Mescheder et al. 2018): ``E[||grad_x D(x)||^2]`` on real data. Multiply by
     ``gamma / 2`` yourself."""
+    float_input("r1_penalty", real, "real")
     g = _input_grad("r1_penalty", critic, critic_params, real)
     return g.flatten(1).square().sum(1).mean()

@@ -8,14 +8,21 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._util import check_reduction, same_shape
+from ._util import check_reduction, float_input, number, same_shape, value_target
+
+
+def _check(name: str, input, target, reduction: str) -> None:
+    """input: float; target: real (float, or integer as torch promotes it; not bool or complex)."""
+    check_reduction(name, reduction)
+    float_input(name, input)
+    value_target(name, input, target)
+    same_shape(name, input, target)
 
 
 def _elementwise(name: str, f):
-    def loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean", **kw) -> torch.Tensor:
-        check_reduction(name, reduction)
-        same_shape(name, input, target)
-        return f(input, target, reduction=reduction, **kw)
+    def loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        _check(name, input, target, reduction)
+        return f(input, target, reduction=reduction)
 
     loss.__name__ = name
     return loss
@@ -31,18 +38,14 @@ l1.__doc__ = "Absolute error ``|input - target|``, as ``F.l1_loss``."
 def smooth_l1(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean",
               beta: float = 1.0) -> torch.Tensor:
     """``0.5 d^2 / beta`` where ``|d| < beta``, else ``|d| - 0.5 beta``, as ``F.smooth_l1_loss``."""
-    check_reduction("smooth_l1", reduction)
-    same_shape("smooth_l1", input, target)
-    if beta < 0:
-        raise ValueError(f"losses.smooth_l1: beta must be >= 0, got {beta}")
+    _check("smooth_l1", input, target, reduction)
+    beta = number("smooth_l1", beta, "beta", low=0.0)
     return F.smooth_l1_loss(input, target, reduction=reduction, beta=beta)
 
 
 def huber(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean",
           delta: float = 1.0) -> torch.Tensor:
     """``0.5 d^2`` where ``|d| <= delta``, else ``delta (|d| - 0.5 delta)``, as ``F.huber_loss``."""
-    check_reduction("huber", reduction)
-    same_shape("huber", input, target)
-    if delta <= 0:
-        raise ValueError(f"losses.huber: delta must be > 0, got {delta}")
+    _check("huber", input, target, reduction)
+    delta = number("huber", delta, "delta", low=0.0, strict=True)
     return F.huber_loss(input, target, reduction=reduction, delta=delta)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._util import check_reduction, reduce, same_shape
+from ._util import check_reduction, float_input, reduce, same_shape, value_target
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor | None = None, *, sigma: torch.Tensor | None = None,
@@ -19,6 +19,11 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor | None = None, *, sigma: 
     check_reduction("gaussian_kl", reduction, ("sum", "batchmean", "mean", "none"))
     if (logvar is None) == (sigma is None):
         raise ValueError("losses.gaussian_kl: give exactly one of logvar= or sigma=")
+    float_input("gaussian_kl", mu, "mu")
+    if reduction == "batchmean" and mu.ndim == 0:
+        raise ValueError("losses.gaussian_kl: reduction='batchmean' needs a batch dim, got a scalar mu")
+    value_target("gaussian_kl", mu, sigma if logvar is None else logvar, "sigma" if logvar is None else "logvar",
+                 ints=False)
     if sigma is not None:
         same_shape("gaussian_kl", mu, sigma, "sigma")
         var = sigma * sigma

@@ -42,7 +42,7 @@ def test_gan_losses_are_the_textbook_formulas(seed, n):
 def test_gan_losses_are_finite_with_gradients_at_extreme_scores():
     for scores in (torch.tensor([1e4, -1e4]), torch.tensor([0.0, 1.0])):
         s = scores.clone().requires_grad_()
-        from_logits = scores.abs().max() > 1
+        from_logits = bool(scores.abs().max() > 1)
         for kind in ("minimax", "non_saturating"):
             total = (losses.discriminator_loss(s, s, kind, from_logits=from_logits)
                      + losses.generator_loss(s, kind, from_logits=from_logits))
