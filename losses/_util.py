@@ -89,7 +89,11 @@ def number(name: str, value, what: str, *, low: float | None = None, strict: boo
     if isinstance(value, bool) or not isinstance(value, kind):
         raise TypeError(f"losses.{name}: {what} must be {'an int' if integer else 'a real number'}, "
                         f"got {type(value).__name__}: {value!r}")
-    if not math.isfinite(value):
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int past float's range
+        finite = False
+    if not finite:
         raise ValueError(f"losses.{name}: {what} must be finite, got {value}")
     if low is not None and (value <= low if strict else value < low):
         raise ValueError(f"losses.{name}: {what} must be {'>' if strict else '>='} {low}, got {value}")

@@ -50,7 +50,7 @@ def gaussian_nll(input: torch.Tensor, target: torch.Tensor, var, full: bool = Fa
     flag(name, full, "full")
     eps = number(name, eps, "eps", low=0.0)
     if isinstance(var, numbers.Real) and not isinstance(var, bool):
-        var = number(name, float(var), "var", low=0.0)
+        var = float(number(name, var, "var", low=0.0))
         var = var * torch.ones_like(input)
     else:
         tensor(name, var, "var")

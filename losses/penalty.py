@@ -57,14 +57,32 @@ def _input_grad(name: str, critic: Callable, params: Any, x: torch.Tensor) -> to
 def safe_norm(g: torch.Tensor) -> torch.Tensor:
     """Per-row 2-norm of ``g`` ``[N, ...]`` -> ``[N]``, with gradient 0 (not NaN) at a zero row.
     The double ``where`` keeps the value exact elsewhere."""
+    float_input("safe_norm", g, "g")
+    if g.ndim == 0:
+        raise ValueError("losses.safe_norm: g must be [N, ...] (one row per sample), got a scalar")
     sq = g.flatten(1).square().sum(1)
     nonzero = sq > 0
     return torch.where(nonzero, torch.sqrt(torch.where(nonzero, sq, torch.ones_like(sq))),
                        torch.zeros_like(sq))
 
 
+def _pair(name: str, real: torch.Tensor, fake: torch.Tensor) -> None:
+    float_input(name, real, "real")
+    float_input(name, fake, "fake")
+    same_device(name, real, fake, "fake")
+    if real.dtype != fake.dtype:
+        raise TypeError(f"losses.{name}: real ({real.dtype}) and fake ({fake.dtype}) must have one dtype")
+    if real.shape != fake.shape:
+        raise ValueError(f"losses.{name}: real {list(real.shape)} and fake {list(fake.shape)} must have the "
+                         f"same shape")
+    if real.ndim == 0:
+        raise ValueError(f"losses.{name}: real and fake must be batches [N, ...], got scalars")
+
+
 def interpolate(real: torch.Tensor, fake: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-    """``eps * real + (1 - eps) * fake`` with ``eps ~ U[0, 1)`` drawn per sample from ``key``."""
+    """``eps * real + (1 - eps) * fake`` with ``eps ~ U[0, 1)`` drawn per sample from ``key``.
+    real, fake: ``[N, ...]``, the same shape and dtype."""
+    _pair("interpolate", real, fake)
     eps = random.uniform(key.to(real.device), (real.shape[0],) + (1,) * (real.ndim - 1), real.dtype)
     return eps * real + (1.0 - eps) * fake
 
@@ -84,15 +102,8 @@ def gradient_penalty(critic: Callable, critic_params: Any, real: torch.Tensor, f
     if not isinstance(interpolation, str) or interpolation not in INTERPOLATIONS:
         raise ValueError(f"losses.gradient_penalty: interpolation must be one of {INTERPOLATIONS}, "
                          f"got {interpolation!r}")
-    float_input("gradient_penalty", real, "real")
-    float_input("gradient_penalty", fake, "fake")
-    same_device("gradient_penalty", real, fake, "fake")
+    _pair("gradient_penalty", real, fake)
     target = number("gradient_penalty", target, "target")
-    if real.dtype != fake.dtype:
-        raise TypeError(f"losses.gradient_penalty: real ({real.dtype}) and fake ({fake.dtype}) must have one dtype")
-    if real.shape != fake.shape:
-        raise ValueError(f"losses.gradient_penalty: real {list(real.shape)} and fake "
-                         f"{list(fake.shape)} must have the same shape")
     if interpolation == "uniform":
         if key is None:
             raise ValueError("losses.gradient_penalty: interpolation='uniform' needs a key")
