@@ -242,3 +242,75 @@ def test_vmap_over_a_batch_of_param_sets():
     outs = fn.vmap(lambda p: gru.apply(p, x)[0])(stacked)
     for i, p in enumerate(fn.tree.unstack(stacked)):
         assert_close(outs[i], gru.apply(p, x)[0])
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("fused", [True, False])
+def test_an_empty_batch_gives_torchs_shapes_and_gradients(kind, fused):
+    """B = 0 at float32 (for the LSTM: not the oneDNN kernel, which fails on it), as nn.LSTM."""
+    theirs = KINDS[kind][0](3, 4, num_layers=2, bidirectional=True)
+    ours = KINDS[kind][1](3, 4, num_layers=2, bidirectional=True, fused=fused)
+    params = fn.params_from_module(theirs)
+    x = torch.randn(5, 0, 3)
+    out, h = ours.apply(params, x)
+    out_t, h_t = theirs(x)
+    assert out.shape == out_t.shape
+    for a, b in zip(h if isinstance(h, tuple) else (h,), h_t if isinstance(h_t, tuple) else (h_t,)):
+        assert a.shape == b.shape
+    grads = fn.grad(lambda p: ours.apply(p, x)[0].sum())(params)
+    assert all(g.shape == params[k].shape and not g.any() for k, g in grads.items())
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_extra_missing_or_misshaped_params_raise_params_error_naming_the_path(kind):
+    kw = {"proj_size": 2, "learn_initial_state": True} if kind == "LSTM" else {"num_layers": 2}
+    layer = KINDS[kind][1](3, 4, bidirectional=True, **kw)
+    params, x = layer.init(random.key(0)), torch.randn(2, 1, 3)
+    layer.apply(params, x)
+    with pytest.raises(fn.ParamsError, match="weight_hh_l0_reverse"):
+        layer.apply({k: v for k, v in params.items() if k != "weight_hh_l0_reverse"}, x)
+    for extra in ("weight_ih_l2", "h0" if kind != "LSTM" else "weight_hr_l1", "bias"):
+        with pytest.raises(fn.ParamsError, match=extra):
+            layer.apply({**params, extra: torch.zeros(4)}, x)
+    with pytest.raises(fn.ParamsError, match="bias_ih_l0"):
+        layer.apply({**params, "bias_ih_l0": torch.zeros(5)}, x)
+    no_bias = KINDS[kind][1](3, 4, bias=False, bidirectional=True, **kw)
+    with pytest.raises(fn.ParamsError, match="bias_hh_l0"):
+        no_bias.apply(params, x)  # bias params given to a layer built without them
+
+
+def test_a_dtype_mismatch_is_named_as_torch_names_it():
+    lstm = cells.LSTM(3, 4)
+    params = lstm.init(random.key(0))
+    with pytest.raises(ValueError, match=r"input dtype \(torch.float64\) does not match weight dtype \(torch.float32\)"):
+        lstm.apply(params, torch.randn(2, 1, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="h0 is torch.float64"):
+        lstm.apply(params, torch.randn(2, 1, 3), (torch.zeros(1, 1, 4, dtype=torch.float64), torch.zeros(1, 1, 4)))
+    with pytest.raises(ValueError, match="weight_hh_l0.*torch.float64"):
+        lstm.apply({**params, "weight_hh_l0": params["weight_hh_l0"].double()}, torch.randn(2, 1, 3))
+    cell = cells.GRUCell(3, 4)
+    with pytest.raises(ValueError, match=r"GRUCell.*input dtype \(torch.int64\)"):
+        cell.apply(cell.init(random.key(0)), torch.ones(2, 3, dtype=torch.long))
+
+
+def test_an_lstm_state_must_be_the_pair_h_c():
+    """A bare [B, H] tensor would be unpacked along B into h and c: refused."""
+    cell, lstm = cells.LSTMCell(3, 2), cells.LSTM(3, 2)
+    with pytest.raises(TypeError, match=r"LSTMCell.*state must be a tuple \(h, c\), got Tensor"):
+        cell.apply(cell.init(random.key(0)), torch.randn(2, 3), torch.zeros(2, 2))
+    with pytest.raises(TypeError, match=r"LSTM.*must be a tuple \(h0, c0\), got Tensor"):
+        lstm.apply(lstm.init(random.key(0)), torch.randn(4, 2, 3), torch.zeros(2, 2, 2))
+
+
+def test_constructors_check_what_torchs_rnnbase_checks():
+    for bad, error, match in [(dict(hidden_size=0), ValueError, "hidden_size must be at least 1"),
+                              (dict(hidden_size=4.0), TypeError, "hidden_size should be of type int"),
+                              (dict(num_layers=0), ValueError, "num_layers"),
+                              (dict(dropout=1.5), ValueError, "dropout"),
+                              (dict(proj_size=4), ValueError, "proj_size has to be smaller than hidden_size"),
+                              (dict(proj_size=-1), ValueError, "proj_size"),
+                              (dict(bidirectional=1), TypeError, "bidirectional should be a bool")]:
+        with pytest.raises(error, match=f"^LSTM: {match}"):
+            cells.LSTM(**{"input_size": 3, "hidden_size": 4, **bad})
+    with pytest.raises(ValueError, match="^RNN: unknown nonlinearity 'sigmoid'"):
+        cells.RNN(3, 4, nonlinearity="sigmoid")
