@@ -15,7 +15,16 @@ over the batch.
 ``lengths`` (``[B]`` integers, any order, no sorting needed) gives what ``nn.LSTM`` gives on
 ``pack_padded_sequence(..., enforce_sorted=False)`` followed by ``pad_packed_sequence``:
 outputs are zero past each sequence's length, ``h_n`` is taken at each sequence's last valid
-step, and the reverse direction starts at each sequence's own end.
+step, and the reverse direction starts at each sequence's own end. Each length must lie in
+``[1, T]``, as ``pack_padded_sequence`` requires; compiled, that value check is an op of the
+graph (``cells::checked_lengths``), so a bad length raises there too.
+
+Checked before any arithmetic, naming the layer: the constructor's arguments (as torch's
+``RNNBase``: int sizes, bool flags, ``dropout`` in [0, 1], ``proj_size < hidden_size``), the
+input's shape, one dtype and device for input, params and states (a mismatch named as
+``nn.RNN`` names it), the states' structure (the LSTM's is the pair ``(h0, c0)``) and shapes,
+``lengths``. The params tree is checked by ``fnnet.module`` (every Module's outermost apply).
+An empty batch (B = 0) gives ``nn.LSTM``'s empty outputs.
 
 ``dropout`` applies between layers (not after the last), in training only, with masks drawn
 from ``key``. The input projection of all time steps is one matmul outside the time loop.
