@@ -83,7 +83,8 @@ class ParamsError(ValueError):
 # -- the params check: one mechanism for every module -------------------------------------------
 
 class _Local(threading.local):
-    inside = False  # True while a checked apply runs in this thread: its children skip the check
+    def __init__(self):  # run in each thread on first use: the flag lives in the per-thread dict
+        self.inside = False  # True while a checked apply runs in this thread: children skip the check
 
 
 _local = _Local()
@@ -366,15 +367,12 @@ class Module:
     def stateful(self) -> bool:
         """True if ``apply`` takes ``state=`` and returns ``(y, new_state)``."""
         # Asked on every apply of every container: computed once per (immutable) module and
-        # remembered in its __dict__ (not a field: eq, hash and repr are unaffected). Not
-        # written while torch.compile traces, where it is folded to a constant anyway.
+        # remembered in its __dict__ (not a field: eq, hash and repr are unaffected). While
+        # torch.compile traces, computed for real by a constant-folded call.
         try:
             return self.__dict__["_fnnet_stateful"]
         except KeyError:
-            value = any(c.stateful for c in self.children().values())
-            if not torch.compiler.is_compiling():
-                self.__dict__["_fnnet_stateful"] = value
-            return value
+            return _stateful(self)
 
     # -- the two pure methods ----------------------------------------------------------------
     def init(self, key: torch.Tensor) -> dict:
@@ -414,6 +412,13 @@ class Module:
 
 
 Module._fnnet_apply = Module.apply
+
+
+@torch.compiler.assume_constant_result  # dynamo cannot trace children() (dataclass introspection)
+def _stateful(module: Module) -> bool:
+    value = any(c.stateful for c in module.children().values())
+    module.__dict__["_fnnet_stateful"] = value
+    return value
 
 
 def _name(module: Module) -> str:
@@ -473,6 +478,7 @@ def _as_module(m: Any, where: str = "Sequential") -> Module:
 _takes_state_cache: dict[type, bool] = {}
 
 
+@torch.compiler.assume_constant_result  # (inspect.signature: run for real while dynamo traces)
 def _takes_state(layer: Module) -> bool:
     cls = type(layer)
     try:
