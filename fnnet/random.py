@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import struct
 from collections.abc import Sequence
 
 import torch
@@ -64,11 +65,18 @@ def _describe(v: object) -> str:
     return f"{type(v).__name__} {v!r}"
 
 
+def _to_float(v: numbers.Real) -> float:
+    try:
+        return float(v)
+    except OverflowError:  # an int beyond float's range
+        return math.inf if v > 0 else -math.inf
+
+
 def _number(who: str, name: str, v: object) -> float:
     """A finite Python number (int or float, not bool)."""
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError(f"random.{who}: {name} must be a float or a tensor, got {_describe(v)}")
-    v = float(v)
+    v = _to_float(v)
     if not math.isfinite(v):
         raise ValueError(f"random.{who}: {name} must be finite, got {v}")
     return v
@@ -76,24 +84,60 @@ def _number(who: str, name: str, v: object) -> float:
 
 def _shape(shape: Shape, who: str = "bits") -> tuple[int, ...]:
     """A shape: an int or a sequence of ints >= 0 (torch.Size, tuple, list)."""
-    if isinstance(shape, (int, torch.SymInt)) and not isinstance(shape, bool):
+    if not isinstance(shape, (Sequence, torch.Tensor)):
         shape = (shape,)
-    if isinstance(shape, (str, bytes, torch.Tensor)) or not isinstance(shape, Sequence):
+    if isinstance(shape, (str, bytes, torch.Tensor)):
         raise TypeError(f"random.{who}: shape must be an int or a sequence of ints, got {_describe(shape)}")
-    out = []
-    for s in shape:
-        if isinstance(s, bool) or not isinstance(s, (int, torch.SymInt)):
-            raise TypeError(f"random.{who}: shape must hold ints, got {_describe(s)} in {tuple(shape)}")
-        if isinstance(s, int) and s < 0:
-            raise ValueError(f"random.{who}: shape entries must be >= 0, got {tuple(shape)}")
-        out.append(s)
-    return tuple(out)
+    out = tuple(_int(who, "shape", s) for s in shape)
+    if any(isinstance(s, int) and s < 0 for s in out):
+        raise ValueError(f"random.{who}: shape entries must be >= 0, got {out}")
+    return out
 
 
 def _float_dtype(who: str, dtype: object) -> torch.dtype:
     if dtype not in _FLOATS:
         raise TypeError(f"random.{who}: dtype must be a floating dtype {list(_FLOATS)}, got {dtype!r}")
     return dtype
+
+
+# packing formats of the float dtypes (bfloat16 is float32's upper half)
+_PACK = {torch.float16: ("<e", "<H"), torch.float32: ("<f", "<I"), torch.float64: ("<d", "<Q")}
+
+
+def _round_to(x: float, dtype: torch.dtype) -> float:
+    """``x`` rounded to ``dtype`` (to nearest, ties to even; bfloat16 through float32, as
+    torch converts a Python float), in plain Python so that it needs no tensor (no graph
+    break under torch.compile)."""
+    if dtype == torch.float64 or math.isinf(x) or math.isnan(x):
+        return x
+    try:
+        x = struct.unpack("<f", struct.pack("<f", x))[0]
+        if dtype == torch.bfloat16:
+            b = struct.unpack("<I", struct.pack("<f", x))[0]
+            b = ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) << 16
+            x = struct.unpack("<f", struct.pack("<I", b & 0xFFFFFFFF))[0]
+        elif dtype == torch.float16:
+            x = struct.unpack("<e", struct.pack("<e", x))[0]
+    except OverflowError:
+        return math.copysign(math.inf, x)
+    return x
+
+
+def _step(x: float, dtype: torch.dtype, up: bool) -> float:
+    """The ``dtype`` value next to ``x`` (a ``dtype`` value) towards +inf (``up``) or -inf."""
+    if dtype == torch.float64:
+        return math.nextafter(x, math.inf if up else -math.inf)
+    if math.isinf(x) and (x > 0) == up:
+        return x
+    f, i = _PACK[torch.float32 if dtype == torch.bfloat16 else dtype]
+    one = 1 << 16 if dtype == torch.bfloat16 else 1
+    if x == 0:
+        b = struct.unpack(i, struct.pack(f, 0.0))[0] + one
+        y = struct.unpack(f, struct.pack(i, b))[0]
+        return y if up else -y
+    b = struct.unpack(i, struct.pack(f, x))[0]
+    b = b + one if (x > 0) == up else b - one
+    return struct.unpack(f, struct.pack(i, b))[0]
 
 
 def _inspectable(t: torch.Tensor) -> bool:
@@ -184,7 +228,7 @@ def _bits(k: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     ctr = torch.arange(half, dtype=torch.int64, device=k.device)
     y0, y1 = _threefry2x32(k, ctr, ctr + half)
     out = torch.cat([y0, y1], dim=-1)[..., :n]
-    return out.reshape(*k.shape[:-1], *shape)
+    return out.reshape((*k.shape[:-1], *shape))
 
 
 def bits(k: torch.Tensor, shape: Shape) -> torch.Tensor:
@@ -238,9 +282,9 @@ def _unit_float(k: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> 
 
 
 def _wide(dtype: torch.dtype) -> torch.dtype:
-    """Where a sampler computes: float64 for float64 and float32 (so an affine map cannot
-    overflow or double-round), float32 for float16/bfloat16."""
-    return torch.float64 if dtype in (torch.float32, torch.float64) else torch.float32
+    """Where an affine map of a sample is computed, so that ``maxval - minval`` cannot
+    overflow: float32 for float16, float64 otherwise (bfloat16 has float32's range)."""
+    return torch.float32 if dtype == torch.float16 else torch.float64
 
 
 def _below(x: float | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -339,7 +383,7 @@ def uniform(k: torch.Tensor, shape: Shape = (), dtype: torch.dtype = torch.float
     tensors = [isinstance(v, torch.Tensor) for v in (minval, maxval)]
     if not any(tensors):
         lo, hi = _number("uniform", "minval", minval), _number("uniform", "maxval", maxval)
-        lo_d, hi_d = torch.tensor([lo, hi], dtype=dtype).tolist()
+        lo_d, hi_d = _round_to(lo, dtype), _round_to(hi, dtype)
         if not math.isfinite(hi - lo) or not math.isfinite(hi_d - lo_d):
             raise ValueError(f"random.uniform: maxval - minval = {hi} - {lo} overflows")
         if lo_d > hi_d or (lo_d == hi_d and lo != hi):
@@ -408,10 +452,12 @@ def truncated_normal(k: torch.Tensor, lower: float, upper: float, shape: Shape =
     for v, n in ((lower, "lower"), (upper, "upper")):
         if isinstance(v, bool) or not isinstance(v, numbers.Real):
             raise TypeError(f"random.truncated_normal: {n} must be a float, got {_describe(v)}")
-    lower, upper = float(lower), float(upper)
+    lower, upper = _to_float(lower), _to_float(upper)
     if math.isnan(lower) or math.isnan(upper) or not lower < upper:
         raise ValueError(f"random.truncated_normal: need lower < upper, got {lower}, {upper}")
-    lo_d, hi_d = _above(lower, dtype).item(), _below(upper, dtype).item()
+    lo_d, hi_d = _round_to(lower, dtype), _round_to(upper, dtype)
+    lo_d = lo_d if lo_d > lower else _step(lo_d, dtype, up=True)  # the least value > lower
+    hi_d = hi_d if hi_d < upper else _step(hi_d, dtype, up=False)
     if not lo_d <= hi_d:
         raise ValueError(f"random.truncated_normal: no {dtype} value lies strictly between "
                          f"{lower} and {upper}")
