@@ -397,6 +397,18 @@ def _differentiated_again(saved: list) -> bool:
     return any(i.key() in (TransformType.Grad, TransformType.Jvp) for i in outer)
 
 
+def fresh_views(*tensors: Tensor | None) -> tuple:
+    """Under ``torch.compile``, a view of each tensor (``None`` stays ``None``), for the inputs
+    of an ``autograd.Function``. Dynamo decides whether to trace a Function's backward from its
+    inputs' ``requires_grad``, and reads a compiled function's own inputs as they were before
+    ``torch.func.grad`` marked them (torch 2.13): a gradient w.r.t. the input ``x`` alone, or a
+    ``weight_hh`` passed in alone, would silently be zero. A view is a new tensor whose
+    ``requires_grad`` it reads right."""
+    if not torch.compiler.is_compiling():
+        return tensors
+    return tuple(None if t is None else t.view(t.shape) for t in tensors)
+
+
 def recurrence(kind: str, xp: Tensor, states: tuple, w_hh: Tensor, b_hh: Tensor | None = None,
                w_hr: Tensor | None = None, mask: Tensor | None = None, reverse: bool = False):
     """xp ``[T, B, G*H]``, states ``(h [B, P], c [B, H])`` (LSTM) or ``(h [B, H],)``, w_hh
@@ -407,5 +419,6 @@ def recurrence(kind: str, xp: Tensor, states: tuple, w_hh: Tensor, b_hh: Tensor 
     if xp.ndim != 3 or xp.shape[0] < 1:
         raise ValueError(f"recurrence: expected xp of shape [T, B, G*H] with T >= 1, got {list(xp.shape)}")
     n = len(states)
+    xp, w_hh, b_hh, w_hr, *states = fresh_views(xp, w_hh, b_hh, w_hr, *states)
     out = _Recurrence.apply(kind, reverse, mask, xp, w_hh, b_hh, w_hr, *states, *[None] * (2 - n))
     return out[0], tuple(out[1:1 + n])

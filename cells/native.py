@@ -29,7 +29,7 @@ import torch
 
 from fnnet.transforms import inside_vmap
 
-from .fused import _differentiated_again
+from .fused import _differentiated_again, fresh_views
 
 Tensor = torch.Tensor
 
@@ -132,11 +132,7 @@ def lstm_layer(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh:
     if not torch.is_grad_enabled():  # inference: oneDNN skips its workspace
         ys, h, c, _ = _forward_op(x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse, False)
         return ys, (h, c)
-    if torch.compiler.is_compiling():
-        # dynamo decides whether to trace an autograd.Function's backward from its inputs'
-        # requires_grad as it first saw them, before torch.func.grad marked its inputs: with
-        # only such leaves (w_ih, w_hh, b_ih, b_hh straight from params) it would inline the
-        # forward and differentiate nothing. A view is a fresh tensor it sees as requiring grad.
-        w_ih = w_ih.view(w_ih.shape)
+    # compiled: views, so that dynamo reads every input's requires_grad right (see fresh_views)
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = fresh_views(x, w_ih, w_hh, b_ih, b_hh, h0, c0)
     ys, h, c, _ = _OneDNNLSTM.apply(x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse)
     return ys, (h, c)
