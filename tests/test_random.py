@@ -161,3 +161,65 @@ def test_a_batch_of_keys_under_vmap_gives_the_per_key_streams():
             assert torch.equal(got[i], want)
 
 
+ALL_ONES = 0xFFFFFFFF
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("bounds", [(0.0, 1.0), (1.0, 2.0), (-3.0, 0.1), (0.0, 1e-3), (5.0, 5.5)])
+def test_uniform_never_returns_maxval_even_from_the_largest_bits(monkeypatch, dtype, bounds):
+    # the largest Threefry words give the largest unit value; bfloat16/float16 used to round
+    # it up to 1, and an affine map to [1, 2) rounds 1 - 2**-24 up to 2 in float32
+    monkeypatch.setattr(random, "_bits", lambda k, shape: torch.full((*k.shape[:-1], *shape), ALL_ONES))
+    lo, hi = bounds
+    u = random.uniform(random.key(0), (3,), dtype, lo, hi)
+    hi_d = torch.tensor(hi, dtype=dtype)
+    assert u.dtype == dtype and (u < hi_d).all() and (u >= torch.tensor(lo, dtype=dtype)).all()
+    if bounds == (0.0, 1.0):  # the largest value below 1, exactly: the full significand of dtype
+        assert torch.equal(u, torch.full((3,), 1 - torch.finfo(dtype).eps / 2, dtype=dtype))
+    t = random.uniform(random.key(0), (3,), dtype, torch.tensor(lo, dtype=dtype), torch.tensor(hi, dtype=dtype))
+    assert (t < hi_d).all()
+    assert random.bernoulli(random.key(0), 1.0, (3,)).all() and not random.bernoulli(random.key(0), 0.0, (3,)).any()
+
+
+def test_uniform_with_minval_equal_to_maxval_is_that_value_as_torch_init_uniform():
+    assert torch.equal(random.uniform(random.key(0), (4,), minval=0.0, maxval=0.0), torch.zeros(4))
+
+
+def test_samplers_draw_a_single_value_from_one_key_by_default():
+    assert random.uniform(random.key(0)).shape == () and random.normal(random.key(0)).shape == ()
+    assert random.uniform(random.split(random.key(0), 3)).shape == (3,)
+
+
+@pytest.mark.parametrize("lo, hi", [(10.0, 11.0), (-11.0, -10.0), (40.0, 41.0), (3.0, math.inf), (-math.inf, -50.0)])
+def test_truncated_normal_far_in_a_tail_spreads_over_the_interval_not_onto_a_bound(lo, hi):
+    # JAX's erf-based method rounds erf(10 / sqrt 2) to 1 and clamps every sample to a bound
+    n = 20_000
+    z = random.truncated_normal(random.key(14), lo, hi, (n,), torch.float64)
+    assert (z > lo).all() and (z < hi).all()
+    assert len(torch.unique(z)) == n
+    # mirrored to the lower half and in log space, the CDF has no cancellation that far out
+    a, b, w = (-hi, -lo, -z) if lo > 0 else (lo, hi, z)
+    la, lb = (torch.special.log_ndtr(torch.tensor(v, dtype=torch.float64)) for v in (a, b))
+
+    def cdf(x):
+        lx = torch.special.log_ndtr(x)
+        return torch.exp(lx - lb) * -torch.expm1(la - lx) / -torch.expm1(la - lb)
+
+    assert ks_statistic(w, cdf) < ks_critical(n)
+    f32 = random.truncated_normal(random.key(14), lo, hi, (n,))
+    assert (f32 > lo).all() and (f32 < hi).all()
+
+
+def test_split_of_a_batch_of_keys_is_the_split_of_each_key_with_the_batch_dims_in_order():
+    keys = random.split(random.key(15), 6).reshape(2, 3, 2)
+    out = random.split(keys, 4)
+    assert out.shape == (2, 3, 4, 2)
+    for i in range(2):
+        for j in range(3):
+            assert torch.equal(out[i, j], random.split(keys[i, j], 4))
+    assert torch.equal(out, fn.vmap(fn.vmap(lambda k: random.split(k, 4)))(keys))
+
+
+def test_negative_seeds_are_their_64_bit_twos_complement_as_jax():
+    assert random.key(-1).tolist() == [ALL_ONES, ALL_ONES]
+    assert torch.equal(random.key(-5), random.key(2**64 - 5))
