@@ -148,22 +148,16 @@ def check_range(x: torch.Tensor, low: float, high: float, message: str) -> None:
 
 @torch.library.custom_op("losses::checked_range", mutates_args=())
 def _checked_range(x: torch.Tensor, low: float, high: float, message: str) -> torch.Tensor:
-    """``x`` (a copy: an op's output may not alias its input) after :func:`check_range`, so
-    that in a compiled graph the check runs on each call's values and cannot be dropped."""
+    """A zero of ``x``'s dtype, after :func:`check_range` of ``x``: added to ``x`` in a compiled
+    graph, so the check runs on each call's values and cannot be dropped (``x`` comes in
+    detached: nothing to differentiate through the op)."""
     check_range(x, low, high, message)
-    return x.clone()
+    return torch.zeros((), dtype=x.dtype, device=x.device)
 
 
 @_checked_range.register_fake
 def _(x, low, high, message):
-    return torch.empty_like(x)
-
-
-def _checked_range_backward(ctx, grad):
-    return grad, None, None, None
-
-
-_checked_range.register_autograd(_checked_range_backward)
+    return torch.empty((), dtype=x.dtype, device=x.device)
 
 
 def checked_values(x: torch.Tensor, low: float, high: float, message: str) -> torch.Tensor:
@@ -172,7 +166,7 @@ def checked_values(x: torch.Tensor, low: float, high: float, message: str) -> to
     if _inside_vmap():
         return x
     if torch.compiler.is_compiling():
-        return _checked_range(x, float(low), float(high), message)
+        return x + _checked_range(x.detach(), float(low), float(high), message)  # x + 0: x's values
     check_range(x.detach(), low, high, message)
     return x
 

@@ -37,14 +37,14 @@ def ctc(log_probs: torch.Tensor, targets: torch.Tensor, input_lengths, target_le
     """CTC loss, as ``F.ctc_loss``.
 
     log_probs: ``[T, N, C]`` (or ``[T, C]`` for one sequence), log-softmaxed over classes.
-    targets: padded ``[N, S]`` (``[S]`` unbatched), or the ``N`` label sequences concatenated,
-    ``[sum(target_lengths)]``; any integer dtype; labels in ``[0, C)`` and never ``blank``
-    (padding past a sequence's length is not read). input_lengths, target_lengths: ``[N]``
-    integer tensors or lists of ints, ``0 <= input_lengths <= T``, ``target_lengths >= 0``
-    (``<= S`` when padded). reduction ``"mean"``: each loss divided by its target length
-    (at least 1), then the batch mean; ``"none"``: ``[N]``. An impossible alignment (a
-    target longer than its input allows) costs ``inf``, or 0 with its gradient with
-    ``zero_infinity=True``.
+    targets: padded ``[N, S]``, or the ``N`` label sequences concatenated,
+    ``[sum(target_lengths)]`` (unbatched: ``[target_length]``); any integer dtype; labels in
+    ``[0, C)`` and never ``blank`` (padding past a sequence's length is not read).
+    input_lengths, target_lengths: ``[N]`` integer tensors or lists of ints,
+    ``0 <= input_lengths <= T``, ``target_lengths >= 0`` (``<= S`` when padded).
+    reduction ``"mean"``: each loss divided by its target length (at least 1), then the
+    batch mean; ``"none"``: ``[N]``. An impossible alignment (a target longer than its input
+    allows) costs ``inf``, or 0 with its gradient with ``zero_infinity=True``.
 
     The label checks read the data: eager only (``F.ctc_loss`` does not compile in one graph
     on torch 2.13 anyway: its output shapes depend on the lengths' values).
@@ -69,9 +69,9 @@ def ctc(log_probs: torch.Tensor, targets: torch.Tensor, input_lengths, target_le
     input_lengths = _lengths(input_lengths, "input_lengths", batch)
     target_lengths = _lengths(target_lengths, "target_lengths", batch)
     n = 1 if batch is None else batch
-    padded = batch is None or targets.ndim == 2  # torch reads an unbatched [S] as one padded row
+    padded = targets.ndim == 2  # an unbatched [S] is read as concatenated: S == target_length
     if batch is None and targets.ndim != 1:
-        raise ValueError(f"losses.ctc: targets of one sequence must be [S], got {list(targets.shape)}")
+        raise ValueError(f"losses.ctc: targets of one sequence must be [target_length], got {list(targets.shape)}")
     if batch is not None and targets.ndim not in (1, 2):
         raise ValueError(f"losses.ctc: targets must be padded [N, S] or concatenated [sum(target_lengths)], "
                          f"got {list(targets.shape)}")
@@ -79,13 +79,13 @@ def ctc(log_probs: torch.Tensor, targets: torch.Tensor, input_lengths, target_le
         raise ValueError(f"losses.ctc: padded targets must have {n} rows (one per sequence of log_probs "
                          f"{list(log_probs.shape)}), got {list(targets.shape)}")
     if eager_values():
-        _check_values(targets, input_lengths.reshape(n), target_lengths.reshape(n), T, C, blank, padded)
+        _check_values(targets, input_lengths.reshape(n), target_lengths.reshape(n), T, C, blank, padded, n)
     return F.ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=blank, reduction=reduction,
                       zero_infinity=zero_infinity)
 
 
 def _check_values(targets: torch.Tensor, input_lengths: torch.Tensor, target_lengths: torch.Tensor,
-                  T: int, C: int, blank: int, padded: bool) -> None:
+                  T: int, C: int, blank: int, padded: bool, n: int) -> None:
     if input_lengths.numel() and not bool(((input_lengths >= 0) & (input_lengths <= T)).all()):
         raise ValueError(f"losses.ctc: input_lengths must be in [0, {T}] (T of log_probs), "
                          f"got {input_lengths.tolist()}")
@@ -96,7 +96,7 @@ def _check_values(targets: torch.Tensor, input_lengths: torch.Tensor, target_len
         if bool((target_lengths > S).any()):
             raise ValueError(f"losses.ctc: target_lengths must be at most S = {S} (padded targets "
                              f"{list(targets.shape)}), got {target_lengths.tolist()}")
-        rows = targets.reshape(-1, S)
+        rows = targets.reshape(n, S)
         used = torch.arange(S, device=targets.device) < target_lengths.reshape(-1, 1).to(targets.device)
         labels = rows[used]
     else:

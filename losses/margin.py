@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ._util import (broadcasts_to, check_reduction, checked_values, eager_values, float_input, float_weight,
-                    index_target, number, same_device, same_shape, value_target)
+                    index_target, number, reduce, same_device, same_shape, value_target)
 
 
 def _plus_minus_one(name: str, target: torch.Tensor) -> None:
@@ -111,6 +111,8 @@ def multi_margin(input: torch.Tensor, target: torch.Tensor, p: int = 1, margin: 
 
     input: ``[N, C]`` (or ``[C]``); target: class indices ``[N]`` (``[]``), any integer dtype,
     in ``[0, C)`` (checked eagerly and in a compiled graph); p: 1 or 2; weight: ``[C]``.
+    Over an empty batch the mean is nan and the sum 0, as for every loss (torch's kernel returns
+    whatever was in memory).
     """
     name = "multi_margin"
     check_reduction(name, reduction)
@@ -129,6 +131,9 @@ def multi_margin(input: torch.Tensor, target: torch.Tensor, p: int = 1, margin: 
     if weight is not None and tuple(weight.shape) != (C,):
         raise ValueError(f"losses.multi_margin: weight must have shape [{C}] (one per class), got {list(weight.shape)}")
     target = checked_values(target.long(), 0, C - 1, f"losses.multi_margin: target must hold class indices in [0, {C})")
+    if reduction != "none" and input.numel() == 0:  # torch 2.13 returns uninitialized memory
+        return reduce(F.multi_margin_loss(input, target, p=p, margin=margin, weight=weight, reduction="none"),
+                      reduction)
     return F.multi_margin_loss(input, target, p=p, margin=margin, weight=weight, reduction=reduction)
 
 
@@ -140,7 +145,8 @@ def multilabel_margin(input: torch.Tensor, target: torch.Tensor, reduction: str 
     class indices first, ended by -1 (``[3, 0, -1, 1]``: classes 3 and 0); every entry in
     ``[-1, C)`` (checked eagerly and in a compiled graph, as torch's kernel checks them).
     Compiled, the formula below is used: torch 2.13's decomposition counts the entries after
-    the -1 too (a silently wrong loss under ``torch.compile``).
+    the -1 too (a silently wrong loss under ``torch.compile``). Over an empty batch the mean is
+    nan and the sum 0 (torch's kernel returns whatever was in memory).
     """
     name = "multilabel_margin"
     check_reduction(name, reduction)
@@ -152,6 +158,8 @@ def multilabel_margin(input: torch.Tensor, target: torch.Tensor, reduction: str 
                             f"losses.multilabel_margin: target must hold class indices in [0, {C}) or -1")
     if torch.compiler.is_compiling():
         return _multilabel_margin(input, target, reduction)
+    if reduction != "none" and input.numel() == 0:  # torch 2.13 returns uninitialized memory
+        return reduce(F.multilabel_margin_loss(input, target, reduction="none"), reduction)
     return F.multilabel_margin_loss(input, target, reduction=reduction)
 
 

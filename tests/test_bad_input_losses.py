@@ -180,7 +180,8 @@ CASES = {
                 "reduction": REDUCTION.filter(lambda s: s != "batchmean"), "log_target": bad_flag()}),
     "gaussian_kl": (losses.gaussian_kl, dict(mu=X, logvar=T),
                     {"mu": bad_float_input(X), "logvar": bad_value_target(T, ints_ok=False),
-                     "sigma": bad_value_target(T, ints_ok=False) | st.just(T.abs()),  # both given: refused
+                     "sigma": (bad_value_target(T, ints_ok=False) | st.just(T.abs())).filter(  # both given: refused
+                         lambda v: v is not None),
                      "reduction": REDUCTION.filter(lambda s: s != "batchmean")}),
     "margin_ranking": (losses.margin_ranking, dict(input1=X[:, 0], input2=X[:, 1], target=PM1),
                        {"input1": bad_float_input(X[:, 0]), "input2": bad_value_target(X[:, 1]),
