@@ -291,8 +291,8 @@ _undeclared_cache: dict[type, tuple] = {}
 
 
 def _undeclared(cls: type) -> tuple:
-    """Names a class declares (annotations, or modules as class attributes) that are not its
-    dataclass fields: what a forgotten ``@dataclass`` leaves behind."""
+    """Names a class declares (annotations, or modules with params as class attributes) that
+    are not its dataclass fields: what a forgotten ``@dataclass`` leaves behind."""
     try:
         return _undeclared_cache[cls]
     except KeyError:
@@ -308,9 +308,27 @@ def _undeclared(cls: type) -> tuple:
                 continue
             if name not in fields:
                 names.append(name)
-        names += [n for n, v in vars(klass).items() if isinstance(v, Module) and n not in fields]
+        # a module as a class attribute: a child that would be missed, unless it has nothing to
+        # initialize (a shared activation)
+        names += [n for n, v in vars(klass).items() if isinstance(v, Module) and n not in fields
+                  and (_cached_spec(v, "params") or v.stateful)]
     _undeclared_cache[cls] = result = tuple(dict.fromkeys(names))
     return result
+
+
+@torch.compiler.assume_constant_result  # dataclass introspection: run for real while dynamo traces
+def _field_names(module: Module) -> tuple:
+    """The names children are looked for under: dataclass fields, then public instance
+    attributes (a plain class); refuses fields declared without @dataclass."""
+    cls = type(module)
+    missing = [n for n in _undeclared(cls) if n not in module.__dict__]
+    if missing:
+        raise TypeError(f"{cls.__name__} declares {missing} but they are not dataclass fields: "
+                        f"decorate {cls.__name__} with @dataclass(frozen=True) (a module's children "
+                        f"and hyperparameters are its fields)")
+    names = [f.name for f in dataclasses.fields(module)] if dataclasses.is_dataclass(module) else []
+    names += [n for n in module.__dict__ if not n.startswith("_") and n not in names]
+    return tuple(names)
 
 
 def _collect(name: str, value: Any, kids: dict) -> None:
@@ -350,14 +368,7 @@ class Module:
         """Named sub-modules, in field order: modules in dataclass fields (and in tuple, list and
         dict fields, as ``"field.0"``, ``"field.key"``); for a plain class, in its public
         instance attributes."""
-        cls = type(self)
-        missing = [n for n in _undeclared(cls) if n not in self.__dict__]
-        if missing:
-            raise TypeError(f"{cls.__name__} declares {missing} but they are not dataclass fields: "
-                            f"decorate {cls.__name__} with @dataclass(frozen=True) (a module's children "
-                            f"and hyperparameters are its fields)")
-        names = [f.name for f in dataclasses.fields(self)] if dataclasses.is_dataclass(self) else []
-        names += [n for n in self.__dict__ if not n.startswith("_") and n not in names]
+        names = _field_names(self)
         kids: dict[str, Module] = {}
         for name in names:
             _collect(name, getattr(self, name), kids)

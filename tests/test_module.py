@@ -208,6 +208,14 @@ def test_fields_declared_without_dataclass_are_a_clear_error_not_an_empty_params
     with pytest.raises(TypeError, match=r"Unannotated declares \['fc'\]"):
         Unannotated().init(KEY)
 
+    class SharedActivation(fn.Module):  # a parameter-free module as a class constant is fine
+        act = fn.ReLU()
+
+        def apply(self, params, x, *, key=None, train=False):
+            return self.act({}, x)
+
+    assert SharedActivation().init(KEY) == {}
+
     @dataclass(frozen=True)
     class Base(fn.Module):
         fc: fn.Linear
@@ -290,3 +298,14 @@ def test_a_slice_of_a_sequential_is_a_sequential_keeping_torch_names():
     h = model[:2].apply({"0": params["0"]}, torch.ones(3, 2))
     torch.testing.assert_close(tail.apply({k: params[k] for k in ("2", "4")}, h), model.apply(params, torch.ones(3, 2)))
     assert isinstance(model[1], fn.Lambda) and model[-1] == fn.Linear(4, 1)
+
+
+def test_a_user_model_with_container_fields_inits_and_applies_in_one_traced_graph():
+    model = Tower(fn.Linear(2, 3), (fn.Linear(3, 3), fn.BatchNorm1d(3)), {"cls": fn.Linear(3, 4)})
+    params = fn.jit(model.init, backend="eager")(KEY)  # fullgraph: introspection is constant-folded
+    assert tree.paths(params) == tree.paths(model.init(KEY))
+    assert all(torch.equal(a, b) for a, b in zip(tree.leaves(params), tree.leaves(model.init(KEY))))
+    plain = Tower(fn.Linear(2, 3), (fn.Linear(3, 3),), {"cls": fn.Linear(3, 4)})
+    p = plain.init(KEY)
+    out = fn.jit(plain.apply, backend="eager")(p, torch.ones(2, 2))
+    torch.testing.assert_close(out["cls"], plain.apply(p, torch.ones(2, 2))["cls"])
