@@ -55,7 +55,8 @@ def _int(who: str, name: str, v: object, lo: int | None = None, hi: int | None =
     except TypeError:
         raise TypeError(f"random.{who}: {name} must be an integer, got {_describe(v)}") from None
     if (lo is not None and v < lo) or (hi is not None and v >= hi):
-        raise ValueError(f"random.{who}: {name} must be in [{lo}, {hi}), got {v}")
+        want = f">= {lo}" if hi is None else f"in [{lo}, {hi})"
+        raise ValueError(f"random.{who}: {name} must be {want}, got {v}")
     return v
 
 
@@ -138,6 +139,12 @@ def _step(x: float, dtype: torch.dtype, up: bool) -> float:
     b = struct.unpack(i, struct.pack(f, x))[0]
     b = b + one if (x > 0) == up else b - one
     return struct.unpack(f, struct.pack(i, b))[0]
+
+
+def _strictly_inside(lower: float, upper: float, dtype: torch.dtype) -> tuple[float, float]:
+    """The least ``dtype`` value above ``lower`` and the greatest below ``upper``."""
+    lo, hi = _round_to(lower, dtype), _round_to(upper, dtype)
+    return (lo if lo > lower else _step(lo, dtype, up=True)), (hi if hi < upper else _step(hi, dtype, up=False))
 
 
 def _inspectable(t: torch.Tensor) -> bool:
@@ -287,17 +294,11 @@ def _wide(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype == torch.float16 else torch.float64
 
 
-def _below(x: float | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The largest ``dtype`` value below ``x`` (``x`` rounded to ``dtype`` first)."""
-    x = torch.as_tensor(x, dtype=dtype) if not isinstance(x, torch.Tensor) else x.to(dtype)
-    return torch.nextafter(x, torch.full_like(x, -math.inf))
-
-
 def _finish_impl(u: torch.Tensor, kind: str, a: float, b: float, dtype: torch.dtype) -> torch.Tensor:
     """Turns uniform ``u`` into the sample of ``kind`` (see ``_finish``)."""
     if kind == "uniform":  # [a, b) in dtype, u on the exact grid of dtype
         x = (u.to(_wide(dtype)) * (b - a) + a).to(dtype)
-        return torch.where(x < b, x, _below(b, dtype).item()).clamp_min(a)
+        return torch.where(x < b, x, _step(b, dtype, up=False)).clamp_min(a)
     if kind == "normal":  # a + b * z, z by the inverse error function
         tiny = torch.finfo(u.dtype).eps / 2
         v = (2.0 * u - 1.0).clamp(-1.0 + tiny, 1.0 - tiny)  # open interval: erfinv(+-1) is inf
@@ -307,13 +308,8 @@ def _finish_impl(u: torch.Tensor, kind: str, a: float, b: float, dtype: torch.dt
         tiny = torch.finfo(u.dtype).tiny
         return (-torch.log(-torch.log(u.clamp_min(tiny)))).to(dtype)
     if kind == "truncated_normal":
-        return _truncated_from_unit(u, a, b).to(dtype).clamp(_above(a, dtype).item(), _below(b, dtype).item())
+        return _truncated_from_unit(u, a, b).to(dtype).clamp(*_strictly_inside(a, b, dtype))
     raise AssertionError(kind)
-
-
-def _above(x: float, dtype: torch.dtype) -> torch.Tensor:
-    x = torch.as_tensor(x, dtype=dtype)
-    return torch.nextafter(x, torch.full_like(x, math.inf))
 
 
 def _truncated_from_unit(u: torch.Tensor, lower: float, upper: float) -> torch.Tensor:
@@ -410,7 +406,7 @@ def uniform(k: torch.Tensor, shape: Shape = (), dtype: torch.dtype = torch.float
     lo_w, hi_w = lo_t.to(wide), hi_t.to(wide)
     x = (u.to(wide) * (hi_w - lo_w) + lo_w).to(dtype)
     hi_d, lo_d = hi_t.to(dtype), lo_t.to(dtype)
-    x = torch.where(x < hi_d, x, _below(hi_d.detach(), dtype))
+    x = torch.where(x < hi_d, x, torch.nextafter(hi_d.detach(), torch.full_like(hi_d, -math.inf)))
     return torch.maximum(x, lo_d)
 
 
@@ -455,9 +451,7 @@ def truncated_normal(k: torch.Tensor, lower: float, upper: float, shape: Shape =
     lower, upper = _to_float(lower), _to_float(upper)
     if math.isnan(lower) or math.isnan(upper) or not lower < upper:
         raise ValueError(f"random.truncated_normal: need lower < upper, got {lower}, {upper}")
-    lo_d, hi_d = _round_to(lower, dtype), _round_to(upper, dtype)
-    lo_d = lo_d if lo_d > lower else _step(lo_d, dtype, up=True)  # the least value > lower
-    hi_d = hi_d if hi_d < upper else _step(hi_d, dtype, up=False)
+    lo_d, hi_d = _strictly_inside(lower, upper, dtype)
     if not lo_d <= hi_d:
         raise ValueError(f"random.truncated_normal: no {dtype} value lies strictly between "
                          f"{lower} and {upper}")
