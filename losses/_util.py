@@ -160,10 +160,13 @@ def _(x, low, high, message):
     return torch.empty((), dtype=x.dtype, device=x.device)
 
 
-def checked_values(x: torch.Tensor, low: float, high: float, message: str) -> torch.Tensor:
+def checked_values(x: torch.Tensor, low: float, high: float, message: str, *,
+                   kernel_checks_on_accelerators: bool = False) -> torch.Tensor:
     """``x``, its values checked to lie in ``[low, high]``: eagerly, or as an op of a compiled
-    graph; use the result in place of ``x``. Unchecked under ``vmap``."""
-    if _inside_vmap():
+    graph; use the result in place of ``x``. Unchecked under ``vmap``. Reading values off an
+    accelerator waits for it: where torch's kernels there assert on a bad value themselves
+    (``kernel_checks_on_accelerators``: class indices), only CPU tensors are checked here."""
+    if _inside_vmap() or (kernel_checks_on_accelerators and x.device.type != "cpu"):
         return x
     if torch.compiler.is_compiling():
         return x + _checked_range(x.detach(), float(low), float(high), message)  # x + 0: x's values

@@ -20,7 +20,7 @@ def binary_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torc
     same_shape(name, input, target)
     float_weight(name, input, weight)
     broadcasts_to(name, weight, input.shape, "weight")
-    if eager_values():  # torch checks too, from deep inside its kernel
+    if eager_values() and input.device.type == "cpu":  # torch's kernels check too, from deep inside
         check_range(input.detach(), 0.0, 1.0, "losses.binary_cross_entropy: input must hold probabilities in [0, 1]")
     return F.binary_cross_entropy(input, target, weight, reduction=reduction)
 
@@ -75,6 +75,8 @@ def _class_target(name: str, input: torch.Tensor, target: torch.Tensor,
 def _checked_indices(name: str, target: torch.Tensor, classes: int, ignore_index: int) -> torch.Tensor:
     """``target`` with every index in ``[0, classes)`` or ``== ignore_index`` (torch's kernel
     refuses others from deep inside; a compiled graph may not): eagerly, or as a graph op."""
+    if target.device.type != "cpu" or target.numel() == 0:  # torch's accelerator kernels assert on them
+        return target
     message = f"losses.{name}: class indices must be in [0, {classes}) or ignore_index = {ignore_index}"
     ignored = target == ignore_index
     kept = checked_values(torch.where(ignored, torch.zeros_like(target), target), 0, classes - 1, message)

@@ -130,7 +130,8 @@ def multi_margin(input: torch.Tensor, target: torch.Tensor, p: int = 1, margin: 
     float_weight(name, input, weight)
     if weight is not None and tuple(weight.shape) != (C,):
         raise ValueError(f"losses.multi_margin: weight must have shape [{C}] (one per class), got {list(weight.shape)}")
-    target = checked_values(target.long(), 0, C - 1, f"losses.multi_margin: target must hold class indices in [0, {C})")
+    target = checked_values(target.long(), 0, C - 1, f"losses.multi_margin: target must hold class indices in [0, {C})",
+                            kernel_checks_on_accelerators=True)
     if reduction != "none" and input.numel() == 0:  # torch 2.13 returns uninitialized memory
         return reduce(F.multi_margin_loss(input, target, p=p, margin=margin, weight=weight, reduction="none"),
                       reduction)
@@ -155,7 +156,8 @@ def multilabel_margin(input: torch.Tensor, target: torch.Tensor, reduction: str 
     C = _classes(name, input)
     same_shape(name, input, target)
     target = checked_values(target.long(), -1, C - 1,
-                            f"losses.multilabel_margin: target must hold class indices in [0, {C}) or -1")
+                            f"losses.multilabel_margin: target must hold class indices in [0, {C}) or -1",
+                            kernel_checks_on_accelerators=True)
     if torch.compiler.is_compiling():
         return _multilabel_margin(input, target, reduction)
     if reduction != "none" and input.numel() == 0:  # torch 2.13 returns uninitialized memory

@@ -390,3 +390,14 @@ def test_every_module_db_sample_of_a_loss_module_matches(module, dtype):
                     matched += 1
     assert matched > 0
     print(f"module_db {module} {dtype}: {matched} samples match")
+
+
+def test_ctc_under_fn_jit_fails_loudly_not_silently():
+    """F.ctc_loss has no one-graph form on torch 2.13 (its kernel's scratch output has a shape
+    that depends on the lengths' values); fn.jit is fullgraph, so it raises. (Hiding the
+    kernel behind an opaque op compiled, but fn.jit(fn.grad(...)) then gave zero gradients,
+    so it is not done.) If this fails, the installed torch compiles CTC: test its gradients."""
+    lp = torch.randn(5, 2, 4, dtype=torch.float64).log_softmax(2)
+    targets, lengths = torch.tensor([[1, 2], [3, 3]]), torch.tensor([5, 4])
+    with pytest.raises(Exception, match="(?i)dynamic shape|data-dependent|unsupported"):
+        fn.jit(lambda lp: losses.ctc(lp, targets, lengths, torch.tensor([2, 2])), backend="aot_eager")(lp)
