@@ -361,8 +361,9 @@ class _Recurrence(torch.autograd.Function):
         for d, s in zip(dfinals[:ctx.n], saved[1:1 + ctx.n]):  # the initial states
             grads.append(d if d is not None else torch.zeros_like(s))
         if torch.compiler.is_compiling():
-            with torch.no_grad():
-                out = _recurrence_backward_op(ctx.kind, ctx.reverse, grads, w_hh, b_hh, w_hr, mask, saved)
+            # grad mode as it is: differentiated again (a second derivative), the op refuses
+            # (its autograd formula raises); under no_grad it would silently count as a constant
+            out = _recurrence_backward_op(ctx.kind, ctx.reverse, grads, w_hh, b_hh, w_hr, mask, saved)
         else:
             if _differentiated_again(saved):
                 raise RuntimeError(
@@ -376,6 +377,27 @@ class _Recurrence(torch.autograd.Function):
         db_hh = next(rest) if b_hh is not None else None
         dw_hr = next(rest) if w_hr is not None else None
         return (None, None, None, dxp, dw_hh, db_hh, dw_hr, *dstates, *[None] * (2 - ctx.n))
+
+
+def refuse_second_derivative(op, what: str) -> None:
+    """Give a backward op an autograd formula that refuses: a compiled second derivative
+    through it raises (eager backwards check :func:`_differentiated_again` first)."""
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"cells: the {what} cannot be differentiated again (a second derivative: grad of grad, "
+            "create_graph=True, a gradient penalty); build the layer with fused=False to differentiate "
+            "the cells step by step")
+    op.register_autograd(backward, setup_context=lambda ctx, inputs, output: None)
+
+
+refuse_second_derivative(_recurrence_backward_op, "hand-written backward of the recurrences")
+
+
+@torch.compiler.assume_constant_result
+def grad_nesting() -> int:
+    """How many differentiating torch.func transforms (grad, jvp) enclose this call (read as a
+    constant while dynamo traces)."""
+    return sum(i.key() in (TransformType.Grad, TransformType.Jvp) for i in retrieve_all_functorch_interpreters())
 
 
 def _differentiated_again(saved: list) -> bool:

@@ -57,7 +57,7 @@ from fnnet.scan import scan
 from .cell import (GRUCell, LSTMCell, RNNCell, _Cell, check_bool, check_dtypes, check_int,
                    check_nonlinearity, check_tensor)
 from . import native
-from .fused import recurrence
+from .fused import grad_nesting, recurrence
 
 
 def check_length_values(lengths: torch.Tensor, T: int, layer: str) -> None:
@@ -221,9 +221,12 @@ class _RNNBase(fn.Module):
         """One layer, one direction. x ``[T, B, I]`` -> (final state, outputs ``[T, B, H]``)."""
         w_ih, w_hh, b_ih, b_hh, *extra = weights
         cell = self.cell()
-        # torch.compile cannot vmap an autograd.Function yet: a compiled vmap (an ensemble)
-        # steps the cell instead
-        fused = self.fused and not (torch.compiler.is_compiling() and fn.transforms.inside_vmap())
+        # compiled, the cell is stepped instead (a) inside vmap (an ensemble): torch.compile cannot
+        # vmap an autograd.Function yet, and (b) inside nested grads (a gradient penalty): dynamo
+        # takes the fused backward as a constant when differentiating it again (silently
+        # partial gradients), where eager refuses
+        fused = self.fused and not (torch.compiler.is_compiling() and (
+            fn.transforms.inside_vmap() or grad_nesting() > 1))
         if fused and self.native and cell.kind == "lstm" and native.available(x, bool(extra), mask):
             ys, finals = native.lstm_layer(x, w_ih, w_hh, b_ih, b_hh, state, reverse=reverse)
             return finals, ys

@@ -29,7 +29,7 @@ import torch
 
 from fnnet.transforms import inside_vmap
 
-from .fused import _differentiated_again, fresh_views
+from .fused import _differentiated_again, fresh_views, refuse_second_derivative
 
 Tensor = torch.Tensor
 
@@ -96,6 +96,9 @@ def _(x, w_ih, w_hh, b_ih, b_hh, h0, c0, ys, h, c, workspace, dys, dh, dc, rever
     return tuple(t.new_empty(t.shape) for t in (x, w_ih, w_hh, b_ih, h0, c0))
 
 
+refuse_second_derivative(_backward_op, "LSTM's native (oneDNN) backward")
+
+
 class _OneDNNLSTM(torch.autograd.Function):
     @staticmethod
     def forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse):
@@ -118,8 +121,11 @@ class _OneDNNLSTM(torch.autograd.Function):
                 "cells: the LSTM's native (oneDNN) backward cannot be differentiated again (a second "
                 "derivative: grad of grad, create_graph=True, a gradient penalty); build the layer "
                 "with fused=False to differentiate the cells step by step")
-        with torch.no_grad():
+        if torch.compiler.is_compiling():  # differentiated again, the op refuses (see fused.py)
             dx, dw_ih, dw_hh, db, dh0, dc0 = _backward_op(*saved, dys, dh, dc, ctx.reverse)
+        else:
+            with torch.no_grad():
+                dx, dw_ih, dw_hh, db, dh0, dc0 = _backward_op(*saved, dys, dh, dc, ctx.reverse)
         return dx, dw_ih, dw_hh, db, db, dh0, dc0, None
 
 

@@ -1,7 +1,8 @@
 """Compiled (inductor) recurrent layers give eager's numbers: forward-only inference in every
 dtype, with and without ``lengths=`` and under ``torch.no_grad()``, and a training step with
 ``lengths=`` (values and gradients); a bad length raises in a compiled call too.
-The float32 forward and the float64 training step are ``-m slow`` (long compiles)."""
+The float32 forward, the float64 training step and the LSTM gradient penalty are ``-m slow``
+(long compiles)."""
 
 from __future__ import annotations
 
@@ -103,3 +104,24 @@ def test_a_compiled_gradient_wrt_the_input_or_one_weight_alone_equals_eager(kind
     compiled, eager = fn.jit(grad)(start, x), grad(start, x)
     assert eager.abs().max() > 0
     assert_close(compiled, eager)
+
+
+@pytest.mark.parametrize("kind, dtype", [pytest.param("LSTM", torch.float32, marks=pytest.mark.slow),
+                                         ("GRU", torch.float64)])
+def test_a_compiled_gradient_penalty_through_the_layers_equals_the_step_by_step_eager_one(kind, dtype):
+    """A second derivative (grad of grad). Eager, the fused backward refuses it (fused=False
+    gives it); compiled, dynamo would take that backward as a constant (silently partial
+    gradients), so inside nested grads a compiled layer steps the cell, and gets them right."""
+    layer, stepped = getattr(cells, kind)(3, 4), getattr(cells, kind)(3, 4, fused=False)
+    params = fn.tree.map(lambda p: p.to(dtype), layer.init(random.key(0)))
+    x = torch.randn(3, 2, 3, dtype=dtype)
+
+    def penalty(layer):
+        def f(p):
+            gx = fn.grad(lambda x: layer.apply(p, x)[0].square().sum())(x)
+            return gx.square().sum()
+        return fn.grad(f)
+    with pytest.raises(RuntimeError, match="cannot be differentiated again"):
+        penalty(layer)(params)
+    want = penalty(stepped)(params)
+    assert_trees_close(fn.jit(penalty(layer))(params), want)
