@@ -1,6 +1,8 @@
 """fnnet.random: keys are Threefry-2x32 as in JAX; samplers have the right distributions
 (moments, Kolmogorov-Smirnov, chi-square on large samples), split/fold_in streams are
-independent, and the same key gives the same bits eager, compiled and under vmap.
+independent, the same key gives the same bits eager and under vmap (compiled: see
+test_random_compile.py), and samplers respect their bounds at the extremes (the largest bits,
+far tails).
 
 Every sample comes from a fixed key, so these statistical tests are deterministic; the
 critical values are at the 0.1% level, so a correct sampler fails them by bad luck once
