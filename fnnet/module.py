@@ -588,6 +588,11 @@ class Residual(Module):
         if self.shortcut is not None:
             x, new_state["shortcut"] = _run(self.shortcut, params.get("shortcut", {}), x,
                                             state.get("shortcut"), ks, train)
+        if not (isinstance(y, torch.Tensor) and isinstance(x, torch.Tensor) and y.shape == x.shape):
+            got = [list(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__ for v in (y, x)]
+            raise ValueError(f"Residual: the block gives {got[0]} and the shortcut {got[1]}; they must have "
+                             f"the same shape (no broadcasting): give a shortcut that maps the input to the "
+                             f"block's output shape")
         y = y + x
         if self.activation is not None:
             y, new_state["activation"] = _run(self.activation, params.get("activation", {}), y,

@@ -304,7 +304,7 @@ def _shape_but(draw, good: tuple, dim: int) -> tuple:
 
 APPLY_KINDS = ["Linear", "Conv2d", "Conv1d-rank", "Conv-small", "ConvTranspose", "Pool-small", "Pool-rank",
                "BatchNorm", "BatchNorm-one", "LayerNorm", "GroupNorm", "Embedding", "Dropout-key", "Flatten",
-               "Unflatten", "Activation", "not-a-tensor", "Sequential-deep"]
+               "Unflatten", "Activation", "not-a-tensor", "Residual-broadcast", "Sequential-deep"]
 
 
 @st.composite
@@ -389,6 +389,12 @@ def bad_apply(draw, kind: str):
         m = draw(st.sampled_from([fn.Linear(2, 2), fn.Conv1d(1, 1, 1), fn.LayerNorm(2), fn.BatchNorm1d(2)]))
         kwargs = {"state": m.init_state()} if m.stateful else {}
         return lambda: m.apply(m.init(KEY), [[1.0, 2.0]], **kwargs), "expected input"
+    if kind == "Residual-broadcast":
+        out = draw(st.sampled_from([1, 2, 4]))
+        m = fn.Residual(fn.Linear(3, out), shortcut=draw(st.sampled_from([None, fn.Linear(3, 1)])))
+        if m.shortcut is not None and out == 1:
+            m = fn.Residual(fn.Linear(3, 2), shortcut=m.shortcut)
+        return lambda: m.apply(m.init(KEY), torch.randn(2, 3)), "Residual: the block gives"
     m = fn.Sequential(fn.Linear(3, 4), fn.relu, fn.Linear(draw(st.integers(5, 8)), 2))
     return lambda: m.apply(m.init(KEY), torch.randn(2, 3)), r"Linear\(in_features=[5-8]"
 

@@ -286,6 +286,9 @@ def test_residual_takes_what_sequential_takes_functions_lists_and_modules():
     torch.testing.assert_close(lin.apply(p, x), expected)
     with pytest.raises(TypeError, match="Residual block: expected an fnnet Module, a function"):
         fn.Residual(3)
+    narrow = fn.Residual(fn.Linear(3, 1))  # [N, 1] + [N, 3] would broadcast: refused
+    with pytest.raises(ValueError, match=r"Residual: the block gives \[2, 1\] and the shortcut \[2, 3\]"):
+        narrow.apply(narrow.init(KEY), x)
 
 
 def test_a_slice_of_a_sequential_is_a_sequential_keeping_torch_names():
