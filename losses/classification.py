@@ -58,7 +58,7 @@ def _class_target(name: str, input: torch.Tensor, target: torch.Tensor,
         raise ValueError(f"losses.{name}: weight must have shape [{classes}] (one per class of input "
                          f"{list(input.shape)}), got {list(weight.shape)}")
     if target.is_floating_point():
-        value_target(name, input, target, "class-probability target", same_dtype=True)
+        value_target(name, input, target, "class-probability target")  # any float dtype: torch promotes
         same_shape(name, input, target, "class-probability target")
         return target, False
     if target.dtype == torch.bool or target.is_complex():

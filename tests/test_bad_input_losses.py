@@ -169,7 +169,7 @@ CASES = {
         losses.cross_entropy, dict(input=X, target=IDX),
         {"input": bad_float_input(X) | st.just(torch.tensor(1.0, dtype=torch.float64)),
          "target": bad_indices((N,), C).filter(lambda t: not (isinstance(t, torch.Tensor) and t.is_floating_point()))
-         | of_shape(other_shapes((N, C))) | retyped(torch.softmax(X, 1), [torch.float32, torch.complex128]),
+         | of_shape(other_shapes((N, C))) | retyped(torch.softmax(X, 1), [torch.complex128, torch.bool]),
          "weight": bad_weight((N, C)), "ignore_index": NOT_AN_INT, "reduction": REDUCTION,
          "label_smoothing": bad_real() | NEGATIVE | st.floats(1.0, exclude_min=True, allow_infinity=False)}),
     "nll": (losses.nll, dict(input=X, target=IDX),

@@ -250,6 +250,11 @@ def test_class_indices_may_have_any_integer_dtype_but_not_bool():
         losses.cross_entropy(logits, t > 0)
 
 
+def test_cross_entropy_promotes_probabilities_of_another_float_dtype_as_torch():
+    logits, probs = torch.randn(4, 3, dtype=torch.float64), torch.softmax(torch.randn(4, 3), 1)
+    assert_close(losses.cross_entropy(logits, probs), F.cross_entropy(logits, probs))
+
+
 def test_cross_entropy_accepts_unbatched_logits():
     logits, t = torch.randn(5, requires_grad=True), torch.tensor(3)
     torch.testing.assert_close(losses.cross_entropy(logits, t), F.cross_entropy(logits, t))
