@@ -80,9 +80,23 @@ def jit(f: Callable | None = None, *, fullgraph: bool = True, dynamic: bool | No
     """``torch.compile`` with ``fullgraph=True`` by default: a graph break is an error, not a
     silent slowdown. Usable as ``jit(f)`` or ``@jit(mode="max-autotune")``. It changes how
     ``f`` runs, never what it computes: values, gradients and what they stay connected to are
-    eager's."""
+    eager's, and an error ``f`` raises (a params tree that does not fit) is raised as itself."""
     def compile_(fun: Callable) -> Callable:
-        return torch.compile(fun, fullgraph=fullgraph, dynamic=dynamic, backend=backend, mode=mode, **options)
+        compiled = torch.compile(fun, fullgraph=fullgraph, dynamic=dynamic, backend=backend, mode=mode, **options)
+
+        @functools.wraps(fun)
+        def call(*args: Any, **kwargs: Any):
+            try:
+                return compiled(*args, **kwargs)
+            except torch._dynamo.exc.Unsupported as exc:
+                # an error raised while tracing (a ParamsError naming a path, a ValueError naming an
+                # argument) reaches the caller as dynamo's "Observed exception": run f eagerly once
+                # so the caller gets the error itself; if eager f does not raise, dynamo's error stands
+                if "Observed exception" not in str(exc) or torch.compiler.is_compiling():
+                    raise
+                fun(*args, **kwargs)
+                raise
+        return call
 
     return compile_ if f is None else compile_(f)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
 import torch
 import torch.nn.functional as F
 from conftest import assert_close, assert_trees_close
@@ -218,3 +219,20 @@ def test_jit_keeps_closed_over_tensors_that_require_grad_connected_as_eager():
         (g_w,) = torch.autograd.grad(g_x.sum(), w)
         results.append((w.grad, g_x.detach(), g_w))
     assert_trees_close({"r": results[1]}, {"r": results[0]})
+
+
+def test_an_error_raised_while_jit_traces_reaches_the_caller_as_itself():
+    """A params tree that does not fit, under fn.jit: the ParamsError naming the path, not dynamo's
+    "Observed exception" wrapper."""
+    model = fn.Sequential(fn.Linear(2, 3), fn.relu)
+    params = model.init(random.key(0))
+    params["0"]["weight"] = torch.zeros(3, 5)
+    with pytest.raises(fn.ParamsError, match=r"'0.weight' has shape \[3, 5\], expected \[3, 2\]"):
+        fn.jit(model.apply, backend="eager")(params, torch.ones(4, 2))
+
+    def f(x):
+        if x.shape[0] != 3:
+            raise ValueError("f: expected 3 rows")
+        return x
+    with pytest.raises(ValueError, match="expected 3 rows"):
+        fn.jit(f, backend="eager")(torch.ones(2))
