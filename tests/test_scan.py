@@ -10,7 +10,7 @@ import importlib
 import pytest
 import torch
 from conftest import assert_close, assert_trees_close
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cells
@@ -333,6 +333,7 @@ def test_compiled_inference_runs_the_op_and_equals_eager_with_inductor():
 
 
 @pytest.mark.skipif(scan_module._scan_hop is None, reason="this torch has no scan higher-order op")
+@settings(max_examples=6)  # each example compiles anew
 @given(T=st.integers(2, 9), unroll=st.sampled_from([True, 2, 3, 4]), reverse=st.booleans())
 def test_unroll_k_traces_k_steps_once_and_runs_the_leftover_steps_after(T, unroll, reverse):
     """unroll=k (as in jax.lax.scan): a body of k steps traced once, T not a multiple of k
