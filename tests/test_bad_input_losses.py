@@ -148,14 +148,16 @@ def _mean_critic(params, x):
 
 CASES = {
     "mse": (losses.mse, dict(input=X, target=T),
-            {"input": bad_float_input(X), "target": bad_value_target(T), "reduction": REDUCTION}),
+            {"input": bad_float_input(X), "target": bad_value_target(T), "reduction": REDUCTION,
+             "weight": bad_value_target(T, same_dtype=True).filter(lambda w: w is not None)}),
     "l1": (losses.l1, dict(input=X, target=T),
-           {"input": bad_float_input(X), "target": bad_value_target(T), "reduction": REDUCTION}),
+           {"input": bad_float_input(X), "target": bad_value_target(T), "reduction": REDUCTION,
+            "weight": bad_value_target(T, same_dtype=True).filter(lambda w: w is not None)}),
     "smooth_l1": (losses.smooth_l1, dict(input=X, target=T),
                   {"target": bad_value_target(T), "reduction": REDUCTION, "beta": bad_nonneg()}),
     "huber": (losses.huber, dict(input=X, target=T),
               {"target": bad_value_target(T), "reduction": REDUCTION,
-               "delta": bad_nonneg() | st.sampled_from([0, 0.0])}),
+               "delta": bad_nonneg() | st.sampled_from([0, 0.0]), "weight": bad_value_target(T, same_dtype=True).filter(lambda w: w is not None)}),
     "binary_cross_entropy": (
         losses.binary_cross_entropy, dict(input=P, target=BITS),
         {"input": bad_float_input(P) | st.sampled_from([X * 3, P + 1, -P, P.index_fill(0, torch.tensor([0]), float("nan"))]),

@@ -249,6 +249,21 @@ def test_soft_margin_matches_torch(data, shape, dtype, reduction, labels, scale)
     _parity(lambda x: losses.soft_margin(x, y, reduction), lambda x: F.soft_margin_loss(x, y, reduction=reduction), [x])
 
 
+@given(data=st.data(), shape=st.lists(st.integers(0, 4), max_size=3).map(tuple), dtype=DTYPES, reduction=REDUCTIONS,
+       which=st.sampled_from(["mse", "l1", "huber"]), zeros=st.booleans())
+def test_weighted_mse_l1_huber_match_torch(data, shape, dtype, reduction, which, zeros):
+    """torch's weight= (one per element; the mean is sum(w * loss) / sum(w)), some weights 0."""
+    x = _randn(data.draw, shape, dtype, 3.0).requires_grad_()
+    t = _randn(data.draw, shape, dtype, 3.0).requires_grad_()
+    w = _randn(data.draw, shape, dtype).abs()
+    if zeros:
+        w = torch.where(w > 0.7, w, torch.zeros_like(w))
+    w.requires_grad_()
+    theirs = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.huber_loss}[which]
+    _parity(lambda x, t, w: getattr(losses, which)(x, t, reduction, weight=w),
+            lambda x, t, w: theirs(x, t, reduction=reduction, weight=w), [x, t, w])
+
+
 # -- compiled ---------------------------------------------------------------------------------------------
 
 def test_the_new_losses_compile_in_one_graph_with_their_gradient_and_match_eager():
