@@ -4,6 +4,7 @@ Models are frozen dataclasses with pure ``init(key)`` / ``apply(params, x)``; pa
 are nested dicts named as ``torch.nn`` names them; transforms come from ``torch.func``.
 """
 
+from . import _compat  # first: on a torch older than the floor, an ImportError naming both
 from . import init, io, random, tree
 from .interop import functional, params_from_module, state_from_module, to_state_dict
 from .layers import *
