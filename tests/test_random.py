@@ -225,3 +225,13 @@ def test_split_of_a_batch_of_keys_is_the_split_of_each_key_with_the_batch_dims_i
 def test_negative_seeds_are_their_64_bit_twos_complement_as_jax():
     assert random.key(-1).tolist() == [ALL_ONES, ALL_ONES]
     assert torch.equal(random.key(-5), random.key(2**64 - 5))
+
+
+def test_a_meta_key_gives_shapes_without_running_threefry():
+    """param_shapes and the params check init on the meta device: only the shapes and dtypes
+    are wanted, so the 20 rounds are skipped (they made a layer's first apply take seconds)."""
+    k = random.key(0, device="meta")
+    for sample in (random.bits(k, (3, 4)), random.uniform(k, (3, 4), torch.float64), random.normal(k, (2,)),
+                   random.split(k, 3)):
+        assert sample.device.type == "meta"
+    assert random.uniform(k, (3, 4), torch.float64).shape == (3, 4) and random.split(k, 3).shape == (3, 2)
