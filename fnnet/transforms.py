@@ -90,9 +90,10 @@ def jit(f: Callable | None = None, *, fullgraph: bool = True, dynamic: bool | No
                 return compiled(*args, **kwargs)
             except torch._dynamo.exc.Unsupported as exc:
                 # an error raised while tracing (a ParamsError naming a path, a ValueError naming an
-                # argument) reaches the caller as dynamo's "Observed exception": run f eagerly once
-                # so the caller gets the error itself; if eager f does not raise, dynamo's error stands
-                if "Observed exception" not in str(exc) or torch.compiler.is_compiling():
+                # argument) reaches the caller as dynamo's "Observed exception", or as whatever in
+                # building its message dynamo cannot trace: run f eagerly once so the caller gets the
+                # error itself; if eager f does not raise, dynamo's error stands
+                if torch.compiler.is_compiling():
                     raise
                 fun(*args, **kwargs)
                 raise
