@@ -302,7 +302,7 @@ def _undeclared(cls: type) -> tuple:
     for klass in cls.__mro__:
         if klass is Module or not issubclass(klass, Module):
             continue
-        for name, ann in klass.__dict__.get("__annotations__", {}).items():
+        for name, ann in inspect.get_annotations(klass).items():
             text = ann if isinstance(ann, str) else repr(ann)
             if "ClassVar" in text or "InitVar" in text:
                 continue

@@ -88,7 +88,7 @@ def jit(f: Callable | None = None, *, fullgraph: bool = True, dynamic: bool | No
         def call(*args: Any, **kwargs: Any):
             try:
                 return compiled(*args, **kwargs)
-            except torch._dynamo.exc.Unsupported as exc:
+            except torch._dynamo.exc.Unsupported:
                 # an error raised while tracing (a ParamsError naming a path, a ValueError naming an
                 # argument) reaches the caller as dynamo's "Observed exception", or as whatever in
                 # building its message dynamo cannot trace: run f eagerly once so the caller gets the

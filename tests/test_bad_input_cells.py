@@ -109,7 +109,7 @@ def _state_shapes(layer, B):
 
 @given(layers(), st.data())
 def test_layers_refuse_bad_initial_states(case, data):
-    layer, params, x, T, B = case
+    layer, params, x, _, B = case
     good = [torch.zeros(s) for s in _state_shapes(layer, B)]
     lstm = isinstance(layer, cells.LSTM)
     kind = data.draw(st.sampled_from(["shape", "dtype", "structure", "not_a_tensor"]))
@@ -153,7 +153,7 @@ def test_layers_refuse_bad_lengths(case, data):
 
 @given(layers(), st.data())
 def test_layers_refuse_bad_params(case, data):
-    layer, params, x, T, B = case
+    layer, params, x, _, _ = case
     bad = dict(params)
     name = data.draw(st.sampled_from(sorted(params)))
     kind = data.draw(st.sampled_from(["missing", "extra", "shape", "dtype", "not_a_dict"]))

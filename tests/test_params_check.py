@@ -183,7 +183,7 @@ def test_vmap_over_stacked_params_checks_each_member_and_unstacked_use_is_refuse
     x = torch.randn(5, 2)
     ys = fn.vmap(model.apply, in_dims=(0, None))(stacked, x)
     for i in range(3):
-        torch.testing.assert_close(ys[i], model.apply(tree.map(lambda t: t[i], stacked), x))
+        torch.testing.assert_close(ys[i], model.apply(tree.map(lambda t, i=i: t[i], stacked), x))
     with pytest.raises(fn.ParamsError, match=r"'0.weight' has shape \[3, 4, 2\], expected \[4, 2\]"):
         model.apply(stacked, x)
 

@@ -133,8 +133,8 @@ class LayerNorm(Module):
 
     def apply(self, params, x, *, key=None, train=False):
         k = len(self.normalized_shape)
-        expect(self, isinstance(x, torch.Tensor) and x.ndim >= k and tuple(x.shape[x.ndim - k:]) == self.normalized_shape,
-               f"input [..., {', '.join(map(str, self.normalized_shape))}]", x)
+        fits = isinstance(x, torch.Tensor) and x.ndim >= k and tuple(x.shape[x.ndim - k:]) == self.normalized_shape
+        expect(self, fits, f"input [..., {', '.join(map(str, self.normalized_shape))}]", x)
         w = params["weight"] if self.elementwise_affine else None
         b = params["bias"] if self.elementwise_affine and self.bias else None
         return F.layer_norm(x, self.normalized_shape, w, b, self.eps)
