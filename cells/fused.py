@@ -400,6 +400,33 @@ def grad_nesting() -> int:
     return sum(i.key() in (TransformType.Grad, TransformType.Jvp) for i in retrieve_all_functorch_interpreters())
 
 
+def _base(t: Tensor) -> Tensor:
+    """The plain tensor under every functorch wrapper (what autograd outside all transforms sees)."""
+    while torch._C._functorch.is_functorch_wrapped_tensor(t):
+        t = torch._C._functorch.get_unwrapped(t)
+    return t
+
+
+def second_derivative_ahead(weights: tuple, others: tuple = ()) -> bool:
+    """Whether the backward of a recurrence over these tensors will itself be differentiated, so
+    that the layer must step the cell (differentiable to any order) instead of running a
+    hand-written backward: inside nested differentiating transforms (a gradient penalty under
+    ``fn.grad``), or inside one transform while autograd underneath it also tracks a tensor
+    (``torch.autograd.grad`` of a ``fn.grad`` result: meta-learning, a penalty differentiated
+    by ``.backward()``). A plain ``create_graph=True`` backward cannot be seen coming here;
+    the backward refuses it.
+
+    Compiled, only the weights are asked (dynamo reports ``requires_grad`` of a compiled
+    function's own inputs as autograd outside the transforms sees them; intermediates always
+    require grad inside a transform)."""
+    nesting = grad_nesting()
+    if nesting != 1:
+        return nesting > 1
+    if torch.compiler.is_compiling():
+        return any(w is not None and w.requires_grad for w in weights)
+    return any(t is not None and _base(t).requires_grad for t in (*weights, *others))
+
+
 def _differentiated_again(saved: list) -> bool:
     """Whether this backward is itself being differentiated (a second derivative).
 
@@ -414,6 +441,8 @@ def _differentiated_again(saved: list) -> bool:
     stack = retrieve_all_functorch_interpreters()
     if not stack:
         return True  # plain autograd with create_graph=True
+    if any(t is not None and _base(t).requires_grad for t in saved):
+        return True  # autograd underneath the transforms differentiates this backward's result
     own = max(maybe_get_level(t) for t in saved)
     outer = stack[:-1] if stack[-1].level() == own else stack
     return any(i.key() in (TransformType.Grad, TransformType.Jvp) for i in outer)

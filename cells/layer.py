@@ -57,7 +57,7 @@ from fnnet.scan import scan
 from .cell import (GRUCell, LSTMCell, RNNCell, _Cell, check_bool, check_dtypes, check_int,
                    check_nonlinearity, check_tensor)
 from . import native
-from .fused import grad_nesting, recurrence
+from .fused import recurrence, second_derivative_ahead
 
 
 def check_length_values(lengths: torch.Tensor, T: int, layer: str) -> None:
@@ -225,8 +225,12 @@ class _RNNBase(fn.Module):
         # vmap an autograd.Function yet, and (b) inside nested grads (a gradient penalty): dynamo
         # takes the fused backward as a constant when differentiating it again (silently
         # partial gradients), where eager refuses
-        fused = self.fused and not (torch.compiler.is_compiling() and (
-            fn.transforms.inside_vmap() or grad_nesting() > 1))
+        # (c) eager or compiled, whenever this backward will itself be differentiated
+        # (second_derivative_ahead: a penalty, autograd of a fn.grad result)
+        states = state if isinstance(state, tuple) else (state,)
+        fused = self.fused and not (
+            (torch.compiler.is_compiling() and fn.transforms.inside_vmap())
+            or second_derivative_ahead(weights, (x, *states)))
         if fused and self.native and cell.kind == "lstm" and native.available(x, bool(extra), mask):
             ys, finals = native.lstm_layer(x, w_ih, w_hh, b_ih, b_hh, state, reverse=reverse)
             return finals, ys

@@ -108,10 +108,10 @@ def test_a_compiled_gradient_wrt_the_input_or_one_weight_alone_equals_eager(kind
 
 @pytest.mark.parametrize("kind, dtype", [pytest.param("LSTM", torch.float32, marks=pytest.mark.slow),
                                          ("GRU", torch.float64)])
-def test_a_compiled_gradient_penalty_through_the_layers_equals_the_step_by_step_eager_one(kind, dtype):
-    """A second derivative (grad of grad). Eager, the fused backward refuses it (fused=False
-    gives it); compiled, dynamo would take that backward as a constant (silently partial
-    gradients), so inside nested grads a compiled layer steps the cell, and gets them right."""
+def test_a_gradient_penalty_through_the_layers_equals_the_step_by_step_one_eager_and_compiled(kind, dtype):
+    """A second derivative (grad of grad): inside nested grads the layer steps the cell (its
+    hand-written backward cannot be differentiated; compiled, dynamo would take it as a
+    constant: silently partial gradients), so fused layers give fused=False's numbers."""
     layer, stepped = getattr(cells, kind)(3, 4), getattr(cells, kind)(3, 4, fused=False)
     params = fn.tree.map(lambda p: p.to(dtype), layer.init(random.key(0)))
     x = torch.randn(3, 2, 3, dtype=dtype)
@@ -121,7 +121,33 @@ def test_a_compiled_gradient_penalty_through_the_layers_equals_the_step_by_step_
             gx = fn.grad(lambda x: layer.apply(p, x)[0].square().sum())(x)
             return gx.square().sum()
         return fn.grad(f)
-    with pytest.raises(RuntimeError, match="cannot be differentiated again"):
-        penalty(layer)(params)
     want = penalty(stepped)(params)
+    assert_trees_close(penalty(layer)(params), want)
     assert_trees_close(fn.jit(penalty(layer))(params), want)
+
+
+@pytest.mark.parametrize("kind", ["GRU", "LSTM"])
+def test_autograd_of_a_fn_grad_through_a_layer_gives_torchs_second_derivatives_eager_and_compiled(kind):
+    """A penalty on an input gradient (fn.grad inside), differentiated by autograd outside
+    (meta-learning, .backward() of a penalty): the layer's own backward is differentiated, so
+    the layer steps the cell instead of its hand-written backward. Eager and fn.jit (inductor)
+    give nn.GRU/nn.LSTM's create_graph=True gradients (the fused backward once silently
+    dropped every term but weight_ih's)."""
+    torch.manual_seed(0)
+    net = getattr(torch.nn, kind)(3, 4).double()
+    layer = getattr(cells, kind)(3, 4)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+
+    xr = x.clone().requires_grad_()
+    (gx,) = torch.autograd.grad(net(xr)[0].square().sum(), xr, create_graph=True)
+    want = torch.autograd.grad(gx.square().sum(), list(net.parameters()))
+    names = [n for n, _ in net.named_parameters()]
+
+    def penalty(p):
+        gx = fn.grad(lambda x: layer.apply(p, x)[0].square().sum())(x)
+        return gx.square().sum()
+    for wrap in (lambda f: f, fn.jit):
+        p = {k: v.detach().clone().requires_grad_() for k, v in fn.params_from_module(net).items()}
+        got = torch.autograd.grad(wrap(penalty)(p), [p[n] for n in names])
+        for n, g, w in zip(names, got, want):
+            torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10, msg=f"{kind} {n}")
