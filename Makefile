@@ -44,7 +44,7 @@ test-compat:
 	test -x $(COMPAT_VENV)/bin/python || $(PYTHON) -m venv $(COMPAT_VENV)
 	$(COMPAT_VENV)/bin/python -m pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_COMPAT)"
 	$(COMPAT_VENV)/bin/python -m pip install --quiet "numpy>=1.24" "einops>=0.7" "pytest>=7" "hypothesis>=6.80" \
-	  "pytest-xdist>=3" "matplotlib>=3.7" "tqdm>=4.60" "scikit-learn>=1.2" "mlxtend>=0.22" "faker>=20"
+	  "pytest-xdist>=3" "matplotlib>=3.7" "tqdm>=4.60" "scikit-learn>=1.2" "mlxtend>=0.22" "faker>=20" expecttest
 	$(COMPAT_VENV)/bin/python -m pip install --quiet --no-deps scattertext
 	$(COMPAT_VENV)/bin/python -c "import torch; print('torch', torch.__version__)"
 	FNNET_IGNORE_TORCH_FLOOR=1 OMP_WAIT_POLICY=PASSIVE $(COMPAT_VENV)/bin/python -m pytest -q -n 2 $(COMPAT_ARGS)

@@ -93,5 +93,12 @@ def assume_constant_result(fn: Callable) -> Callable:
     return wrapper
 
 
+# Before torch 2.13, after a recompile dynamo turns an int it read from a module's field (a
+# Linear's in_features, when one step function meets two models) into a symbolic int, and
+# then cannot format it into an error message the layers build (BUILD_STRING on a SymInt): the
+# compile fails. fn.jit compiles there with ints specialized, as 2.13 treats module fields
+# (another value recompiles; the values computed are the same).
+SPECIALIZE_INTS = parse_torch_version(torch.__version__) < (2, 13)
+
 if os.environ.get("FNNET_IGNORE_TORCH_FLOOR") != "1":
     check_torch_version(torch.__version__)
