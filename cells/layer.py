@@ -231,7 +231,7 @@ class _RNNBase(fn.Module):
         fused = self.fused and not (
             (torch.compiler.is_compiling() and fn.transforms.inside_vmap())
             or second_derivative_ahead(weights, (x, *states)))
-        if fused and self.native and cell.kind == "lstm" and native.available(x, bool(extra), mask):
+        if fused and self.native and cell.kind == "lstm" and native.available(x, len(extra) > 0, mask):
             ys, finals = native.lstm_layer(x, w_ih, w_hh, b_ih, b_hh, state, reverse=reverse)
             return finals, ys
         xp = cell.project(w_ih, b_ih, b_hh, x)  # all time steps in one matmul

@@ -70,7 +70,7 @@ from collections.abc import Callable
 
 import torch
 
-from . import random
+from . import _compat, random
 
 __all__ = ["Module", "Sequential", "Residual", "Concat", "Lambda", "ParamsError", "check_params",
            "param_shapes"]
@@ -199,7 +199,7 @@ def _compute_spec(module: Module, what: str) -> dict:
     return shapes(tree)
 
 
-@torch.compiler.assume_constant_result  # run for real while dynamo traces; the result is a constant
+@_compat.assume_constant_result  # run for real while dynamo traces; the result is a constant
 def _flat_spec(module: Module, what: str) -> tuple:
     def flat(tree, prefix):
         for k, v in tree.items():
@@ -216,7 +216,9 @@ def _nest(flat: tuple) -> dict:
         d = out
         for k in path[:-1]:
             d = d.setdefault(k, {})
-        d[path[-1]] = shape
+        # torch <= 2.11's dynamo cannot compare a shape with a folded tuple (NotImplementedError
+        # in its `!=` polyfill); with a torch.Size it can
+        d[path[-1]] = shape if _compat.DYNAMO_PASSES_OBJECTS or shape is None else torch.Size(shape)
     return out
 
 
@@ -251,7 +253,7 @@ def _problems(module: Module, spec: dict, given: Any) -> list[str]:
     return out
 
 
-@torch.compiler.assume_constant_result  # (run for real while dynamo traces, as _describe)
+@_compat.assume_constant_result  # (run for real while dynamo traces, as _describe)
 def _owner_note(module: Module, path: str) -> str:
     """For an unexpected path: which module it falls under, and that it has no such params."""
     parts, m, i = path.split("."), module, 0
@@ -269,7 +271,7 @@ def _owner_note(module: Module, path: str) -> str:
     return f": {_name(m)} has no parameters" if not _cached_spec(m, "params") else f" under {_name(m)}"
 
 
-@torch.compiler.assume_constant_result  # dynamo cannot trace a dataclass repr (reprlib's thread id)
+@_compat.assume_constant_result  # dynamo cannot trace a dataclass repr (reprlib's thread id)
 def _describe(module: Module) -> str:
     return _name(module)
 
@@ -316,7 +318,7 @@ def _undeclared(cls: type) -> tuple:
     return result
 
 
-@torch.compiler.assume_constant_result  # dataclass introspection: run for real while dynamo traces
+@_compat.assume_constant_result  # dataclass introspection: run for real while dynamo traces
 def _field_names(module: Module) -> tuple:
     """The names children are looked for under: dataclass fields, then public instance
     attributes (a plain class); refuses fields declared without @dataclass."""
@@ -380,6 +382,8 @@ class Module:
         # Asked on every apply of every container: computed once per (immutable) module and
         # remembered in its __dict__ (not a field: eq, hash and repr are unaffected). While
         # torch.compile traces, computed for real by a constant-folded call.
+        if not _compat.DYNAMO_PASSES_OBJECTS and torch.compiler.is_compiling():
+            return _stateful(self)  # torch <= 2.11's dynamo cannot read a dataclass's __dict__
         try:
             return self.__dict__["_fnnet_stateful"]
         except KeyError:
@@ -425,7 +429,7 @@ class Module:
 Module._fnnet_apply = Module.apply
 
 
-@torch.compiler.assume_constant_result  # dynamo cannot trace children() (dataclass introspection)
+@_compat.assume_constant_result  # dynamo cannot trace children() (dataclass introspection)
 def _stateful(module: Module) -> bool:
     value = any(c.stateful for c in module.children().values())
     module.__dict__["_fnnet_stateful"] = value
@@ -489,7 +493,7 @@ def _as_module(m: Any, where: str = "Sequential") -> Module:
 _takes_state_cache: dict[type, bool] = {}
 
 
-@torch.compiler.assume_constant_result  # (inspect.signature: run for real while dynamo traces)
+@_compat.assume_constant_result  # (inspect.signature: run for real while dynamo traces)
 def _takes_state(layer: Module) -> bool:
     cls = type(layer)
     try:

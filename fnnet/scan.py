@@ -153,10 +153,13 @@ def _checked(f: Callable, carry: Any) -> Callable:
 def _loop(f, carry, flat, spec, n, reverse):
     columns = [x.unbind(0) for x in flat]
     order = range(n - 1, -1, -1) if reverse else range(n)
-    ys = [None] * n
+    ys = []
     for t in order:
         x_t = T.unflatten(spec, [c[t] for c in columns]) if spec is not None else None
-        carry, ys[t] = f(carry, x_t)
+        carry, y_t = f(carry, x_t)
+        ys.append(y_t)
+    if reverse:
+        ys = ys[::-1]
     if n == 0 or not _has_tensors(ys[0]):
         return carry, None
     return carry, T.map(lambda *y: torch.stack(y), *ys)

@@ -11,6 +11,8 @@ import torch.func
 from torch._C._functorch import TransformType
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
+from . import _compat
+
 __all__ = ["grad", "value_and_grad", "vmap", "jit", "jacrev", "jacfwd", "vjp", "jvp", "hessian"]
 
 
@@ -87,6 +89,9 @@ def jit(f: Callable | None = None, *, fullgraph: bool = True, dynamic: bool | No
         @functools.wraps(fun)
         def call(*args: Any, **kwargs: Any):
             try:
+                if _compat.SPECIALIZE_INTS and not torch.compiler.is_compiling():
+                    with torch._dynamo.config.patch(specialize_int=True):
+                        return compiled(*args, **kwargs)
                 return compiled(*args, **kwargs)
             except torch._dynamo.exc.Unsupported:
                 # an error raised while tracing (a ParamsError naming a path, a ValueError naming an

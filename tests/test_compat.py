@@ -123,3 +123,20 @@ def test_constant_folded_calls_take_modules_on_every_supported_torch(monkeypatch
     assert step(x, small).tolist() == [3.0, 3.0]
     assert step(x, big).tolist() == [5.0, 5.0]
     assert calls == ["eager", "traced", "traced"]
+
+
+def test_one_compiled_step_meets_layers_of_other_widths(monkeypatch):
+    """One fn.jit step applied to Linear(3, 2), then Linear(4, 2), Linear(5, 2): on torch
+    <= 2.12 dynamo made the second width a symbolic int and failed formatting the layer's
+    input message; fn.jit specializes ints there (SPECIALIZE_INTS), and the values are eager's."""
+    import torch
+
+    import fnnet as fn
+    from fnnet import _compat, random
+
+    monkeypatch.setattr(_compat, "SPECIALIZE_INTS", True)  # the old torch's path, on any torch
+    step = fn.jit(lambda m, p, x: m.apply(p, x).square().sum(), backend="eager")
+    for width in (3, 4, 5):
+        m = fn.Linear(width, 2)
+        p, x = m.init(random.key(width)), torch.ones(2, width)
+        torch.testing.assert_close(step(m, p, x), m.apply(p, x).square().sum())
