@@ -25,8 +25,11 @@ from __future__ import annotations
 
 from typing import Optional
 
+import warnings
+
 import torch
 
+from fnnet._compat import parse_torch_version
 from fnnet.transforms import inside_vmap
 
 from .fused import _differentiated_again, fresh_views, refuse_second_derivative
@@ -43,7 +46,29 @@ _HAVE_OP = (hasattr(torch.ops.aten, "mkldnn_rnn_layer") and hasattr(torch.ops.at
 def available(x: Tensor, proj: bool, mask: Tensor | None) -> bool:
     """Whether ``lstm_layer`` can run this LSTM layer."""
     return (_HAVE_OP and not proj and mask is None and x.device.type == "cpu" and x.dtype == torch.float32
-            and x.shape[1] > 0 and _enabled() and not inside_vmap())  # oneDNN fails on an empty batch
+            and x.shape[1] > 0 and _enabled() and not inside_vmap()  # oneDNN fails on an empty batch
+            and not (not COMPILES_WITH_GRAD and torch.compiler.is_compiling() and torch.is_grad_enabled()
+                     and _compiled_with_grad_falls_back()))
+
+
+# Before torch 2.13 dynamo fails on this op inside a compiled gradient (its workspace output,
+# of a size known only at run time, trips "Expected FakeTensor" under torch.func.grad; measured
+# on 2.9-2.11, 2.12 not run): there a compiled training step runs the LSTM on cells.fused's
+# hand-written recurrence instead (the same math, ~1.5x slower on CPU), and says so once.
+COMPILES_WITH_GRAD = parse_torch_version(torch.__version__) >= (2, 13)
+_warned = [False]
+
+
+@torch.compiler.assume_constant_result  # runs for real while dynamo traces: the warning is raised once, not traced
+def _compiled_with_grad_falls_back() -> bool:
+    if not _warned[0]:
+        _warned[0] = True
+        warnings.warn(
+            f"cells: torch {torch.__version__} cannot compile the native (oneDNN) LSTM kernel inside a "
+            "gradient; compiled training steps run the LSTM on cells.fused's recurrence instead (same "
+            "numbers to rounding, slower). torch >= 2.13 compiles the native kernel.", RuntimeWarning,
+            stacklevel=2)
+    return True
 
 
 @torch.compiler.assume_constant_result  # a flag dynamo cannot read; the compiled step assumes it stays
