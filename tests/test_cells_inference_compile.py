@@ -126,7 +126,7 @@ def test_a_gradient_penalty_through_the_layers_equals_the_step_by_step_one_eager
     assert_trees_close(fn.jit(penalty(layer))(params), want)
 
 
-@pytest.mark.parametrize("kind", ["GRU", "LSTM"])
+@pytest.mark.parametrize("kind", ["GRU", pytest.param("LSTM", marks=pytest.mark.slow)])
 def test_autograd_of_a_fn_grad_through_a_layer_gives_torchs_second_derivatives_eager_and_compiled(kind):
     """A penalty on an input gradient (fn.grad inside), differentiated by autograd outside
     (meta-learning, .backward() of a penalty): the layer's own backward is differentiated, so
