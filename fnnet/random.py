@@ -12,6 +12,10 @@ gives independent streams. Nothing here reads or advances torch's global generat
     k1, k2 = random.split(key)
     x = random.normal(k1, (3, 4))
 
+Float samplers (``uniform``, ``normal``, ``truncated_normal``, ``gumbel``) return
+``torch.get_default_dtype()`` unless given a ``dtype``, as layer ``init`` and torch's
+factories do, so a float64 model samples float64 noise.
+
 Arguments are checked before any arithmetic: a wrong key, shape, dtype or bound raises a
 ``TypeError``/``ValueError`` naming the sampler and the argument. Bounds given as tensors
 are checked for their values only where that is possible (eager, outside ``vmap``).
@@ -96,6 +100,10 @@ def _shape(shape: Shape, who: str = "bits") -> tuple[int, ...]:
 
 
 def _float_dtype(who: str, dtype: object) -> torch.dtype:
+    """``dtype``, or ``torch.get_default_dtype()`` when None (as layer ``init`` and torch's
+    own factories follow the default)."""
+    if dtype is None:
+        return torch.get_default_dtype()
     if dtype not in _FLOATS:
         raise TypeError(f"random.{who}: dtype must be a floating dtype {list(_FLOATS)}, got {dtype!r}")
     return dtype
@@ -369,7 +377,7 @@ def _finish(u: torch.Tensor, kind: str, a: float, b: float, dtype: torch.dtype) 
 
 # ---------------------------------------------------------------- samplers
 
-def uniform(k: torch.Tensor, shape: Shape = (), dtype: torch.dtype = torch.float32,
+def uniform(k: torch.Tensor, shape: Shape = (), dtype: torch.dtype | None = None,
             minval: float | torch.Tensor = 0.0, maxval: float | torch.Tensor = 1.0) -> torch.Tensor:
     """Uniform on ``[minval, maxval)`` in ``dtype`` (floating): ``maxval`` itself is never
     returned, in any dtype (a value that rounds up to it is replaced by the largest ``dtype``
@@ -412,7 +420,7 @@ def uniform(k: torch.Tensor, shape: Shape = (), dtype: torch.dtype = torch.float
     return torch.maximum(x, lo_d)
 
 
-def normal(k: torch.Tensor, shape: Shape = (), dtype: torch.dtype = torch.float32,
+def normal(k: torch.Tensor, shape: Shape = (), dtype: torch.dtype | None = None,
            mean: float | torch.Tensor = 0.0, std: float | torch.Tensor = 1.0) -> torch.Tensor:
     """Normal ``mean + std * z``, ``z`` standard normal by the inverse error function
     (computed in float32 for float16/bfloat16). ``std >= 0``; tensor ``mean``/``std`` must
@@ -440,7 +448,7 @@ def normal(k: torch.Tensor, shape: Shape = (), dtype: torch.dtype = torch.float3
 
 
 def truncated_normal(k: torch.Tensor, lower: float, upper: float, shape: Shape = (),
-                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                     dtype: torch.dtype | None = None) -> torch.Tensor:
     """Standard normal conditioned on ``lower < z < upper`` (``-inf``/``inf`` allowed), by
     inverse-CDF sampling in log space (exact far in a tail: ``(10, 11)`` gives values spread
     over the interval, not clamped to a bound). Values lie strictly inside the bounds as
@@ -512,7 +520,7 @@ def permutation(k: torch.Tensor, n: int | torch.Tensor) -> torch.Tensor:
     return idx if not isinstance(n, torch.Tensor) else n[idx]
 
 
-def gumbel(k: torch.Tensor, shape: Shape = (), dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def gumbel(k: torch.Tensor, shape: Shape = (), dtype: torch.dtype | None = None) -> torch.Tensor:
     """Standard Gumbel, ``-log(-log(u))`` (computed in float32 for float16/bfloat16)."""
     _check_key(k, "gumbel")
     shape, dtype = _shape(shape, "gumbel"), _float_dtype("gumbel", dtype)

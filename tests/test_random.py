@@ -235,3 +235,19 @@ def test_a_meta_key_gives_shapes_without_running_threefry():
                    random.split(k, 3)):
         assert sample.device.type == "meta"
     assert random.uniform(k, (3, 4), torch.float64).shape == (3, 4) and random.split(k, 3).shape == (3, 2)
+
+
+@pytest.mark.parametrize("sampler", ["uniform", "normal", "gumbel", "truncated_normal"])
+def test_float_samplers_follow_the_default_dtype_as_layer_init_does(sampler):
+    k = random.key(3)
+    draw = {"truncated_normal": lambda **kw: random.truncated_normal(k, -2.0, 2.0, (5,), **kw)}.get(
+        sampler, lambda **kw: getattr(random, sampler)(k, (5,), **kw))
+    assert draw().dtype == torch.float32
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        x = draw()
+    finally:
+        torch.set_default_dtype(old)
+    assert x.dtype == torch.float64
+    assert torch.equal(x, draw(dtype=torch.float64))
