@@ -14,6 +14,11 @@ the time loop as one matmul over all steps:
 allows folding it in; any leading dims), and ``step(w_hh, b_hh, xp, state) -> (state, h)``,
 the recurrence given a projected input ``xp: [B, G*H]``: one ``addmm`` and a few fused
 elementwise ops per step.
+
+The cells satisfy the cell protocol of ``cells.Recurrent`` (``cells/recurrent.py``): besides
+``init`` and ``apply``, ``initial_state(batch, device=None, dtype=None)`` (zeros) and
+``output(state) -> h``, so ``cells.Recurrent(cells.GRUCell(i, h))`` runs them over sequences
+like any user cell.
 """
 
 from __future__ import annotations
@@ -129,6 +134,20 @@ class _Cell(fn.Module):
 
     def zero_state(self, batch_shape: tuple, like: torch.Tensor) -> Any:
         return torch.zeros(*batch_shape, self.hidden_size, dtype=like.dtype, device=like.device)
+
+    # -- the cell protocol (cells.Recurrent) ----------------------------------------------------
+    def initial_state(self, batch: int, device: Any = None, dtype: torch.dtype | None = None) -> Any:
+        """Zeros ``[batch, hidden_size]`` (the LSTM cell: the pair ``(h, c)``), the state
+        ``apply`` starts from when given none, as ``nn.RNNCell``'s."""
+        if isinstance(batch, bool) or not isinstance(batch, (int, torch.SymInt)) or batch < 0:
+            raise ValueError(f"{self!r}: initial_state needs a batch size (an int >= 0), got {batch!r}")
+        zeros = [torch.zeros(batch, self.hidden_size, device=device, dtype=dtype) for _ in self.state_names]
+        return tuple(zeros) if len(zeros) > 1 else zeros[0]
+
+    def output(self, state: Any) -> torch.Tensor:
+        """The cell's output ``h`` read from its state: the state itself (the LSTM cell: ``h`` of
+        ``(h, c)``)."""
+        return state[0] if len(self.state_names) > 1 else state
 
     def apply(self, params, x, state=None, *, key=None, train=False):
         check_tensor(self, "input", x)
