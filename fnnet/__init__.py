@@ -10,6 +10,7 @@ from .interop import functional, params_from_module, state_from_module, to_state
 from .layers import *
 from .layers import __all__ as _layers_all
 from .module import Concat, Lambda, Module, ParamsError, Residual, Sequential, check_params, param_shapes
+from .precision import MixedPrecision, Policy
 from .scan import scan
 from .summary import summary
 from .transforms import grad, hessian, jacfwd, jacrev, jit, jvp, value_and_grad, vjp, vmap

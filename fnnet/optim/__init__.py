@@ -48,6 +48,7 @@ from .base import (
 )
 from .groups import freeze, frozen_paths, multi_transform
 from .lbfgs import LBFGS, lbfgs
+from .loss_scale import dynamic_loss_scale
 from .plateau import reduce_on_plateau
 from .rmsprop import rmsprop
 from .rprop import rprop
@@ -71,7 +72,7 @@ from .transforms import (
 __all__ = [
     "LBFGS", "GradientTransformation", "adagrad", "adam", "adamax", "adamw", "add_decayed_weights",
     "apply_updates", "asgd", "chain", "clip_by_global_norm", "clip_by_value", "constant",
-    "cosine_annealing_lr", "exponential_lr", "freeze", "frozen_paths", "identity", "lbfgs", "linear_lr",
+    "cosine_annealing_lr", "dynamic_loss_scale", "exponential_lr", "freeze", "frozen_paths", "identity", "lbfgs", "linear_lr",
     "multi_transform",
     "one_cycle_lr", "optimizer", "reduce_on_plateau", "rmsprop", "rprop", "scale", "scale_by_schedule",
     "set_hyperparams", "set_to_zero", "sgd", "step_lr",
