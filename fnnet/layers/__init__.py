@@ -3,6 +3,7 @@
 from .activations import (ELU, GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Softplus, Tanh, celu,
                           elu, gelu, hardtanh, leaky_relu, log_softmax, logsigmoid, mish, relu, relu6,
                           selu, sigmoid, silu, softmax, softplus, softsign, tanh, tanhshrink)
+from .attention import MultiheadAttention
 from .conv import Conv1d, Conv2d, Conv3d, ConvTranspose1d, ConvTranspose2d, conv_output_size
 from .dropout import Dropout, Dropout2d, dropout
 from .embedding import Embedding
@@ -10,6 +11,8 @@ from .linear import Flatten, Identity, Linear, Unflatten
 from .norm import BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm
 from .pool import (AdaptiveAvgPool1d, AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool1d, AvgPool2d,
                    MaxPool1d, MaxPool2d)
+from .transformer import (Transformer, TransformerDecoder, TransformerDecoderLayer, TransformerEncoder,
+                          TransformerEncoderLayer)
 
 __all__ = [
     "ELU",
@@ -64,4 +67,10 @@ __all__ = [
     "AvgPool2d",
     "MaxPool1d",
     "MaxPool2d",
+    "MultiheadAttention",
+    "Transformer",
+    "TransformerDecoder",
+    "TransformerDecoderLayer",
+    "TransformerEncoder",
+    "TransformerEncoderLayer",
 ]
