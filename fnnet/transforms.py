@@ -82,17 +82,32 @@ def jit(f: Callable | None = None, *, fullgraph: bool = True, dynamic: bool | No
     """``torch.compile`` with ``fullgraph=True`` by default: a graph break is an error, not a
     silent slowdown. Usable as ``jit(f)`` or ``@jit(mode="max-autotune")``. It changes how
     ``f`` runs, never what it computes: values, gradients and what they stay connected to are
-    eager's, and an error ``f`` raises (a params tree that does not fit) is raised as itself."""
-    def compile_(fun: Callable) -> Callable:
-        compiled = torch.compile(fun, fullgraph=fullgraph, dynamic=dynamic, backend=backend, mode=mode, **options)
+    eager's, and an error ``f`` raises (a params tree that does not fit) is raised as itself.
 
-        @functools.wraps(fun)
-        def call(*args: Any, **kwargs: Any):
+    One jitted step may serve any number of models and optimizers: dynamo keeps at most
+    ``recompile_limit`` (8) compiled versions per code object, and with ``fullgraph=True`` a
+    ninth ends in ``FailOnRecompileLimitHit``. When that happens, the function switches to
+    one compiled function per *static configuration* of its arguments — their pytree
+    structure, the non-tensor leaves (a model, an optimizer's functions, flags; ints and floats
+    only by type) and each tensor's dtype, device and ``requires_grad`` — each on its own copy of
+    the code (its own cache and limit). Only tensor shapes then vary within one configuration;
+    should they need more than ``recompile_limit`` versions, the error says to pass
+    ``dynamic=True``."""
+    def compile_(fun: Callable) -> Callable:
+        def make() -> Callable:
+            return torch.compile(_fresh_code(fun), fullgraph=fullgraph, dynamic=dynamic, backend=backend,
+                                 mode=mode, **options)
+
+        compiled = torch.compile(fun, fullgraph=fullgraph, dynamic=dynamic, backend=backend, mode=mode,
+                                 **options)
+        per_config: dict[Any, Callable] = {}  # filled once `compiled` has hit the recompile limit
+
+        def run(c: Callable, args: tuple, kwargs: dict):
             try:
                 if _compat.SPECIALIZE_INTS and not torch.compiler.is_compiling():
                     with torch._dynamo.config.patch(specialize_int=True):
-                        return compiled(*args, **kwargs)
-                return compiled(*args, **kwargs)
+                        return c(*args, **kwargs)
+                return c(*args, **kwargs)
             except torch._dynamo.exc.Unsupported:
                 # an error raised while tracing (a ParamsError naming a path, a ValueError naming an
                 # argument) reaches the caller as dynamo's "Observed exception", or as whatever in
@@ -102,9 +117,62 @@ def jit(f: Callable | None = None, *, fullgraph: bool = True, dynamic: bool | No
                     raise
                 fun(*args, **kwargs)
                 raise
+
+        @functools.wraps(fun)
+        def call(*args: Any, **kwargs: Any):
+            if torch.compiler.is_compiling():  # inside another compiled function: inlined
+                return run(compiled, args, kwargs)
+            if not per_config:
+                try:
+                    return run(compiled, args, kwargs)
+                except torch._dynamo.exc.FailOnRecompileLimitHit:
+                    pass  # raised before anything ran: the call is retried below
+            key = _static_config(args, kwargs)
+            c = per_config.get(key)
+            if c is None:
+                c = per_config[key] = make()
+            try:
+                return run(c, args, kwargs)
+            except torch._dynamo.exc.FailOnRecompileLimitHit as e:
+                raise RuntimeError(
+                    f"fn.jit: {getattr(fun, '__qualname__', fun)!r} was compiled more than "
+                    f"torch._dynamo.config.recompile_limit ({torch._dynamo.config.recompile_limit}) times "
+                    "for one configuration of its non-tensor arguments: its tensors' shapes kept "
+                    "changing. Pass fn.jit(..., dynamic=True) to compile shape-generic code, or raise "
+                    "torch._dynamo.config.recompile_limit") from e
         return call
 
     return compile_ if f is None else compile_(f)
+
+
+def _fresh_code(fun: Callable) -> Callable:
+    """A trampoline to ``fun`` on a code object of its own: dynamo keeps its compiled versions
+    (and counts its recompile limit) per code object, and inlines ``fun`` into it."""
+    def trampoline(*args: Any, **kwargs: Any):
+        return fun(*args, **kwargs)
+    trampoline.__code__ = trampoline.__code__.replace()
+    return functools.wraps(fun)(trampoline)
+
+
+def _static_config(args: tuple, kwargs: dict) -> Any:
+    """What dynamo specializes a compiled function on, short of tensor shapes: the pytree
+    structure, each non-tensor leaf (hashable ones by value, others by identity; ints and floats
+    by type, as dynamo makes a changing number dynamic) and each tensor's dtype, device and
+    ``requires_grad``."""
+    leaves, spec = torch.utils._pytree.tree_flatten((args, kwargs))
+    key: list[Any] = [spec]
+    for x in leaves:
+        if isinstance(x, torch.Tensor):
+            key.append((x.dtype, x.device, x.requires_grad))
+        elif isinstance(x, (int, float)) and not isinstance(x, bool):
+            key.append(type(x))
+        else:
+            try:
+                hash(x)
+                key.append((type(x), x))
+            except TypeError:
+                key.append((type(x), id(x)))
+    return tuple(key)
 
 
 jacrev = torch.func.jacrev
