@@ -16,8 +16,7 @@ follows torch's module:
   is at its end (otherwise it takes the slow path: no zeros); with ``mask_check=False`` the
   nested tensor holds each row's first ``count(not padded)`` positions, wherever the padding
   is. fnnet reproduces both, without a data-dependent branch (a ``torch.where``), so it
-  compiles. (torch takes that path only when no gradient is recorded; fnnet gives those
-  numbers in inference whatever the autograd mode.)
+  compiles.
 - ``is_causal=None`` (the encoder's and decoder's default): torch compares the mask with the
   causal mask to decide whether to pass the hint on; fnnet passes ``False`` and attends
   through the mask, which gives the same numbers without reading the mask's values.
@@ -270,9 +269,10 @@ def _stack(obj: Any, layer: Any, num_layers: Any, norm: Any, what: str) -> None:
     object.__setattr__(obj, "norm", norm)
 
 
-def _batch_first(layer: Module) -> bool:
-    attn = getattr(layer, "self_attn", None)
-    return bool(getattr(attn, "batch_first", getattr(layer, "batch_first", False)))
+def _recording(x: torch.Tensor, params: dict) -> bool:
+    """Autograd records this call (torch's fast paths step aside then): grad mode is on and the
+    input or a param of the first layer requires grad (also inside ``fn.grad``)."""
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in T.leaves(params)))
 
 
 @dataclass(frozen=True, init=False)
@@ -307,7 +307,8 @@ class TransformerEncoder(Module):
                              f"{type(src).__name__ if not isinstance(src, torch.Tensor) else src.dtype}")
         pad = additive_mask(self, src_key_padding_mask, "src_key_padding_mask", src.dtype)
         mask = additive_mask(self, mask, "mask", src.dtype)
-        nested = (not train and self.use_nested_tensor and src.ndim == 3 and pad is not None and mask is None)
+        nested = (not train and self.use_nested_tensor and src.ndim == 3 and pad is not None and mask is None
+                  and not _recording(src, params["layers"]["0"]))
         zero = None
         if nested:
             s = src.shape[1]
