@@ -46,6 +46,23 @@ meta device)::
         def apply(self, params, x, *, key=None, train=False):
             return self.fc(params["fc"], x) * params["scale"]
 
+**A block with running statistics.** A user module whose children include a stateful layer
+(BatchNorm) is stateful itself: ``init_state()`` collects the children's states under their
+names, and its ``apply`` takes ``state=`` and returns ``(y, new_state)``. :meth:`Module.call`
+threads that state child by child, so a ResNet basic block reads as its math::
+
+    def apply(self, params, x, *, state, key=None, train=False):
+        y, state = self.call("conv1", params, x, state)
+        y, state = self.call("bn1", params, y, state, train=train)
+        y, state = self.call("conv2", params, torch.relu(y), state)
+        y, state = self.call("bn2", params, y, state, train=train)
+        return torch.relu(y + x), state
+
+**The PRNG key's two names.** ``apply(..., key=k)`` and ``apply(..., rng=k)`` are the same call
+for every module whose ``apply`` has no parameter named ``rng``; giving both is a ``TypeError``.
+A module whose ``apply`` takes ``rng`` (attention, whose second input is torch's ``key``) gets it
+untouched, and the combinators pass each child its key under the name the child takes.
+
 **The params check.** The ``apply`` of every Module subclass (layers, cells, combinators, user
 models) is wrapped when the class is created (``Module.__init_subclass__``) so that the
 *outermost* call checks ``params`` (and ``state=``, for a stateful module) against the tree
@@ -95,6 +112,8 @@ def _checked(apply: Callable) -> Callable:
 
     @functools.wraps(apply)
     def checked_apply(self, params, *inputs, **kwargs):
+        if "rng" in kwargs and not _takes_rng(self):
+            kwargs = _rng_as_key(self, kwargs)
         local = _local
         if local.inside:
             return apply(self, params, *inputs, **kwargs)
@@ -118,6 +137,44 @@ def _checked(apply: Callable) -> Callable:
 
     checked_apply._fnnet_checked = True
     return checked_apply
+
+
+# -- the PRNG key's two names -------------------------------------------------------------------
+# Attention's second input is torch's ``key``, so MultiheadAttention takes its PRNG key as
+# ``rng=``; for every other module ``rng=`` is a synonym of ``key=``, and the combinators pass
+# each child its key under the name the child takes. One spelling works everywhere.
+
+_takes_rng_cache: dict[type, bool] = {}
+
+
+@_compat.assume_constant_result  # (inspect.signature: run for real while dynamo traces)
+def _takes_rng(module: Module) -> bool:
+    """Whether ``module``'s own apply has a parameter named ``rng`` (then ``rng=`` is its PRNG
+    key and ``key=`` may be something else, as attention's key input)."""
+    cls = type(module)
+    try:
+        return _takes_rng_cache[cls]
+    except KeyError:
+        ok = "rng" in inspect.signature(inspect.unwrap(cls.apply)).parameters
+        _takes_rng_cache[cls] = ok
+        return ok
+
+
+def _rng_as_key(module: Module, kwargs: dict) -> dict:
+    """``rng=k`` as ``key=k`` for a module whose apply has no ``rng`` parameter."""
+    kwargs = dict(kwargs)
+    rng = kwargs.pop("rng")
+    if kwargs.get("key") is not None and rng is not None:
+        raise TypeError(f"{_describe(module)}: got both key= and rng=; they are the same PRNG key "
+                        f"(rng= is key='s other name), pass one")
+    if rng is not None or "key" not in kwargs:
+        kwargs["key"] = rng
+    return kwargs
+
+
+def _key_kwarg(module: Module, key: Any) -> dict:
+    """The PRNG key as the keyword ``module``'s apply takes it: ``rng=`` or ``key=``."""
+    return {"rng": key} if _takes_rng(module) else {"key": key}
 
 
 def _check_call(module: Module, params: Any, state: Any) -> None:
@@ -418,6 +475,35 @@ class Module:
         """Same as :meth:`apply`, so a module is a function ``(params, x) -> y``."""
         return self.apply(params, *inputs, **kwargs)
 
+    def call(self, name: str, params: dict, x: Any, state: dict | None = None, *,
+             key: torch.Tensor | None = None, train: bool = False, **kwargs: Any) -> tuple[Any, Any]:
+        """Apply the child ``name`` inside this module's ``apply``, threading the state::
+
+            y, state = self.call("bn1", params, y, state, train=train)
+
+        ``params`` and ``state`` are this module's own trees (what its ``apply`` was given); the
+        child gets its subtrees by its name (dotted for children in tuple, list and dict fields:
+        ``"blocks.0"``). Returns ``(y, state)``: for a stateful child, ``state`` with the child's
+        entry replaced by its new state (new dicts along the path; the given ``state`` is not
+        changed); for any other child, ``state`` as it came (``None`` stays ``None``). So a
+        block with several BatchNorms is a chain of ``call`` lines returning the last ``state``,
+        which has the structure of ``init_state()`` by construction. ``key`` reaches the child
+        as it is (as ``rng=`` if that is the child's name for it): split it to give children
+        different streams. Other keywords (``lengths=``) are passed on.
+        """
+        if "rng" in kwargs:
+            key = _rng_as_key(self, {"key": key, "rng": kwargs.pop("rng")})["key"]
+        child = self.children().get(name)
+        if child is None:
+            raise ValueError(f"{type(self).__name__}.call: no child named {name!r}; its children are "
+                             f"{list(self.children())}")
+        if child.stateful and state is None:
+            raise ValueError(f"{type(self).__name__}.call({name!r}): {_name(child)} is stateful (running "
+                             f"statistics): pass this module's state (from init_state()) to call")
+        y, new = _run(child, _get(params, name), x, _get(state, name) if child.stateful else None,
+                      key, train, **kwargs)
+        return y, (_replaced(state, name, new) if child.stateful else state)
+
     # -- introspection -------------------------------------------------------------------------
     def param_shapes(self) -> dict:
         return param_shapes(self)
@@ -505,19 +591,38 @@ def _takes_state(layer: Module) -> bool:
         return ok
 
 
-def _run(layer: Module, params: dict, x: Any, state: dict, key, train: bool):
+def _get(tree: dict | None, dotted: str) -> Any:
+    """The subtree of ``tree`` at a child's dotted name; ``{}`` where there is none (a child
+    without parameters has no key)."""
+    for k in dotted.split("."):
+        if not isinstance(tree, dict) or k not in tree:
+            return {}
+        tree = tree[k]
+    return tree
+
+
+def _replaced(tree: dict, dotted: str, value: Any) -> dict:
+    """``tree`` with the subtree at ``dotted`` replaced: new dicts along the path, the rest shared."""
+    head, _, rest = dotted.partition(".")
+    out = dict(tree)
+    out[head] = _replaced(tree.get(head, {}), rest, value) if rest else value
+    return out
+
+
+def _run(layer: Module, params: dict, x: Any, state: dict, key, train: bool, **kwargs: Any):
     """Apply one child, threading its state if it has any. Called from inside a checked apply:
     the child's own apply runs unwrapped (its check would be skipped anyway)."""
     if layer.stateful:
         if not _takes_state(layer):
             raise TypeError(f"{_name(layer)} is stateful (it has a child with running statistics): its "
                             f"apply must take state= and return (y, new_state)")
-        out = type(layer)._fnnet_apply(layer, params, x, state=state, key=key, train=train)
+        out = type(layer)._fnnet_apply(layer, params, x, state=state, train=train, **_key_kwarg(layer, key),
+                                       **kwargs)
         if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict)):
             raise TypeError(f"{_name(layer)} is stateful (it has a child with running statistics): its "
                             f"apply must return (y, new_state), got {type(out).__name__}")
         return out
-    return type(layer)._fnnet_apply(layer, params, x, key=key, train=train), state
+    return type(layer)._fnnet_apply(layer, params, x, train=train, **_key_kwarg(layer, key), **kwargs), state
 
 
 class _Container(Module):
