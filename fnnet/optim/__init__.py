@@ -7,8 +7,9 @@ namesakes step for step, with the same argument names and defaults (``lr`` first
     params = optim.apply_updates(params, updates)
 
 - Optimizers: ``sgd``, ``adam``, ``adamw``, ``adamax``, ``adagrad``, ``rmsprop``, ``rprop``,
-  ``asgd`` (its averaged params are ``state["ax"]``), and ``lbfgs``, which takes the loss:
-  ``params, state, loss = opt.step(loss_fn, params, state)``.
+  ``asgd`` (its averaged params are ``state["ax"]``), ``nadam``, ``radam``, ``adadelta``,
+  ``adafactor`` (factored second moments), ``muon`` (2-D params only), and ``lbfgs``, which
+  takes the loss: ``params, state, loss = opt.step(loss_fn, params, state)``.
 - ``lr`` may be a number or a schedule of the step count (``step_lr``, ``exponential_lr``,
   ``cosine_annealing_lr``, ``linear_lr``, ``one_cycle_lr``: torch's schedulers in closed form).
 - Hyperparameters live in the state as tensors: ``set_hyperparams(state, lr=1e-4)`` is
@@ -34,6 +35,8 @@ Python numbers, as torch.optim reads its CPU step; on an accelerator and under `
 stay tensors (no host sync, no recompiles).
 """
 
+from .adadelta import adadelta
+from .adafactor import adafactor
 from .adagrad import adagrad
 from .adam import adam, adamax, adamw
 from .asgd import asgd
@@ -49,7 +52,10 @@ from .base import (
 from .groups import freeze, frozen_paths, multi_transform
 from .lbfgs import LBFGS, lbfgs
 from .loss_scale import dynamic_loss_scale
+from .muon import muon
+from .nadam import nadam
 from .plateau import reduce_on_plateau
+from .radam import radam
 from .rmsprop import rmsprop
 from .rprop import rprop
 from .schedules import (
@@ -76,4 +82,6 @@ __all__ = [
     "multi_transform",
     "one_cycle_lr", "optimizer", "reduce_on_plateau", "rmsprop", "rprop", "scale", "scale_by_schedule",
     "set_hyperparams", "set_to_zero", "sgd", "step_lr",
+    # the rest of torch.optim's optimizers
+    "adadelta", "adafactor", "muon", "nadam", "radam",
 ]

@@ -44,6 +44,11 @@ def _number(s) -> bool:
 is_number = _number  # a scalar read on the host (Python number), not a 0-d tensor
 
 
+def _numbers(s) -> bool:
+    """A number, or a list of numbers (a ``_foreach`` ScalarList)."""
+    return all(map(_number, s)) if isinstance(s, (list, tuple)) else _number(s)
+
+
 def host_scalars(count: torch.Tensor) -> bool:
     """Whether an update reads its step count and hyperparameters as Python numbers: only when
     that costs nothing — eager, on the CPU, outside ``vmap`` (torch.optim does the same with its
@@ -131,6 +136,14 @@ class _Foreach:
         return torch._foreach_sqrt(xs)
 
     @staticmethod
+    def rsqrt(xs: List) -> List:
+        return torch._foreach_rsqrt(xs)
+
+    @staticmethod
+    def reciprocal(xs: List) -> List:
+        return torch._foreach_reciprocal(xs)
+
+    @staticmethod
     def abs(xs: List) -> List:
         return torch._foreach_abs(xs)
 
@@ -147,10 +160,22 @@ class _Foreach:
         return torch._foreach_maximum(xs, ys)
 
     @staticmethod
-    def clamp(xs: List, lo: float | None = None, hi: float | None = None) -> List:
+    def clamp(xs: List, lo=None, hi=None) -> List:
+        """Bounds: numbers, one number per leaf (a list), or 0-d tensors (``_foreach_clamp_*``
+        has no tensor overload: those clamp leaf by leaf)."""
         if lo is not None:
-            xs = torch._foreach_clamp_min(xs, lo)
-        return xs if hi is None else torch._foreach_clamp_max(xs, hi)
+            xs = torch._foreach_clamp_min(xs, lo) if _numbers(lo) else [torch.clamp(x, min=lo) for x in xs]
+        if hi is not None:
+            xs = torch._foreach_clamp_max(xs, hi) if _numbers(hi) else [torch.clamp(x, max=hi) for x in xs]
+        return xs
+
+    @staticmethod
+    def scale_each(xs: List, scalars: Sequence) -> List:
+        """``x_i * s_i``: one scalar per leaf (numbers: one ``_foreach_mul``; 0-d tensors: leaf
+        by leaf, as a list of them has no ``_foreach`` overload that broadcasts)."""
+        if all(_number(s) for s in scalars):
+            return torch._foreach_mul(xs, list(scalars))
+        return [x * s for x, s in zip(xs, scalars)]
 
     @staticmethod
     def rpow(base: float, xs: List) -> List:
@@ -214,6 +239,14 @@ class _PerLeaf:
         return [torch.sqrt(x) for x in xs]
 
     @staticmethod
+    def rsqrt(xs: List) -> List:
+        return [torch.rsqrt(x) for x in xs]
+
+    @staticmethod
+    def reciprocal(xs: List) -> List:
+        return [torch.reciprocal(x) for x in xs]
+
+    @staticmethod
     def abs(xs: List) -> List:
         return [torch.abs(x) for x in xs]
 
@@ -230,8 +263,14 @@ class _PerLeaf:
         return [torch.maximum(x, y) for x, y in zip(xs, ys)]
 
     @staticmethod
-    def clamp(xs: List, lo: float | None = None, hi: float | None = None) -> List:
-        return [torch.clamp(x, lo, hi) for x in xs]
+    def clamp(xs: List, lo=None, hi=None) -> List:
+        los = lo if isinstance(lo, (list, tuple)) else [lo] * len(xs)
+        his = hi if isinstance(hi, (list, tuple)) else [hi] * len(xs)
+        return [torch.clamp(x, a, b) for x, a, b in zip(xs, los, his)]
+
+    @staticmethod
+    def scale_each(xs: List, scalars: Sequence) -> List:
+        return [x * s for x, s in zip(xs, scalars)]
 
     @staticmethod
     def rpow(base: float, xs: List) -> List:
