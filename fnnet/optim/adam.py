@@ -6,7 +6,7 @@ import torch
 
 from . import _check as C
 from . import _ops
-from .base import GradientTransformation, optimizer, weight_decayed
+from .base import GradientTransformation, Mask, check_mask, on_masked, optimizer, weight_decayed
 
 
 # the smallest |step size| folded into Adam's denominator: sqrt(v) / 1e-12 stays finite in float32
@@ -22,8 +22,9 @@ def _check(name, lr, betas, eps, weight_decay, maximize) -> None:
     C.flag(name, "maximize", maximize)
 
 
-def _adam(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled) -> GradientTransformation:
+def _adam(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled, mask: Mask = None) -> GradientTransformation:
     _check("adamw" if decoupled else "adam", lr, betas, eps, weight_decay, maximize)
+    check_mask("adamw", mask)
     C.flag("adamw" if decoupled else "adam", "amsgrad", amsgrad)
     hp = {"lr": lr, "beta1": betas[0], "beta2": betas[1], "eps": eps}
     if weight_decay != 0:
@@ -36,7 +37,7 @@ def _adam(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled) -> Gradien
             s["max_exp_avg_sq"] = [torch.zeros_like(p) for p in params]
         return s
 
-    def step(ops, g, p, s, h, count):
+    def step(ops, g, p, s, h, count, masks=None):
         lr, b1, b2, wd = h["lr"], h["beta1"], h["beta2"], h.get("weight_decay")
         g = weight_decayed(ops, g, p, None if decoupled else wd, maximize)
         m = ops.lerp(s["exp_avg"], g, 1 - b1)                                # exp_avg.lerp_(grad, 1 - beta1)
@@ -56,11 +57,13 @@ def _adam(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled) -> Gradien
         else:  # torch's own order: exact for lr = 0 (a schedule at 0, a tensor lr under jit/vmap)
             denom = ops.add_(ops.div_(ops.sqrt(v), bc2_sqrt), h["eps"])
             updates = ops.mul_(ops.div(m, denom), neg_step)
-        if decoupled and wd is not None:
-            updates = ops.add(updates, p, alpha=-lr * wd)                      # p.mul_(1 - lr * wd), first
+        if decoupled and wd is not None:                                     # p.mul_(1 - lr * wd), first
+            decay = lambda us, ps: ops.add(us, ps, alpha=-lr * wd)
+            updates = decay(updates, p) if masks is None else on_masked(masks["weight_decay"], decay, updates, p)
         return updates, new
 
-    return optimizer(hp, slots, step, "adamw" if decoupled else "adam")
+    leaf_masks = None if mask is None else {"weight_decay": mask}
+    return optimizer(hp, slots, step, "adamw" if decoupled else "adam", masks=leaf_masks)
 
 
 def adam(lr=1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -71,9 +74,15 @@ def adam(lr=1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
 
 
 def adamw(lr=1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-          weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False) -> GradientTransformation:
-    """Adam with decoupled weight decay ``p -= lr * wd * p``, as ``torch.optim.AdamW``."""
-    return _adam(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled=True)
+          weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
+          mask: Mask = None) -> GradientTransformation:
+    """Adam with decoupled weight decay ``p -= lr * wd * p``, as ``torch.optim.AdamW``.
+
+    ``mask`` (as ``optax.adamw``'s) selects the leaves that decay: a bool tree like the params
+    (or a prefix of it), ``f(path, leaf) -> bool`` or ``f(params) -> bool tree``; the others
+    take Adam's step alone (torch: a param group with ``weight_decay=0``), e.g.
+    ``mask=lambda path, p: p.ndim > 1`` leaves biases and norms undecayed."""
+    return _adam(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled=True, mask=mask)
 
 
 def adamax(lr=2e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,

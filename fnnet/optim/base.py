@@ -15,12 +15,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import inspect
+
 import torch
 
 from .. import tree as T
 from . import _ops
 
 Schedule = Callable[[Any], Any]
+Mask = Any  # None (every leaf), a bool tree like the params (or a prefix of it), f(path, leaf) -> bool,
+            # or f(params) -> such a bool tree (optax's form)
 
 
 class HyperparamError(KeyError, ValueError):
@@ -93,7 +97,8 @@ def _scalar(x: Any, like: torch.Tensor | None) -> torch.Tensor:
 
 
 def optimizer(hyperparams: dict[str, Any], slots: Callable[[list], dict[str, list]],
-              step: Callable[..., tuple[list, dict[str, list]]], name: str = "optimizer") -> GradientTransformation:
+              step: Callable[..., tuple[list, dict[str, list]]], name: str = "optimizer",
+              masks: dict[str, Mask] | None = None) -> GradientTransformation:
     """The one mechanism behind every optimizer here.
 
     ``hyperparams`` (``lr`` first) live in the state as 0-d tensors — ``set_hyperparams``
@@ -106,6 +111,12 @@ def optimizer(hyperparams: dict[str, Any], slots: Callable[[list], dict[str, lis
     when reading them is free (eager on the CPU, as torch.optim reads its step), else tensors
     (see ``_ops.host_scalars``); a step's scalar arithmetic works on either. grads, params and
     the slots are paired by path (``tree.match``); ``name`` goes into the errors.
+
+    ``masks`` (``{"weight_decay": mask}``, each a :data:`Mask`) select leaves for a part of the
+    step (AdamW's decay only where the mask says, as optax's ``adamw(mask=)``): each is
+    resolved by path at every update (at trace time under ``fn.jit``) to one bool per leaf,
+    passed as ``step(..., masks={"weight_decay": [bool, ...]})``; without ``masks`` the step is
+    called without that argument.
     """
     schedules = {k: v for k, v in hyperparams.items() if callable(v)}
     fixed = {k: v for k, v in hyperparams.items() if not callable(v)}
@@ -149,7 +160,12 @@ def optimizer(hyperparams: dict[str, Any], slots: Callable[[list], dict[str, lis
             h = dict(hp)
             h.update({k: _scalar(sched(state["count"]), like) for k, sched in schedules.items()})
             count = new_count
-        updates, new_slots = step(ops, flat_g, flat_p, slot_lists, h, count)
+        if masks is None:
+            updates, new_slots = step(ops, flat_g, flat_p, slot_lists, h, count)
+        else:
+            where = T.unflatten(spec, flat_p if params is not None else flat_g)
+            leaf_masks = {k: leaf_mask(m, where, name) for k, m in masks.items()}
+            updates, new_slots = step(ops, flat_g, flat_p, slot_lists, h, count, masks=leaf_masks)
         new_state = {"count": new_count, "hyperparams": hp}
         for k in slot_names:  # in the grads' structure (the same paths as before)
             new_state[k] = T.unflatten(spec, new_slots[k])
@@ -213,3 +229,89 @@ def weight_decayed(ops: _ops.Ops, grads: list, params: list, wd, maximize: bool)
             raise ValueError("weight_decay needs params: call update(grads, state, params)")
         grads = ops.add(grads, params, alpha=wd)
     return grads
+
+
+def check_mask(owner: str, mask: Any) -> None:
+    """At construction: a mask is ``None``, a bool, a function, or a tree (dict/list/tuple) of bools."""
+    if not (mask is None or isinstance(mask, (bool, dict, list, tuple)) or callable(mask)):
+        raise TypeError(f"{owner}: mask must be a bool tree like the params, f(path, leaf) -> bool or "
+                        f"f(params) -> bool tree, got {type(mask).__name__}")
+
+
+def _mask_flag(m: Any, path: str, owner: str) -> bool:
+    if isinstance(m, bool) or type(m).__name__ == "bool_":  # numpy's bool too
+        return bool(m)
+    raise TypeError(f"{owner}: mask must hold True or False for each leaf, got {type(m).__name__} {m!r} at "
+                    f"{path!r} (a mask is static: not a tensor)")
+
+
+def _positional_arity(f: Callable) -> int | None:
+    try:
+        params = inspect.signature(f).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in params):
+        return None
+    return sum(1 for p in params if p.kind in kinds and p.default is inspect.Parameter.empty)
+
+
+def leaf_mask(mask: Mask, tree: Any, owner: str) -> list[bool]:
+    """One bool per leaf of ``tree``, in its leaf order, from a :data:`Mask`: ``None`` (all
+    leaves), ``f(path, leaf) -> bool`` (fnnet's form, as ``multi_transform`` labels),
+    ``f(tree) -> bool tree`` (optax's form), or a bool tree paired by path — which, as in
+    optax, may be a prefix of ``tree``: a bool standing where ``tree`` has a subtree covers its
+    leaves. A path the mask misses (or has extra) is a ``ValueError`` naming it; a leaf that is
+    not ``True``/``False`` is a ``TypeError``."""
+    pairs = T.flatten_with_paths(tree)
+    if mask is None:
+        return [True] * len(pairs)
+    if callable(mask):
+        arity = _positional_arity(mask)
+        if arity == 2:
+            return [_mask_flag(mask(path, leaf), path, owner) for path, leaf in pairs]
+        if arity not in (1, None):
+            raise TypeError(f"{owner}: a mask function takes (path, leaf) or (params), got one with {arity} "
+                            "required arguments")
+        mask = mask(tree)
+    if isinstance(mask, bool):
+        return [mask] * len(pairs)
+    try:
+        _, (_, flat_m) = T.match(tree, mask, names=("params", "mask"), what=owner, shapes=False)
+        return [_mask_flag(m, path, owner) for (path, _), m in zip(pairs, flat_m)]
+    except ValueError:
+        prefixed = _by_prefix(pairs, T.flatten_with_paths(mask))
+        if prefixed is None:
+            raise
+        return [_mask_flag(m, path, owner) for (path, _), m in zip(pairs, prefixed)]
+
+
+def _by_prefix(pairs: list, mask_pairs: list) -> list | None:
+    """The mask leaf at each path or at its longest prefix (optax's prefix masks); ``None`` when
+    a path has none or a mask leaf covers no path (the caller's by-path error then stands)."""
+    by_path = dict(mask_pairs)
+    out, used = [], set()
+    for path, _ in pairs:
+        parts = path.split(".")
+        for n in range(len(parts), 0, -1):
+            p = ".".join(parts[:n])
+            if p in by_path:
+                out.append(by_path[p])
+                used.add(p)
+                break
+        else:
+            return None
+    return out if used == set(by_path) else None
+
+
+def on_masked(keep: list[bool], f: Callable[..., list], *lists: list) -> list:
+    """``f`` on the leaves ``keep`` selects (sublists of each of ``lists``); the other leaves as
+    they are in ``lists[0]``. One ``f`` call (one ``_foreach`` launch per op) for all selected."""
+    if all(keep):
+        return f(*lists)
+    idx = [i for i, k in enumerate(keep) if k]
+    out = list(lists[0])
+    if idx:
+        for i, x in zip(idx, f(*([xs[i] for i in idx] for xs in lists))):
+            out[i] = x
+    return out
