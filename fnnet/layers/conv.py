@@ -1,4 +1,4 @@
-"""Convolutions: Conv1d, Conv2d, Conv3d, ConvTranspose1d, ConvTranspose2d, as their ``torch.nn``
+"""Convolutions: Conv1d, Conv2d, Conv3d, ConvTranspose1d, ConvTranspose2d, ConvTranspose3d, as their ``torch.nn``
 namesakes (same arguments, same params ``{"weight", "bias"}``, same init, batched or not)."""
 
 from __future__ import annotations
@@ -89,7 +89,9 @@ class _Conv(_Weighted):
             return pads
         return [p for p in reversed(self.padding) for _ in range(2)]
 
-    def apply(self, params, x, *, key=None, train=False):
+    def apply(self, params, input, *, key=None, train=False):
+        """``input: [N, C_in, *n]`` or ``[C_in, *n]`` -> ``[N, C_out, *n_out]``."""
+        x = input
         self._check_input(x)
         if not isinstance(self.padding, str):
             U.window_fits(self, x, self.kernel_size, self.stride, self.padding, self.dilation)
@@ -177,8 +179,11 @@ class _ConvTranspose(_Weighted):
             pads.append(size[i] - smallest)
         return tuple(pads)
 
-    def apply(self, params, x, output_size=None, *, key=None, train=False):
-        n = self.n
+    def apply(self, params, input, output_size=None, *, key=None, train=False):
+        """``input: [N, C_in, *n]`` or ``[C_in, *n]`` -> ``[N, C_out, *n_out]``; ``output_size``
+        (``n`` ints, or the whole output shape) picks the output padding that reaches it, as
+        torch's ``forward(input, output_size)``."""
+        x, n = input, self.n
         self._check_input(x)
         for i in range(n):  # the output (before output_padding) has at least one element per dim
             if ((x.shape[x.ndim - n + i] - 1) * self.stride[i] - 2 * self.padding[i]
@@ -202,6 +207,13 @@ class ConvTranspose2d(_ConvTranspose):
     """x: ``[N, C_in, H, W]`` or ``[C_in, H, W]``; weight ``[C_in, C_out/groups, kH, kW]``."""
 
     n = 2
+
+
+@dataclass(frozen=True)
+class ConvTranspose3d(_ConvTranspose):
+    """x: ``[N, C_in, D, H, W]`` or unbatched; weight ``[C_in, C_out/groups, kD, kH, kW]``."""
+
+    n = 3
 
 
 def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
