@@ -1,0 +1,263 @@
+"""NAdam, RAdam, Adadelta, Adafactor and Muon follow their torch.optim namesakes step for step:
+the same arguments and defaults, the same trajectories (float64 tight, float32 at rounding level),
+eager, with hyperparameters held as tensors (compiled / on a device), under vmap, with a
+schedule, and compiled with inductor."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from badinput import expect_clear_error
+from conftest import assert_trees_close
+from hypothesis import given
+from hypothesis import strategies as st
+from test_optim import _check, _fn_run, _torch_run
+
+import fnnet as fn
+from fnnet import optim
+
+STEPS = 25
+DTYPES = st.sampled_from([torch.float64, torch.float64, torch.float32])
+LRS = st.one_of(st.just(0.0), st.floats(1e-3, 0.1))
+
+# torch.optim twins that are newer than some supported torch: skip naming the version
+_MUON_TWIN = hasattr(torch.optim, "Muon") and "adjust_lr_fn" in inspect.signature(torch.optim.Muon).parameters
+needs_muon = pytest.mark.skipif(not _MUON_TWIN, reason=f"torch {torch.__version__} has no torch.optim.Muon with "
+                                                      "adjust_lr_fn (torch >= 2.9)")
+needs_adafactor = pytest.mark.skipif(not hasattr(torch.optim, "Adafactor"),
+                                     reason=f"torch {torch.__version__} has no torch.optim.Adafactor (torch >= 2.5)")
+
+
+@pytest.fixture(autouse=True)
+def _torch_scalars_in_float64():
+    """torch.optim holds its step (and NAdam its mu_product) in the default dtype; float64
+    parity needs float64 there too."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def _problem(seed: int, shapes: list[tuple], dtype, zero_grad: bool):
+    """Leaves of the given shapes and a smooth loss with a different curvature per leaf; with
+    ``zero_grad`` one more leaf, ``idle``, whose gradient is exactly zero (it enters the loss as
+    ``0 * sum``, so torch gives it a zero grad too, not ``None``)."""
+    g = torch.Generator().manual_seed(seed)
+    params = {f"w{i}": torch.randn(s, generator=g, dtype=torch.float64).to(dtype) for i, s in enumerate(shapes)}
+    targets = {k: torch.randn(v.shape, generator=g, dtype=torch.float64).to(dtype) for k, v in params.items()}
+    if zero_grad:
+        params["idle"] = torch.randn(shapes[0], generator=g, dtype=torch.float64).to(dtype)
+
+    def loss_fn(p):
+        loss = sum(((i + 1) * (p[k] - t) ** 2).sum() + 0.1 * torch.cos(p[k]).sum()
+                   for i, (k, t) in enumerate(targets.items()))
+        return loss + 0 * p["idle"].sum() if zero_grad else loss
+
+    return params, loss_fn
+
+
+def _follows_torch(ours, theirs, seed, shapes, dtype, zero_grad, maximize=False, device_scalars=False):
+    params, loss_fn = _problem(seed, shapes, dtype, zero_grad)
+    f = (lambda p: -loss_fn(p)) if maximize else loss_fn
+    a, state = _fn_run(params, f, ours, steps=STEPS, device_scalars=device_scalars)
+    b, topt = _torch_run(params, f, theirs, steps=STEPS)
+    _check(a, b, dtype)
+    return state, topt
+
+
+any_shapes = st.lists(st.lists(st.integers(1, 4), max_size=3).map(tuple), min_size=1, max_size=4)
+matrices = st.lists(st.tuples(st.integers(1, 5), st.integers(1, 5)), min_size=1, max_size=3)
+common = dict(seed=st.integers(0, 10**6), dtype=DTYPES, zero_grad=st.booleans(), device_scalars=st.booleans())
+
+
+@given(**common, shapes=any_shapes, lr=LRS, b1=st.sampled_from([0.0, 0.9]), b2=st.sampled_from([0.9, 0.999]),
+       eps=st.sampled_from([1e-8, 1e-3]), wd=st.sampled_from([0.0, 0.05]), decoupled=st.booleans(),
+       momentum_decay=st.sampled_from([0.0, 4e-3, 0.5]), maximize=st.booleans())
+def test_nadam_follows_torch(seed, dtype, zero_grad, device_scalars, shapes, lr, b1, b2, eps, wd, decoupled,
+                             momentum_decay, maximize):
+    kw = dict(betas=(b1, b2), eps=eps, weight_decay=wd, momentum_decay=momentum_decay,
+              decoupled_weight_decay=decoupled, maximize=maximize)
+    state, topt = _follows_torch(optim.nadam(lr, **kw), lambda ps: torch.optim.NAdam(ps, lr, **kw),
+                                 seed, shapes, dtype, zero_grad, maximize, device_scalars)
+    # the running product of the momentum coefficients, as torch keeps it
+    torch_mu_product = topt.state[topt.param_groups[0]["params"][0]]["mu_product"]
+    torch.testing.assert_close(state["mu_product"].double(), torch_mu_product.double(),
+                               rtol=1e-12 if dtype == torch.float64 else 1e-6, atol=0)
+
+
+@given(**common, shapes=any_shapes, lr=LRS, b1=st.sampled_from([0.0, 0.9]),
+       b2=st.sampled_from([0.5, 0.8, 0.999]), wd=st.sampled_from([0.0, 0.05]), decoupled=st.booleans(),
+       maximize=st.booleans())
+def test_radam_follows_torch_before_and_after_rectification(seed, dtype, zero_grad, device_scalars, shapes, lr, b1,
+                                                            b2, wd, decoupled, maximize):
+    """b2 = 0.5 never rectifies (rho_inf = 3 <= 5); 0.8 from step 7, 0.999 from step 6."""
+    kw = dict(betas=(b1, b2), eps=1e-8, weight_decay=wd, decoupled_weight_decay=decoupled, maximize=maximize)
+    _follows_torch(optim.radam(lr, **kw), lambda ps: torch.optim.RAdam(ps, lr, **kw),
+                   seed, shapes, dtype, zero_grad, maximize, device_scalars)
+
+
+@given(**common, shapes=any_shapes, lr=st.one_of(st.just(0.0), st.floats(0.01, 1.0)),
+       rho=st.sampled_from([0.0, 0.9, 0.99, 1.0]), eps=st.sampled_from([1e-6, 1e-3]),
+       wd=st.sampled_from([0.0, 0.05]), maximize=st.booleans())
+def test_adadelta_follows_torch(seed, dtype, zero_grad, device_scalars, shapes, lr, rho, eps, wd, maximize):
+    kw = dict(rho=rho, eps=eps, weight_decay=wd, maximize=maximize)
+    _follows_torch(optim.adadelta(lr, **kw), lambda ps: torch.optim.Adadelta(ps, lr, **kw),
+                   seed, shapes, dtype, zero_grad, maximize, device_scalars)
+
+
+@needs_adafactor
+@given(**common, shapes=any_shapes, lr=LRS, beta2_decay=st.sampled_from([-0.8, -0.5, 0.0]),
+       eps1=st.sampled_from([None, 1e-3]), eps2=st.sampled_from([1e-3, 0.5]), d=st.sampled_from([1.0, 2.0]),
+       wd=st.sampled_from([0.0, 0.05]), maximize=st.booleans())
+def test_adafactor_follows_torch_on_factored_and_unfactored_leaves(seed, dtype, zero_grad, device_scalars, shapes,
+                                                                   lr, beta2_decay, eps1, eps2, d, wd, maximize):
+    """0-d and 1-D leaves keep a full ``variance``; 2-D and 3-D ones row and column means."""
+    kw = dict(beta2_decay=beta2_decay, eps=(eps1, eps2), d=d, weight_decay=wd, maximize=maximize)
+    state, topt = _follows_torch(optim.adafactor(lr, **kw), lambda ps: torch.optim.Adafactor(ps, lr, **kw),
+                                 seed, shapes, dtype, zero_grad, maximize, device_scalars)
+    names = list(_problem(seed, shapes, dtype, zero_grad)[0])   # torch's params, in this order
+    for name, p in zip(names, topt.param_groups[0]["params"]):
+        theirs = topt.state[p]
+        for slot in ("row_var", "col_var", "variance"):
+            assert (slot in theirs) == (name in state[slot]), (name, slot)
+            if slot in theirs:
+                assert state[slot][name].shape == theirs[slot].shape, (name, slot)
+
+
+@needs_muon
+@given(**common, shapes=matrices, lr=LRS, wd=st.sampled_from([0.0, 0.1]), momentum=st.sampled_from([0.0, 0.95]),
+       nesterov=st.booleans(), adjust_lr_fn=st.sampled_from([None, "original", "match_rms_adamw"]),
+       ns_steps=st.sampled_from([0, 5]))
+def test_muon_follows_torch(seed, dtype, zero_grad, device_scalars, shapes, lr, wd, momentum, nesterov,
+                            adjust_lr_fn, ns_steps):
+    """Tall, wide and square matrices (a tall one is orthogonalized transposed)."""
+    kw = dict(weight_decay=wd, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn)
+    _follows_torch(optim.muon(lr, **kw), lambda ps: torch.optim.Muon(ps, lr, **kw),
+                   seed, shapes, dtype, zero_grad, device_scalars=device_scalars)
+
+
+# -- the same arguments, by the same names and defaults; maximize wherever torch has it
+
+OURS = {"nadam": (optim.nadam, "NAdam"), "radam": (optim.radam, "RAdam"), "adadelta": (optim.adadelta, "Adadelta"),
+        "adafactor": (optim.adafactor, "Adafactor"), "muon": (optim.muon, "Muon")}
+# torch's implementation switches, which have no meaning for a pure update
+_IMPLEMENTATION = {"params", "foreach", "capturable", "differentiable", "fused"}
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_arguments_are_torchs_names_in_torchs_order_with_torchs_defaults(name):
+    ours, theirs = OURS[name]
+    if not hasattr(torch.optim, theirs):
+        pytest.skip(f"torch {torch.__version__} has no torch.optim.{theirs}")
+    t = [p for p in inspect.signature(getattr(torch.optim, theirs)).parameters.values() if p.name not in _IMPLEMENTATION]
+    o = list(inspect.signature(ours).parameters.values())
+    assert [p.name for p in o] == [p.name for p in t]
+    assert [p.default for p in o] == [p.default for p in t]
+    # what torch takes by position (before its `*`), so do we
+    assert [p.name for p in o if p.kind == p.POSITIONAL_OR_KEYWORD] == \
+           [p.name for p in t if p.kind == p.POSITIONAL_OR_KEYWORD]
+
+
+EVERY = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "adamax": "Adamax", "adagrad": "Adagrad",
+         "rmsprop": "RMSprop", "rprop": "Rprop", "asgd": "ASGD", "lbfgs": "LBFGS", **{k: v for k, (_, v) in OURS.items()}}
+
+
+@pytest.mark.parametrize("name", EVERY)
+def test_every_optimizer_takes_maximize_exactly_where_torch_does(name):
+    if not hasattr(torch.optim, EVERY[name]):
+        pytest.skip(f"torch {torch.__version__} has no torch.optim.{EVERY[name]}")
+    theirs = "maximize" in inspect.signature(getattr(torch.optim, EVERY[name])).parameters
+    assert ("maximize" in inspect.signature(getattr(optim, name)).parameters) == theirs
+
+
+# -- lr = 0 leaves the params bit-identical; vmap; schedules
+
+MAKERS = {
+    "nadam": lambda lr: optim.nadam(lr, weight_decay=0.05, decoupled_weight_decay=True),
+    "radam": lambda lr: optim.radam(lr, betas=(0.9, 0.8), weight_decay=0.05),
+    "adadelta": lambda lr: optim.adadelta(lr, weight_decay=0.05),
+    "adafactor": lambda lr: optim.adafactor(lr, weight_decay=0.05),
+    "muon": lambda lr: optim.muon(lr, weight_decay=0.05),
+}
+TWINS = {
+    "nadam": lambda ps, lr: torch.optim.NAdam(ps, lr, weight_decay=0.05, decoupled_weight_decay=True),
+    "radam": lambda ps, lr: torch.optim.RAdam(ps, lr, betas=(0.9, 0.8), weight_decay=0.05),
+    "adadelta": lambda ps, lr: torch.optim.Adadelta(ps, lr, weight_decay=0.05),
+    "adafactor": lambda ps, lr: torch.optim.Adafactor(ps, lr, weight_decay=0.05),
+    "muon": lambda ps, lr: torch.optim.Muon(ps, lr, weight_decay=0.05),
+}
+
+
+def _params(name, dtype=torch.float64):
+    g = torch.Generator().manual_seed(3)
+    shapes = {"w": (3, 4), "v": (5, 2)} if name == "muon" else {"w": (3, 4), "b": (3,), "t": (2, 3, 2)}
+    return {k: torch.randn(s, generator=g, dtype=dtype) for k, s in shapes.items()}
+
+
+def _target_loss(target):
+    return lambda p: sum(((p[k] - t) ** 2).sum() + 0.1 * torch.cos(p[k]).sum() for k, t in target.items())
+
+
+@pytest.mark.parametrize("device_scalars", [False, True])
+@pytest.mark.parametrize("name", MAKERS)
+def test_lr_zero_leaves_params_bit_identical(name, device_scalars):
+    params = _params(name)
+    loss = _target_loss(fn.tree.map(torch.zeros_like, params))
+    traj, _ = _fn_run(params, loss, MAKERS[name](0.0), steps=8, device_scalars=device_scalars)
+    for p in traj:
+        assert all(torch.equal(p[k], params[k]) for k in params)
+
+
+@pytest.mark.parametrize("name", MAKERS)
+def test_a_vmapped_ensemble_with_one_lr_per_member_matches_separate_runs(name):
+    """Leaf by leaf under vmap, with the non-slot state (mu_product, Adafactor's row/col
+    variances) batched like the rest."""
+    lrs = [0.01, 0.05, 0.1]
+    members = [fn.tree.map(lambda x, i=i: x + i, _params(name)) for i in range(3)]
+    loss = _target_loss(fn.tree.map(torch.zeros_like, members[0]))
+
+    def step(p, s):
+        updates, s = opt.update(fn.grad(loss)(p), s, p)
+        return optim.apply_updates(p, updates), s
+
+    opt = MAKERS[name](0.01)
+    params = fn.tree.stack(members)
+    state = optim.set_hyperparams(fn.vmap(opt.init)(params), lr=torch.tensor(lrs, dtype=torch.float64))
+    for _ in range(8):
+        params, state = fn.vmap(step)(params, state)
+    for i, lr in enumerate(lrs):
+        opt = MAKERS[name](lr)
+        p, s = members[i], opt.init(members[i])
+        for _ in range(8):
+            p, s = step(p, s)
+        ours_p = fn.tree.unstack(params)[i]
+        ours_s = {k: v for k, v in fn.tree.unstack(state)[i].items() if k != "hyperparams"}
+        alone_s = {k: v for k, v in s.items() if k != "hyperparams"}
+        if name == "muon":
+            # Muon orthogonalizes in bfloat16; vmapped, its matmuls run batched, whose rounding
+            # differs by a few bfloat16 ulps (2^-8 relative): bound each step's share of that
+            for a, b in ((ours_p, p), (ours_s["momentum_buffer"], alone_s["momentum_buffer"])):
+                for k in a:
+                    torch.testing.assert_close(a[k], b[k], rtol=0, atol=8 * lr * 1.6 * 0.05)
+            continue
+        assert_trees_close(ours_p, p, msg=f"member {i}")
+        assert_trees_close(ours_s, alone_s, msg=f"state {i}")
+
+
+@pytest.mark.parametrize("name", MAKERS)
+def test_lr_as_a_schedule_follows_torch_with_its_scheduler(name):
+    if name == "adafactor" and not hasattr(torch.optim, "Adafactor") or name == "muon" and not _MUON_TWIN:
+        pytest.skip(f"torch {torch.__version__} has no twin for {name}")
+    params = _params(name)
+    loss = _target_loss(fn.tree.map(lambda x: 0.5 * torch.ones_like(x), params))
+    ours, _ = _fn_run(params, loss, MAKERS[name](optim.step_lr(0.05, step_size=3, gamma=0.5)), steps=10)
+
+    schedulers = {}
+
+    def schedule(i, topt):  # torch: scheduler.step() after each optimizer.step()
+        schedulers.setdefault(id(topt), torch.optim.lr_scheduler.StepLR(topt, step_size=3, gamma=0.5)).step()
+
+    theirs, _ = _torch_run(params, loss, lambda ps: TWINS[name](ps, 0.05), steps=10, between=schedule)
+    _check(ours, theirs, torch.float64)
