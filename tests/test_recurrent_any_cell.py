@@ -1,0 +1,467 @@
+"""``cells.Recurrent(cell)`` runs any cell of the cell protocol over sequences with what
+``cells.LSTM`` offers: a user's peephole LSTM cell gives a plain Python loop's numbers (each
+sequence on its own, cut at its length), and the built-in cells give ``nn.LSTM``/``nn.GRU``/
+``nn.RNN``'s numbers on copied weights (packed lengths, bidirectional, stacked, batch_first);
+it compiles; a cell that breaks the protocol is named in a clear error."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+from badinput import expect_clear_error
+from conftest import assert_close
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import cells
+import fnnet as fn
+from fnnet import random
+
+
+@dataclass(frozen=True)
+class PeepholeLSTMCell(fn.Module):
+    """Gers & Schmidhuber's LSTM: the input and forget gates also read c, the output gate the new
+    c (peephole weights ``[3, H]``). State ``(h, c)``; no ``output`` method: the layer reads h as
+    the state's first leaf."""
+
+    input_size: int
+    hidden_size: int
+
+    def init(self, key):
+        H, I = self.hidden_size, self.input_size
+        k = random.split(key, 4)
+        bound = 1 / math.sqrt(H)
+        return {"weight_ih": fn.init.uniform(k[0], (4 * H, I), bound),
+                "weight_hh": fn.init.uniform(k[1], (4 * H, H), bound),
+                "bias": fn.init.uniform(k[2], (4 * H,), bound),
+                "peephole": fn.init.uniform(k[3], (3, H), bound)}
+
+    def initial_state(self, batch, device=None, dtype=None):
+        return tuple(torch.zeros(batch, self.hidden_size, device=device, dtype=dtype) for _ in range(2))
+
+    def apply(self, params, x, state):
+        h, c = state
+        gates = x @ params["weight_ih"].T + h @ params["weight_hh"].T + params["bias"]
+        i, f, g, o = gates.chunk(4, -1)
+        w_ci, w_cf, w_co = params["peephole"]
+        i, f = torch.sigmoid(i + w_ci * c), torch.sigmoid(f + w_cf * c)
+        c = f * c + i * torch.tanh(g)
+        h = torch.sigmoid(o + w_co * c) * torch.tanh(c)
+        return h, c
+
+
+def reference(layer, params, x, state0, lengths, dropout_masks=None):
+    """The layer by definition: each sequence alone (a batch of one), cut at its length, each
+    (layer, direction) a Python loop of ``cell.apply`` (backwards for a reverse direction), the
+    layers above reading the outputs below (times the dropout mask); outputs padded with zeros.
+    x: ``[T, B, I]``; state0: the cell's state with leaves ``[L*D, B, ...]``."""
+    T, B = x.shape[:2]
+    D = layer.num_directions
+    outs, finals = [], [[None] * B for _ in range(layer.num_layers * D)]
+    for b in range(B):
+        n = int(lengths[b]) if lengths is not None else T
+        inp = x[:n, b:b + 1]
+        for l, cell in enumerate(layer.layer_cells):
+            ys = []
+            for d in range(D):
+                i = l * D + d
+                s = fn.tree.map(lambda t: t[i, b:b + 1], state0)
+                y = [None] * n
+                for t in (reversed(range(n)) if layer.reverse or d == 1 else range(n)):
+                    s = cell.apply(params[f"l{l}" + ("_reverse" if d else "")], inp[t], s)
+                    y[t] = cells.recurrent.output_of(cell, s)
+                finals[i][b] = s
+                ys.append(torch.stack(y))
+            inp = torch.cat(ys, -1)
+            if dropout_masks is not None and l < layer.num_layers - 1:
+                inp = inp * dropout_masks[l][:n, b:b + 1]
+        outs.append(torch.cat([inp, inp.new_zeros(T - n, *inp.shape[1:])]))
+    final = fn.tree.map(lambda *s: torch.cat(s, 0), *[fn.tree.map(lambda *s: torch.cat(s, 0), *row)
+                                                          for row in finals])
+    final = fn.tree.map(lambda s: s.reshape(layer.num_layers * D, B, *s.shape[1:]), final)
+    return torch.cat(outs, 1), final
+
+
+def _leaves(tree):
+    return fn.tree.leaves(tree)
+
+
+def _loss(out, final, weights):
+    """A loss reading every output and final-state element with its own weight."""
+    return (out * weights[0]).sum() + sum((s * w).sum() for s, w in zip(_leaves(final), weights[1:]))
+
+
+def _assert_same_grads(loss_a, loss_b, wrt, dtype, msg):
+    ga = torch.autograd.grad(loss_a, wrt, allow_unused=True)
+    gb = torch.autograd.grad(loss_b, wrt, allow_unused=True)
+    for a, b in zip(ga, gb):
+        if a is None or b is None:  # unused on one side (a learned state overridden): unused on both
+            assert a is None and b is None, msg
+        else:
+            assert_close(a, b, dtype, msg)
+
+
+# -- a user's cell against the reference loop ---------------------------------------------------
+
+@st.composite
+def configs(draw):
+    bidirectional = draw(st.booleans())
+    return {"num_layers": draw(st.integers(1, 2)), "bidirectional": bidirectional,
+            "reverse": not bidirectional and draw(st.booleans()), "batch_first": draw(st.booleans()),
+            "learn_initial_state": draw(st.booleans()), "dropout": draw(st.sampled_from([0.0, 0.5]))}
+
+
+@given(kw=configs(), i=st.integers(1, 4), h=st.integers(1, 4), T=st.integers(1, 5), B=st.integers(1, 3),
+       with_state=st.booleans(), with_lengths=st.booleans(), train=st.booleans(), data=st.data())
+def test_a_user_cell_gives_the_reference_loop_with_lengths_reverse_bidirectional_and_stacking(
+        kw, i, h, T, B, with_state, with_lengths, train, data):
+    dtype = torch.float64
+    torch.manual_seed(data.draw(st.integers(0, 10**6)))
+    layer = cells.Recurrent(PeepholeLSTMCell(i, h), **kw)
+    params = fn.tree.map(lambda p: p.to(dtype).requires_grad_(), layer.init(random.key(data.draw(st.integers(0, 99)))))
+    if kw["learn_initial_state"]:
+        params["initial_state"] = {k: torch.randn_like(v).requires_grad_() for k, v in params["initial_state"].items()}
+    n, D = kw["num_layers"] * layer.num_directions, layer.num_directions
+    x = torch.randn(T, B, i, dtype=dtype, requires_grad=True)
+    state = tuple(torch.randn(n, B, h, dtype=dtype, requires_grad=True) for _ in range(2)) if with_state else None
+    lengths = torch.tensor(data.draw(st.lists(st.integers(1, T), min_size=B, max_size=B))) if with_lengths else None
+    key = random.key(data.draw(st.integers(0, 99)))
+
+    out, final = layer.apply(params, x.transpose(0, 1) if kw["batch_first"] else x, state, lengths=lengths,
+                             key=key, train=train)
+    if kw["batch_first"]:
+        out = out.transpose(0, 1)
+    if state is not None:
+        state0 = state
+    elif kw["learn_initial_state"]:
+        state0 = tuple(params["initial_state"][k].unsqueeze(1).expand(n, B, h) for k in ("0", "1"))
+    else:
+        state0 = tuple(torch.zeros(n, B, h, dtype=dtype) for _ in range(2))
+    masks = None
+    if train and kw["dropout"] > 0:
+        masks = [fn.dropout(torch.ones(T, B, D * h, dtype=dtype), kw["dropout"], random.fold_in(key, l))
+                 for l in range(kw["num_layers"])]
+    out_r, final_r = reference(layer, params, x, state0, lengths, masks)
+
+    assert out.shape == (T, B, D * h) and [s.shape for s in final] == [(n, B, h)] * 2
+    assert_close(out, out_r, dtype, "outputs")
+    for a, b in zip(final, final_r):
+        assert_close(a, b, dtype, "final state")
+    weights = [torch.randn_like(out), *(torch.randn_like(s) for s in final)]
+    wrt = [x, *_leaves(params), *(state or ())]
+    _assert_same_grads(_loss(out, final, weights), _loss(out_r, final_r, weights), wrt, dtype, "gradient")
+
+
+def test_reverse_runs_each_sequence_from_its_own_end():
+    """reverse=True reads a sequence of length n as x[n-1], ..., x[0]: the same as the forward
+    layer on the sequence flipped within its length, outputs flipped back."""
+    torch.manual_seed(0)
+    cell = PeepholeLSTMCell(2, 3)
+    fwd, bwd = cells.Recurrent(cell), cells.Recurrent(cell, reverse=True)
+    params = fwd.init(random.key(1))
+    x, lengths = torch.randn(5, 2, 2), torch.tensor([5, 3])
+    out, (h, c) = bwd.apply(params, x, lengths=lengths)
+    for b, n in enumerate(lengths.tolist()):
+        flipped = x[:n, b:b + 1].flip(0)
+        out_f, (h_f, c_f) = fwd.apply(params, flipped)
+        torch.testing.assert_close(out[:n, b:b + 1], out_f.flip(0))
+        torch.testing.assert_close(h[:, b:b + 1], h_f)
+        assert not out[n:, b].any()
+
+
+# -- the built-in cells against torch.nn --------------------------------------------------------
+
+TORCH = {"LSTMCell": nn.LSTM, "GRUCell": nn.GRU, "RNNCell": nn.RNN}
+
+
+def nested_params(module: nn.Module) -> dict:
+    """torch's flat RNN names (``weight_ih_l0_reverse``) as Recurrent's tree
+    (``{"l0_reverse": {"weight_ih": ...}}``)."""
+    out: dict = {}
+    for name, p in fn.params_from_module(module).items():
+        kind, _, where = name.partition("_l")
+        out.setdefault("l" + where, {})[kind] = p
+    return out
+
+
+@settings(max_examples=max(40, settings.default.max_examples))
+@given(kind=st.sampled_from(sorted(TORCH)), i=st.integers(1, 4), h=st.integers(1, 4), T=st.integers(1, 5),
+       B=st.integers(1, 3), num_layers=st.integers(1, 2), bidirectional=st.booleans(), batch_first=st.booleans(),
+       bias=st.booleans(), relu=st.booleans(), with_h0=st.booleans(), with_lengths=st.booleans(),
+       dtype=st.sampled_from([torch.float64, torch.float32]), data=st.data())
+def test_built_in_cells_wrapped_give_torch_nn_numbers(kind, i, h, T, B, num_layers, bidirectional, batch_first,
+                                                      bias, relu, with_h0, with_lengths, dtype, data):
+    torch.manual_seed(data.draw(st.integers(0, 10**6)))
+    extra = {"nonlinearity": "relu"} if kind == "RNNCell" and relu else {}
+    theirs = TORCH[kind](i, h, num_layers=num_layers, bias=bias, batch_first=batch_first,
+                         bidirectional=bidirectional, dropout=0.0, **extra).to(dtype).train()
+    layer = cells.Recurrent(getattr(cells, kind)(i, h, bias, **extra), num_layers=num_layers,
+                            bidirectional=bidirectional, batch_first=batch_first)
+    params = fn.tree.map(lambda p: p.requires_grad_(), nested_params(theirs))
+    n = num_layers * (2 if bidirectional else 1)
+    x = torch.randn((B, T, i) if batch_first else (T, B, i), dtype=dtype, requires_grad=True)
+    h0 = None
+    if with_h0:
+        h0 = tuple(torch.randn(n, B, h, dtype=dtype, requires_grad=True) for _ in range(2 if kind == "LSTMCell" else 1))
+        h0 = h0 if kind == "LSTMCell" else h0[0]
+    lengths = torch.tensor(data.draw(st.lists(st.integers(1, T), min_size=B, max_size=B))) if with_lengths else None
+
+    out, final = layer.apply(params, x, h0, lengths=lengths, train=True)  # dropout 0 in training: none
+    if lengths is not None:
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=batch_first, enforce_sorted=False)
+        out_t, final_t = theirs(packed, h0)
+        out_t, _ = nn.utils.rnn.pad_packed_sequence(out_t, batch_first=batch_first, total_length=T)
+    else:
+        out_t, final_t = theirs(x, h0)
+    assert type(final) is type(final_t)
+    assert_close(out, out_t, dtype, "outputs")
+    for a, b in zip(_leaves(final), _leaves(final_t)):
+        assert_close(a, b, dtype, "final state")
+    weights = [torch.randn_like(out), *(torch.randn_like(s) for s in _leaves(final))]
+    h0s = [] if h0 is None else _leaves(h0)
+    ga = torch.autograd.grad(_loss(out, final, weights), [x, *_leaves(params), *h0s])
+    gb = torch.autograd.grad(_loss(out_t, final_t, weights), [x, *theirs.parameters(), *h0s])
+    for a, b in zip(ga, gb):
+        assert_close(a, b, dtype, "gradient")
+
+
+def test_dropout_between_layers_draws_the_masks_cells_lstm_draws():
+    """Same key, same masks: Recurrent(LSTMCell) in training equals cells.LSTM with dropout."""
+    torch.manual_seed(0)
+    theirs = nn.LSTM(3, 4, num_layers=3, bidirectional=True).double()
+    flat, nested = fn.params_from_module(theirs), nested_params(theirs)
+    x, lengths, key = torch.randn(5, 2, 3, dtype=torch.float64), torch.tensor([5, 2]), random.key(7)
+    layer = cells.Recurrent(cells.LSTMCell(3, 4), num_layers=3, bidirectional=True, dropout=0.5)
+    out, (h, c) = layer.apply(nested, x, lengths=lengths, key=key, train=True)
+    want, (h_w, c_w) = cells.LSTM(3, 4, num_layers=3, bidirectional=True, dropout=0.5).apply(
+        flat, x, lengths=lengths, key=key, train=True)
+    assert_close(out, want)
+    assert_close(h, h_w)
+    assert_close(c, c_w)
+    assert not torch.equal(out, layer.apply(nested, x, lengths=lengths)[0])  # eval: no dropout
+    assert not torch.equal(out, layer.apply(nested, x, lengths=lengths, key=random.key(8), train=True)[0])
+    with pytest.raises(ValueError, match="needs a key"):
+        layer.apply(nested, x, train=True)
+
+
+# -- edge cases -----------------------------------------------------------------------------------
+
+def test_length_one_sequences_all_lengths_equal_and_one_length_one():
+    torch.manual_seed(0)
+    layer = cells.Recurrent(PeepholeLSTMCell(3, 4), num_layers=2, bidirectional=True)
+    params = fn.tree.map(lambda p: p.double(), layer.init(random.key(0)))
+    zeros = tuple(torch.zeros(4, 3, 4, dtype=torch.float64) for _ in range(2))
+    for T, lengths in ((1, None), (1, [1, 1, 1]), (4, [1, 1, 1]), (4, [4, 1, 3]), (4, [4, 4, 4])):
+        x = torch.randn(T, 3, 3, dtype=torch.float64)
+        lengths = None if lengths is None else torch.tensor(lengths)
+        out, final = layer.apply(params, x, lengths=lengths)
+        out_r, final_r = reference(layer, params, x, zeros, lengths)
+        assert_close(out, out_r, msg=f"T={T} lengths={lengths}")
+        for a, b in zip(final, final_r):
+            assert_close(a, b, msg=f"T={T} lengths={lengths}")
+    # lengths all equal to T: the unpacked run
+    x = torch.randn(4, 3, 3, dtype=torch.float64)
+    torch.testing.assert_close(layer.apply(params, x, lengths=[4, 4, 4]), layer.apply(params, x), rtol=0, atol=0)
+
+
+def test_an_empty_batch_gives_empty_outputs_and_states():
+    for cell in (PeepholeLSTMCell(3, 4), cells.GRUCell(3, 4)):
+        layer = cells.Recurrent(cell, num_layers=2, bidirectional=True, batch_first=True)
+        params = layer.init(random.key(0))
+        x = torch.randn(0, 5, 3, requires_grad=True)
+        for lengths in (None, torch.zeros(0, dtype=torch.int64)):
+            out, final = layer.apply(params, x, lengths=lengths)
+            assert out.shape == (0, 5, 8)
+            assert [s.shape for s in _leaves(final)] == [(4, 0, 4)] * len(_leaves(final))
+            g = fn.grad(lambda p: layer.apply(p, x, lengths=lengths)[0].sum())(params)
+            assert all(not v.any() for v in _leaves(g))
+
+
+def test_an_unbatched_sequence_is_the_batch_of_one():
+    layer = cells.Recurrent(PeepholeLSTMCell(3, 4), bidirectional=True)
+    params = layer.init(random.key(0))
+    x, h0 = torch.randn(6, 3), (torch.randn(2, 4), torch.randn(2, 4))
+    out, (h, c) = layer.apply(params, x, h0, lengths=torch.tensor(4))
+    out1, (h1, c1) = layer.apply(params, x.unsqueeze(1), tuple(s.unsqueeze(1) for s in h0), lengths=torch.tensor([4]))
+    assert out.shape == (6, 8) and h.shape == (2, 4)
+    assert torch.equal(out, out1[:, 0]) and torch.equal(h, h1[:, 0]) and torch.equal(c, c1[:, 0])
+    assert not out[4:].any()
+
+
+# -- params ---------------------------------------------------------------------------------------
+
+def test_params_are_keyed_by_layer_and_direction_and_upper_cells_read_both_directions():
+    layer = cells.Recurrent(cells.LSTMCell(3, 5), num_layers=2, bidirectional=True, learn_initial_state=True)
+    shapes = fn.param_shapes(layer)
+    assert set(shapes) == {"l0", "l0_reverse", "l1", "l1_reverse", "initial_state"}
+    assert shapes["l0"]["weight_ih"] == (20, 3) and shapes["l1_reverse"]["weight_ih"] == (20, 10)
+    assert shapes["initial_state"] == {"0": (4, 5), "1": (4, 5)}  # h then c, [L*D, H]
+    assert layer.layer_cells == (cells.LSTMCell(3, 5), cells.LSTMCell(10, 5))
+    params = layer.init(random.key(0))
+    assert not params["initial_state"]["0"].any()
+    fn.check_params(layer, params)
+
+
+def test_a_learned_initial_state_is_broadcast_over_the_batch_and_trained():
+    layer = cells.Recurrent(PeepholeLSTMCell(2, 3), num_layers=2, learn_initial_state=True)
+    params = layer.init(random.key(0))
+    params["initial_state"] = {"0": torch.randn(2, 3), "1": torch.randn(2, 3)}
+    x = torch.randn(4, 5, 2)
+    out, _ = layer.apply(params, x)
+    given = tuple(params["initial_state"][k].unsqueeze(1).expand(2, 5, 3) for k in ("0", "1"))
+    torch.testing.assert_close(out, layer.apply(params, x, given)[0], rtol=0, atol=0)
+    g = fn.grad(lambda p: layer.apply(p, x)[0].sum())(params)
+    assert g["initial_state"]["0"].abs().sum() > 0 and g["initial_state"]["1"].abs().sum() > 0
+
+
+def test_built_in_cells_meet_the_protocol():
+    for cell, leaves in ((cells.RNNCell(3, 4), 1), (cells.GRUCell(3, 4), 1), (cells.LSTMCell(3, 4), 2)):
+        state = cell.initial_state(5, dtype=torch.float64)
+        assert [(s.shape, s.dtype) for s in _leaves(state)] == [((5, 4), torch.float64)] * leaves
+        assert all(not s.any() for s in _leaves(state))
+        assert cell.output(state) is _leaves(state)[0]
+        params = cell.init(random.key(0))
+        new = cell.apply(params, torch.randn(5, 3), cell.initial_state(5))
+        assert fn.tree.structure(new) == fn.tree.structure(cell.initial_state(5))
+        expect_clear_error(lambda cell=cell: cell.initial_state(-1), match="initial_state")
+
+
+# -- compiled -------------------------------------------------------------------------------------
+
+def test_compiled_training_step_of_a_user_cell_matches_eager():
+    """Default inductor, fullgraph: values and gradients equal eager (lengths, both directions,
+    a learned initial state). T is small: with gradients the scan is unrolled."""
+    layer = cells.Recurrent(PeepholeLSTMCell(3, 4), bidirectional=True, learn_initial_state=True)
+    params = fn.tree.map(lambda p: p.double(), layer.init(random.key(0)))
+    params["initial_state"] = {k: torch.randn_like(v) for k, v in params["initial_state"].items()}
+    x, lengths = torch.randn(3, 2, 3, dtype=torch.float64), torch.tensor([3, 1])
+
+    def loss(p, x, lengths):
+        out, (h, c) = layer.apply(p, x, lengths=lengths)
+        return out.square().mean() + h.sum() + c.square().sum()
+    step = fn.value_and_grad(loss)
+    value, grads = fn.jit(step)(params, x, lengths)
+    value_e, grads_e = step(params, x, lengths)
+    assert_close(value, value_e)
+    for a, b in zip(_leaves(grads), _leaves(grads_e)):
+        assert_close(a, b)
+
+
+# -- a cell that breaks the protocol, and other bad input -----------------------------------------
+
+@dataclass(frozen=True)
+class TanhCell(fn.Module):
+    """``h' = tanh(W [x, h])``; ``grow`` / ``cast`` / ``pair`` break the protocol on purpose:
+    the new state one wider, float32, or ``(h, h)`` (Flax's ``(carry, y)``)."""
+
+    input_size: int
+    hidden_size: int
+    grow: bool = False
+    cast: bool = False
+    pair: bool = False
+    batch_of_one: bool = False
+
+    def init(self, key):
+        return {"weight": fn.init.uniform(key, (self.hidden_size + self.grow, self.input_size + self.hidden_size), 0.5)}
+
+    def initial_state(self, batch, device=None, dtype=None):
+        return torch.zeros(1 if self.batch_of_one else batch, self.hidden_size, device=device, dtype=dtype)
+
+    def apply(self, params, x, h):
+        h_new = torch.tanh(torch.cat([x, h], -1) @ params["weight"].T)
+        h_new = h_new.float() if self.cast else h_new
+        return (h_new, h_new) if self.pair else h_new
+
+
+class PlainCell:
+    """A cell that is no dataclass (stacks only as separate layers)."""
+
+    input_size = 2
+
+    def init(self, key):
+        return {"w": torch.zeros(2, 4)}
+
+    def initial_state(self, batch, device=None, dtype=None):
+        return torch.zeros(batch, 2, device=device, dtype=dtype)
+
+    def apply(self, params, x, h):
+        return torch.tanh(torch.cat([x, h], -1) @ params["w"].T)
+
+
+@dataclass(frozen=True)
+class NoInitialState(fn.Module):
+    input_size: int = 2
+
+    def apply(self, params, x, h):
+        return h
+
+
+class Unhashable(PlainCell):
+    __hash__ = None  # as a mutable dataclass's: equality without a hash
+
+
+@dataclass(frozen=True)
+class WideOutput(TanhCell):
+    def output(self, state):
+        return state.unsqueeze(-1)
+
+
+def test_a_cell_that_breaks_the_protocol_is_named_with_what_was_expected():
+    x = torch.randn(4, 3, 2, dtype=torch.float64)
+
+    def run(cell):
+        layer = cells.Recurrent(cell)
+        params = fn.tree.map(lambda p: p.double(), layer.init(random.key(0)))
+        return layer.apply(params, x)
+    expect_clear_error(lambda: run(TanhCell(2, 3, grow=True)), match=r"TanhCell.*grow=True.*expected \[3, 3\]")
+    expect_clear_error(lambda: run(TanhCell(2, 3, cast=True)), match=r"TanhCell.*torch.float32.*expected .*float64")
+    expect_clear_error(lambda: run(TanhCell(2, 3, pair=True)), match=r"TanhCell.*new state only")
+    expect_clear_error(lambda: run(TanhCell(2, 3, batch_of_one=True)), match=r"TanhCell.*initial_state\(3")
+    expect_clear_error(lambda: cells.Recurrent(NoInitialState()), match=r"NoInitialState.*initial_state")
+    expect_clear_error(lambda: cells.Recurrent(fn.Linear(2, 3)), match=r"Linear.*initial_state")
+    expect_clear_error(lambda: cells.Recurrent(Unhashable()), match=r"Unhashable.*hashable")
+    expect_clear_error(lambda: cells.Recurrent(WideOutput(2, 3)), match=r"WideOutput.*output.*\[B, H\]")
+    expect_clear_error(lambda: cells.Recurrent(PlainCell(), num_layers=2), match=r"PlainCell.*input_size")
+    cells.Recurrent(PlainCell())  # one layer needs no replace()
+    no_size = type("NoSize", (PlainCell,), {"input_size": None})()
+    expect_clear_error(lambda: cells.Recurrent(no_size), match=r"NoSize.*input_size")
+
+
+LAYER = cells.Recurrent(cells.LSTMCell(3, 4), num_layers=2)
+PARAMS = LAYER.init(random.key(0))
+
+
+@given(case=st.sampled_from([
+    ("num_layers", {"num_layers": 0}), ("num_layers", {"num_layers": 1.0}), ("dropout", {"dropout": 1.5}),
+    ("dropout", {"dropout": float("nan")}), ("bidirectional", {"bidirectional": 1}),
+    ("reverse", {"reverse": True, "bidirectional": True}), ("batch_first", {"batch_first": None})]))
+def test_constructor_refuses_bad_hyperparameters(case):
+    name, kw = case
+    expect_clear_error(lambda: cells.Recurrent(cells.GRUCell(2, 3), **kw), match=name)
+
+
+@given(case=st.sampled_from([
+    ("input of shape", lambda: LAYER.apply(PARAMS, torch.randn(5, 2, 4))),
+    ("input of shape", lambda: LAYER.apply(PARAMS, torch.randn(5, 2, 2, 3))),
+    ("at least one step", lambda: LAYER.apply(PARAMS, torch.randn(0, 2, 3))),
+    ("lengths must be in", lambda: LAYER.apply(PARAMS, torch.randn(5, 2, 3), lengths=[0, 5])),
+    ("lengths must be in", lambda: LAYER.apply(PARAMS, torch.randn(5, 2, 3), lengths=[6, 5])),
+    ("lengths must have shape", lambda: LAYER.apply(PARAMS, torch.randn(5, 2, 3), lengths=[5])),
+    ("integer tensor", lambda: LAYER.apply(PARAMS, torch.randn(5, 2, 3), lengths=torch.tensor([5.0, 1.0]))),
+    ("structure of the cell's state", lambda: LAYER.apply(PARAMS, torch.randn(5, 2, 3), torch.zeros(2, 2, 4))),
+    ("state leaf '1' of shape", lambda: LAYER.apply(PARAMS, torch.randn(5, 2, 3),
+                                                     (torch.zeros(2, 2, 4), torch.zeros(1, 2, 4)))),
+    ("input dtype", lambda: LAYER.apply(PARAMS, torch.randn(5, 2, 3, dtype=torch.float64))),
+    ("state leaf", lambda: LAYER.apply(PARAMS, torch.randn(5, 2, 3),
+                                       (torch.zeros(2, 2, 4), torch.zeros(2, 2, 4, dtype=torch.float64)))),
+    ("missing 'l1.weight_hh'", lambda: LAYER.apply({**PARAMS, "l1": {k: v for k, v in PARAMS["l1"].items()
+                                                                     if k != "weight_hh"}}, torch.randn(5, 2, 3))),
+]))
+def test_apply_refuses_bad_input_naming_the_layer(case):
+    match, call = case
+    err = expect_clear_error(call, match=match)
+    assert "Recurrent" in str(err)
