@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from conftest import assert_close
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from moduledb import copy_inputs, infos_named, samples
 
 import fnnet as fn
 import losses
@@ -343,14 +344,6 @@ def test_an_empty_batch_reduces_as_torch_does(case, reduction):
 
 # -- PyTorch's own ModuleInfo samples -------------------------------------------------------------------
 
-def _module_db():
-    try:
-        from torch.testing._internal.common_modules import module_db
-    except ImportError as e:  # needs the `expecttest` package, which torch does not install
-        pytest.skip(f"torch.testing._internal is not importable here ({e}); pip install expecttest")
-    return module_db
-
-
 # torch.nn class -> fnnet loss; the constructor's kwargs are the loss's keyword arguments
 MODULE_LOSSES = {
     "L1Loss": "l1", "MSELoss": "mse", "SmoothL1Loss": "smooth_l1", "HuberLoss": "huber",
@@ -362,12 +355,6 @@ MODULE_LOSSES = {
     "MultiLabelMarginLoss": "multilabel_margin", "GaussianNLLLoss": "gaussian_nll",
     "PoissonNLLLoss": "poisson_nll", "CTCLoss": "ctc",
 }
-
-
-def _copy(x):
-    if isinstance(x, torch.Tensor):
-        return x.detach().clone().requires_grad_(x.requires_grad)
-    return type(x)(_copy(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
 def _run(call, args):
@@ -383,26 +370,24 @@ def _run(call, args):
 def test_every_module_db_sample_of_a_loss_module_matches(module, dtype):
     """Outputs and input gradients of every sample PyTorch's ModuleInfo database has for the
     loss modules, fnnet's loss called with the module's constructor kwargs."""
-    infos = [m for m in _module_db() if m.module_cls.__name__ == module]
+    infos = infos_named(module)
     assert infos, f"module_db has no {module}"
     loss = getattr(losses, MODULE_LOSSES[module])
     matched = 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for info in infos:
-            for training in (True, False):
-                for sample in info.module_inputs_func(info, device="cpu", dtype=dtype, requires_grad=True,
-                                                      training=training):
-                    ctor, fwd = sample.constructor_input, sample.forward_input
-                    torch_loss = info.module_cls(*ctor.args, **ctor.kwargs)
-                    args = tuple(fwd.args)
-                    theirs = _run(lambda *a, m=torch_loss, kw=fwd.kwargs: m(*a, **kw), _copy(args))
-                    ours = _run(lambda *a, c=ctor, kw=fwd.kwargs: loss(*a, *c.args, **c.kwargs, **kw), _copy(args))
-                    where = f"{module} sample {sample.desc!r} training={training}"
-                    for a, b in zip((ours[0], *ours[1]), (theirs[0], *theirs[1])):
-                        torch.testing.assert_close(a, b, **_tol(dtype), equal_nan=True,
-                                                   msg=lambda m, w=where: f"{w}: {m}")
-                    matched += 1
+            for training, sample in samples(info, dtype):
+                ctor, fwd = sample.constructor_input, sample.forward_input
+                torch_loss = info.module_cls(*ctor.args, **ctor.kwargs)
+                args = tuple(fwd.args)
+                theirs = _run(lambda *a, m=torch_loss, kw=fwd.kwargs: m(*a, **kw), copy_inputs(args))
+                ours = _run(lambda *a, c=ctor, kw=fwd.kwargs: loss(*a, *c.args, **c.kwargs, **kw), copy_inputs(args))
+                where = f"{module} sample {sample.desc!r} training={training}"
+                for a, b in zip((ours[0], *ours[1]), (theirs[0], *theirs[1])):
+                    torch.testing.assert_close(a, b, **_tol(dtype), equal_nan=True,
+                                               msg=lambda m, w=where: f"{w}: {m}")
+                matched += 1
     assert matched > 0
     print(f"module_db {module} {dtype}: {matched} samples match")
 

@@ -1,14 +1,19 @@
 """Layers with the names, arguments, parameter layouts and numbers of their torch.nn namesakes."""
 
-from .activations import (ELU, GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Softplus, Tanh, celu,
-                          elu, gelu, hardtanh, leaky_relu, log_softmax, logsigmoid, mish, relu, relu6,
-                          selu, sigmoid, silu, softmax, softplus, softsign, tanh, tanhshrink)
+from .activations import (CELU, ELU, GELU, GLU, Hardshrink, Hardswish, Hardtanh, LeakyReLU, LogSigmoid,
+                          LogSoftmax, Mish, PReLU, ReLU, ReLU6, SELU, SiLU, Sigmoid, Softmax, Softmax2d,
+                          Softmin, Softplus, Softshrink, Softsign, Tanh, Tanhshrink, Threshold, celu, elu,
+                          gelu, glu, hardshrink, hardswish, hardtanh, leaky_relu, log_softmax, logsigmoid,
+                          mish, relu, relu6, selu, sigmoid, silu, softmax, softmin, softplus, softshrink,
+                          softsign, tanh, tanhshrink, threshold)
 from .attention import MultiheadAttention
+from .bilinear import Bilinear
 from .conv import Conv1d, Conv2d, Conv3d, ConvTranspose1d, ConvTranspose2d, ConvTranspose3d, conv_output_size
 from .dropout import Dropout, Dropout2d, dropout
 from .embedding import Embedding
 from .linear import Flatten, Identity, Linear, Unflatten
-from .norm import BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm
+from .norm import (BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, InstanceNorm1d, InstanceNorm2d,
+                   InstanceNorm3d, LayerNorm, LocalResponseNorm, RMSNorm)
 from .padding import (CircularPad1d, CircularPad2d, CircularPad3d, ConstantPad1d, ConstantPad2d,
                       ConstantPad3d, ReflectionPad1d, ReflectionPad2d, ReflectionPad3d, ReplicationPad1d,
                       ReplicationPad2d, ReplicationPad3d, ZeroPad1d, ZeroPad2d, ZeroPad3d)
@@ -103,4 +108,34 @@ __all__ = [
     "LPPool2d",
     "LPPool3d",
     "MaxPool3d",
+    "CELU",
+    "GLU",
+    "Hardshrink",
+    "Hardswish",
+    "Hardtanh",
+    "LogSigmoid",
+    "Mish",
+    "PReLU",
+    "ReLU6",
+    "SELU",
+    "SiLU",
+    "Softmax2d",
+    "Softmin",
+    "Softshrink",
+    "Softsign",
+    "Tanhshrink",
+    "Threshold",
+    "glu",
+    "hardshrink",
+    "hardswish",
+    "softmin",
+    "softshrink",
+    "threshold",
+    "BatchNorm3d",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
+    "LocalResponseNorm",
+    "RMSNorm",
+    "Bilinear",
 ]

@@ -1,5 +1,11 @@
-"""Activations: plain functions (``fn.relu``) and, where a hyperparameter is involved, the
-``torch.nn``-named modules to put in a Sequential (``fn.LeakyReLU(0.2)``)."""
+"""Activations: plain functions (``fn.relu``) and the ``torch.nn``-named modules to put in a
+Sequential (``fn.LeakyReLU(0.2)``), with torch.nn's constructor arguments.
+
+One mechanism: a module is an :class:`_Activation` whose hyperparameters are its fields and whose
+``f(x)`` applies the function form; its ``apply(params, input)`` takes the input as torch's
+``forward(input)`` does (by position, or as ``input=``). No ``inplace`` flag: fnnet never writes
+into its inputs. :class:`PReLU`, the one with a parameter, has its own ``init``.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ tanh = torch.tanh
 silu = F.silu
 mish = F.mish
 selu = F.selu
+hardswish = F.hardswish
 logsigmoid = F.logsigmoid
 softsign = F.softsign
 tanhshrink = F.tanhshrink
@@ -48,6 +55,21 @@ def hardtanh(x: torch.Tensor, min_val: float = -1.0, max_val: float = 1.0) -> to
     return F.hardtanh(x, min_val, max_val)
 
 
+def hardshrink(x: torch.Tensor, lambd: float = 0.5) -> torch.Tensor:
+    """``x`` where ``|x| > lambd``, else 0."""
+    return F.hardshrink(x, lambd)
+
+
+def softshrink(x: torch.Tensor, lambd: float = 0.5) -> torch.Tensor:
+    """``x - lambd * sign(x)`` where ``|x| > lambd``, else 0 (``lambd >= 0``)."""
+    return F.softshrink(x, lambd)
+
+
+def threshold(x: torch.Tensor, threshold: float, value: float) -> torch.Tensor:
+    """``x`` where ``x > threshold``, else ``value``."""
+    return F.threshold(x, threshold, value)
+
+
 def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return F.softmax(x, dim=dim)
 
@@ -56,17 +78,52 @@ def log_softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return F.log_softmax(x, dim=dim)
 
 
+def softmin(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """``softmax(-x, dim)``."""
+    return F.softmin(x, dim=dim)
+
+
+def glu(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Gated linear unit: ``a * sigmoid(b)``, ``a`` and ``b`` the two halves of ``x`` along ``dim``
+    (of even size). x: ``[..., 2n, ...]`` -> ``[..., n, ...]``."""
+    ok = isinstance(x, torch.Tensor) and -x.ndim <= dim < x.ndim and x.shape[dim] % 2 == 0
+    if not ok:
+        got = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"glu: expected an input whose dim {dim} has an even size (it is halved), got {got}")
+    return F.glu(x, dim)
+
+
+def _implicit_dim(ndim: int) -> int:
+    """torch's choice of dim for a softmax given none (``nn.Softmin()``): 0 for a 0-, 1- or 3-d
+    input, else 1."""
+    return 0 if ndim in (0, 1, 3) else 1
+
+
 @dataclass(frozen=True)
 class _Activation(Module):
-    def apply(self, params, x, *, key=None, train=False):
-        expect(self, isinstance(x, torch.Tensor), "a tensor", x)
-        return self.f(x)
+    """``apply(params, input)`` is ``self.f(input)``; subclasses define ``f`` and their fields."""
+
+    def apply(self, params, input, *, key=None, train=False):
+        expect(self, isinstance(input, torch.Tensor), "a tensor", input)
+        return self.f(input)
+
+    def _dim_expected(self, x: torch.Tensor, dim: int) -> None:
+        n = max(x.ndim, 1)  # a 0-d tensor takes dim 0 or -1, as in torch
+        expect(self, -n <= dim < n, f"an input that has dim {dim}", x)
 
 
 @dataclass(frozen=True)
 class ReLU(_Activation):
     def f(self, x):
         return relu(x)
+
+
+@dataclass(frozen=True)
+class ReLU6(_Activation):
+    """``min(max(x, 0), 6)``."""
+
+    def f(self, x):
+        return relu6(x)
 
 
 @dataclass(frozen=True)
@@ -79,6 +136,62 @@ class Sigmoid(_Activation):
 class Tanh(_Activation):
     def f(self, x):
         return tanh(x)
+
+
+@dataclass(frozen=True)
+class SiLU(_Activation):
+    """``x * sigmoid(x)`` (swish)."""
+
+    def f(self, x):
+        return silu(x)
+
+
+@dataclass(frozen=True)
+class Mish(_Activation):
+    """``x * tanh(softplus(x))``."""
+
+    def f(self, x):
+        return mish(x)
+
+
+@dataclass(frozen=True)
+class SELU(_Activation):
+    """Scaled ELU with the self-normalizing constants."""
+
+    def f(self, x):
+        return selu(x)
+
+
+@dataclass(frozen=True)
+class Hardswish(_Activation):
+    """``x * relu6(x + 3) / 6``."""
+
+    def f(self, x):
+        return hardswish(x)
+
+
+@dataclass(frozen=True)
+class LogSigmoid(_Activation):
+    """``log(sigmoid(x))``, stable for large ``|x|``."""
+
+    def f(self, x):
+        return logsigmoid(x)
+
+
+@dataclass(frozen=True)
+class Softsign(_Activation):
+    """``x / (1 + |x|)``."""
+
+    def f(self, x):
+        return softsign(x)
+
+
+@dataclass(frozen=True)
+class Tanhshrink(_Activation):
+    """``x - tanh(x)``."""
+
+    def f(self, x):
+        return tanhshrink(x)
 
 
 @dataclass(frozen=True)
@@ -115,6 +228,19 @@ class ELU(_Activation):
 
 
 @dataclass(frozen=True)
+class CELU(_Activation):
+    """``max(0, x) + min(0, alpha * (exp(x / alpha) - 1))``; ``alpha`` other than 0."""
+
+    alpha: float = 1.0
+
+    def __post_init__(self):
+        U.real(self, "alpha", nonzero=True)
+
+    def f(self, x):
+        return celu(x, self.alpha)
+
+
+@dataclass(frozen=True)
 class Softplus(_Activation):
     beta: float = 1.0
     threshold: float = 20.0
@@ -128,6 +254,60 @@ class Softplus(_Activation):
 
 
 @dataclass(frozen=True)
+class Hardtanh(_Activation):
+    """``x`` clamped to ``[min_val, max_val]`` (``max_val > min_val``)."""
+
+    min_val: float = -1.0
+    max_val: float = 1.0
+
+    def __post_init__(self):
+        U.real(self, "min_val")
+        U.real(self, "max_val")
+        if not self.max_val > self.min_val:
+            raise ValueError(f"Hardtanh: max_val ({self.max_val}) must be greater than min_val ({self.min_val})")
+
+    def f(self, x):
+        return hardtanh(x, self.min_val, self.max_val)
+
+
+@dataclass(frozen=True)
+class Hardshrink(_Activation):
+    lambd: float = 0.5
+
+    def __post_init__(self):
+        U.real(self, "lambd")
+
+    def f(self, x):
+        return hardshrink(x, self.lambd)
+
+
+@dataclass(frozen=True)
+class Softshrink(_Activation):
+    lambd: float = 0.5
+
+    def __post_init__(self):
+        U.real(self, "lambd", 0.0)
+
+    def f(self, x):
+        return softshrink(x, self.lambd)
+
+
+@dataclass(frozen=True)
+class Threshold(_Activation):
+    """``x`` where ``x > threshold``, else ``value``."""
+
+    threshold: float
+    value: float
+
+    def __post_init__(self):
+        U.real(self, "threshold")
+        U.real(self, "value")
+
+    def f(self, x):
+        return threshold(x, self.threshold, self.value)
+
+
+@dataclass(frozen=True)
 class Softmax(_Activation):
     dim: int = -1
 
@@ -135,6 +315,7 @@ class Softmax(_Activation):
         U.ints(self, "dim", minimum=None)
 
     def f(self, x):
+        self._dim_expected(x, self.dim)
         return softmax(x, self.dim)
 
 
@@ -146,4 +327,75 @@ class LogSoftmax(_Activation):
         U.ints(self, "dim", minimum=None)
 
     def f(self, x):
+        self._dim_expected(x, self.dim)
         return log_softmax(x, self.dim)
+
+
+@dataclass(frozen=True)
+class Softmin(_Activation):
+    """``softmax(-x, dim)``. ``dim=None`` is torch's implicit choice for ``nn.Softmin()``: dim 0
+    of a 0-, 1- or 3-d input, else dim 1 (the same numbers as torch)."""
+
+    dim: int | None = None
+
+    def __post_init__(self):
+        if self.dim is not None:
+            U.ints(self, "dim", minimum=None)
+
+    def f(self, x):
+        dim = _implicit_dim(x.ndim) if self.dim is None else self.dim
+        self._dim_expected(x, dim)
+        return softmin(x, dim)
+
+
+@dataclass(frozen=True)
+class Softmax2d(_Activation):
+    """Softmax over the channels at each location. x: ``[N, C, H, W]`` or ``[C, H, W]``."""
+
+    def f(self, x):
+        expect(self, x.ndim in (3, 4), "input [N, C, H, W] or [C, H, W]", x)
+        return softmax(x, -3)
+
+
+@dataclass(frozen=True)
+class GLU(_Activation):
+    """:func:`glu` along ``dim``: x ``[..., 2n, ...]`` -> ``[..., n, ...]``."""
+
+    dim: int = -1
+
+    def __post_init__(self):
+        U.ints(self, "dim", minimum=None)
+
+    def f(self, x):
+        ok = -x.ndim <= self.dim < x.ndim and x.shape[self.dim] % 2 == 0
+        expect(self, ok, f"an input whose dim {self.dim} has an even size (it is halved)", x)
+        return glu(x, self.dim)
+
+
+@dataclass(frozen=True, init=False)
+class PReLU(Module):
+    """``max(0, x) + weight * min(0, x)`` with a learned slope: one shared (``num_parameters=1``)
+    or one per channel (dim 1 of x). x: ``[N, C, *]``, or any shape with one slope.
+    Params ``{"weight": [num_parameters]}``, filled with ``init``.
+
+    ``PReLU(num_parameters=1, init=0.25)`` as in torch; the initial slope is kept as
+    ``init_value`` (``init`` is the method every module has)."""
+
+    num_parameters: int = 1
+    init_value: float = 0.25
+
+    def __init__(self, num_parameters: int = 1, init: float = 0.25):
+        object.__setattr__(self, "num_parameters", num_parameters)
+        object.__setattr__(self, "init_value", init)
+        U.ints(self, "num_parameters")
+        U.real(self, "init_value")
+
+    def init(self, key):
+        return {"weight": torch.full((self.num_parameters,), self.init_value, dtype=torch.get_default_dtype(),
+                                     device=key.device)}
+
+    def apply(self, params, input, *, key=None, train=False):
+        c = self.num_parameters
+        ok = isinstance(input, torch.Tensor) and (c == 1 or (input.ndim >= 2 and input.shape[1] == c))
+        expect(self, ok, "a tensor" if c == 1 else f"input [N, {c}, ...]", input)
+        return F.prelu(input, params["weight"])

@@ -1,0 +1,190 @@
+"""Every layer, cell and recurrent layer with a ``torch.nn`` namesake replays PyTorch's own oracle,
+``module_db``: for each sample (constructor arguments x forward inputs, in training and in eval
+mode) the fnnet twin is built from the SAME arguments, takes the torch module's weights
+(``fn.params_from_module``) and buffers (``fn.state_from_module``), and gives the same outputs,
+the same new running statistics, and the same gradients w.r.t. every parameter and every input
+(float64, tight).
+
+Twins are found by name (``fn.<Name>`` for layers, ``cells.<Name>`` for the recurrent ones), so
+a layer added to fnnet is replayed as soon as it exists. The loss modules are replayed by
+``test_losses_more.py``. Every other module_db module is listed in :data:`EXPECTED_MISSING` with
+the reason, and a test holds that list exact: a new twin must be taken out of it.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from conftest import TOL
+from moduledb import copy_inputs, samples, try_module_db
+from test_losses_more import MODULE_LOSSES
+
+import cells
+import fnnet as fn
+from fnnet import interop
+
+DB, WHY_NO_DB = try_module_db()
+
+# module_db modules without an fnnet twin, and why. Keep it exact (test_the_expected_missing_set_is_exact):
+# when a twin lands, take its name out.
+EXPECTED_MISSING = {
+    **{name: "lazy modules infer their sizes from the first input, which init(key) does not see" for name in [
+        "LazyConv1d", "LazyConv2d", "LazyConv3d", "LazyConvTranspose1d", "LazyConvTranspose2d",
+        "LazyConvTranspose3d"]},
+    "LinearCrossEntropyLoss": "a loss fused with its Linear layer: no twin in losses yet",
+}
+
+# the modules whose samples take seconds: a normal run replays every SUBSAMPLE-th sample, `-m slow` the rest
+HEAVY = {"MultiheadAttention", "Transformer", "TransformerDecoderLayer", "TransformerEncoder",
+         "TransformerEncoderLayer"}
+SUBSAMPLE = 4
+
+
+def twin_of(name: str) -> type | None:
+    """fnnet's class of the same name: a layer in ``fnnet``, a recurrent cell or layer in ``cells``."""
+    for package in (fn, cells):
+        cls = getattr(package, name, None)
+        if isinstance(cls, type) and issubclass(cls, fn.Module):
+            return cls
+    return None
+
+
+def _names_with_twins() -> list[str]:
+    if DB is None:
+        return []
+    return sorted(n for n in {m.module_cls.__name__ for m in DB} - set(MODULE_LOSSES) if twin_of(n) is not None)
+
+
+def _tensors(out) -> list[torch.Tensor]:
+    """The tensors of a (nested tuple of) outputs, in order."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _tensors(o)]
+    return []
+
+
+def _inputs_requiring_grad(args, kwargs) -> list[torch.Tensor]:
+    return [t for t in _tensors((*args, *kwargs.values())) if t.requires_grad]
+
+
+def _cotangents(outs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """A fixed random direction per output: the sum would hide softmax's gradient (it is 0)."""
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in outs]
+
+
+def _replay(info, training: bool, sample, dtype) -> dict[str, tuple]:
+    """``{what: (ours, theirs)}``: outputs, new running statistics, gradients w.r.t. each
+    parameter (by name) and each input that requires grad."""
+    ctor, fwd = sample.constructor_input, sample.forward_input
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs_module = info.module_cls(*ctor.args, **ctor.kwargs).to(dtype)
+    theirs_module.train(training)
+    twin = twin_of(info.module_cls.__name__)(*ctor.args, **ctor.kwargs)
+    params = fn.params_from_module(theirs_module)
+    state = fn.state_from_module(theirs_module)
+
+    # theirs
+    t_args, t_kwargs = copy_inputs(tuple(fwd.args)), copy_inputs(dict(fwd.kwargs))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t_out = _tensors(theirs_module(*t_args, **t_kwargs))
+    t_state = fn.state_from_module(theirs_module)
+    t_wrt = [p for _, p in theirs_module.named_parameters()] + _inputs_requiring_grad(t_args, t_kwargs)
+
+    # ours
+    o_args, o_kwargs = copy_inputs(tuple(fwd.args)), copy_inputs(dict(fwd.kwargs))
+    names = list(interop.flat(params))
+    leaves = interop.flat(params)
+    for p in leaves.values():
+        p.requires_grad_(True)
+    extra = {"state": state} if twin.stateful else {}
+    out = twin.apply(params, *o_args, **o_kwargs, train=training, **extra)
+    o_state = {}
+    if twin.stateful:
+        out, o_state = out
+    o_out = _tensors(out)
+    o_wrt = [leaves[n] for n in names] + _inputs_requiring_grad(o_args, o_kwargs)
+
+    pairs = {f"output {i}": (a, b) for i, (a, b) in enumerate(zip(o_out, t_out, strict=True))}
+    # a stateful twin returns torch's new buffers; a stateless one is right only where torch's
+    # forward leaves its buffers as they were (FractionalMaxPool's fixed _random_samples)
+    before = state if not twin.stateful else o_state
+    for path, (a, b) in _paired(interop.flat(before), interop.flat(t_state)).items():
+        pairs[f"state {path}"] = (a, b)
+    diff = [i for i, o in enumerate(t_out) if o.requires_grad]
+    if diff and t_wrt:
+        cot = _cotangents([t_out[i] for i in diff])
+        t_grads = torch.autograd.grad([t_out[i] for i in diff], t_wrt, cot, allow_unused=True)
+        o_grads = torch.autograd.grad([o_out[i] for i in diff], o_wrt, cot, allow_unused=True)
+        labels = [f"grad {n}" for n in names] + [f"grad input {i}" for i in range(len(t_wrt) - len(names))]
+        for label, a, b in zip(labels, o_grads, t_grads, strict=True):
+            pairs[label] = (_zero_if_none(a, b), _zero_if_none(b, a))
+    return pairs
+
+
+def _paired(ours: dict, theirs: dict) -> dict:
+    assert ours.keys() == theirs.keys(), f"state paths differ: {sorted(ours)} vs {sorted(theirs)}"
+    return {k: (ours[k], theirs[k]) for k in theirs}
+
+
+def _zero_if_none(g, other):
+    """torch gives None for an input the output does not depend on; zeros mean the same."""
+    return torch.zeros_like(other) if g is None and other is not None else g
+
+
+def _check(info, training, sample, dtype) -> None:
+    where = f"{info.module_cls.__name__} {sample.desc!r} training={training}"
+    for what, (a, b) in _replay(info, training, sample, dtype).items():
+        if a is None and b is None:
+            continue
+        assert a is not None and b is not None, f"{where}: {what}: one side has no gradient"
+        assert a.shape == b.shape and a.dtype == b.dtype, \
+            f"{where}: {what}: {a.dtype} {list(a.shape)} vs torch's {b.dtype} {list(b.shape)}"
+        torch.testing.assert_close(a, b, **TOL.get(dtype, TOL[torch.float32]), equal_nan=True,
+                                   msg=lambda m, w=f"{where}: {what}": f"{w}\n{m}")
+
+
+def _cases(name: str) -> list:
+    """One test per module; the heavy ones split in SUBSAMPLE parts, all but the first slow."""
+    if name not in HEAVY:
+        return [pytest.param(name, None, id=name)]
+    return [pytest.param(name, part, id=f"{name}-{part}", marks=[pytest.mark.slow] if part else [])
+            for part in range(SUBSAMPLE)]
+
+
+CASES = [case for name in _names_with_twins() for case in _cases(name)] or [
+    pytest.param(None, None, marks=pytest.mark.skip(reason=WHY_NO_DB or "no twins"))]
+
+
+@pytest.mark.parametrize("name, part", CASES)
+def test_every_module_db_sample_matches_torch(name, part):
+    """Outputs, running statistics and gradients of every sample, float64 (the heavy modules:
+    every SUBSAMPLE-th sample from ``part`` on)."""
+    count = 0
+    for info in (m for m in DB if m.module_cls.__name__ == name):
+        for i, (training, sample) in enumerate(samples(info, torch.float64)):
+            if part is None or i % SUBSAMPLE == part:
+                _check(info, training, sample, torch.float64)
+                count += 1
+    assert count > 0, f"module_db has no samples for {name}"
+    print(f"module_db {name}: {count} samples match")
+
+
+@pytest.mark.skipif(DB is None, reason=WHY_NO_DB)
+def test_the_expected_missing_set_is_exact():
+    """Every module_db module has a twin, is a loss (test_losses_more.py) or is listed as missing
+    with a reason; nothing listed has a twin (take it out when it lands) or is unknown to module_db."""
+    names = {m.module_cls.__name__ for m in DB}
+    uncovered = sorted(n for n in names - set(MODULE_LOSSES) - set(EXPECTED_MISSING) if twin_of(n) is None)
+    assert not uncovered, f"module_db modules without an fnnet twin, not listed in EXPECTED_MISSING: {uncovered}"
+    landed = sorted(n for n in EXPECTED_MISSING if twin_of(n) is not None)
+    assert not landed, f"these now have twins: take them out of EXPECTED_MISSING: {landed}"
+    unknown = sorted(set(EXPECTED_MISSING) - names)
+    assert not unknown, f"EXPECTED_MISSING lists modules module_db does not have: {unknown}"
+    losses_unknown = sorted(set(MODULE_LOSSES) - names)
+    assert not losses_unknown, f"MODULE_LOSSES lists modules module_db does not have: {losses_unknown}"
