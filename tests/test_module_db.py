@@ -17,13 +17,11 @@ import warnings
 
 import pytest
 import torch
-from conftest import TOL
-from moduledb import copy_inputs, samples, try_module_db
+from moduledb import assert_pairs_close, samples, try_module_db, twin_parity
 from test_losses_more import MODULE_LOSSES
 
 import cells
 import fnnet as fn
-from fnnet import interop
 
 DB, WHY_NO_DB = try_module_db()
 
@@ -57,96 +55,14 @@ def _names_with_twins() -> list[str]:
     return sorted(n for n in {m.module_cls.__name__ for m in DB} - set(MODULE_LOSSES) if twin_of(n) is not None)
 
 
-def _tensors(out) -> list[torch.Tensor]:
-    """The tensors of a (nested tuple of) outputs, in order."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, (tuple, list)):
-        return [t for o in out for t in _tensors(o)]
-    return []
-
-
-def _inputs_requiring_grad(args, kwargs) -> list[torch.Tensor]:
-    return [t for t in _tensors((*args, *kwargs.values())) if t.requires_grad]
-
-
-def _cotangents(outs: list[torch.Tensor]) -> list[torch.Tensor]:
-    """A fixed random direction per output: the sum would hide softmax's gradient (it is 0)."""
-    g = torch.Generator().manual_seed(0)
-    return [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in outs]
-
-
-def _replay(info, training: bool, sample, dtype) -> dict[str, tuple]:
-    """``{what: (ours, theirs)}``: outputs, new running statistics, gradients w.r.t. each
-    parameter (by name) and each input that requires grad."""
+def _check(info, training, sample, dtype) -> None:
     ctor, fwd = sample.constructor_input, sample.forward_input
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        theirs_module = info.module_cls(*ctor.args, **ctor.kwargs).to(dtype)
-    theirs_module.train(training)
+        theirs = info.module_cls(*ctor.args, **ctor.kwargs).to(dtype)
     twin = twin_of(info.module_cls.__name__)(*ctor.args, **ctor.kwargs)
-    params = fn.params_from_module(theirs_module)
-    state = fn.state_from_module(theirs_module)
-
-    # theirs
-    t_args, t_kwargs = copy_inputs(tuple(fwd.args)), copy_inputs(dict(fwd.kwargs))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        t_out = _tensors(theirs_module(*t_args, **t_kwargs))
-    t_state = fn.state_from_module(theirs_module)
-    t_wrt = [p for _, p in theirs_module.named_parameters()] + _inputs_requiring_grad(t_args, t_kwargs)
-
-    # ours
-    o_args, o_kwargs = copy_inputs(tuple(fwd.args)), copy_inputs(dict(fwd.kwargs))
-    names = list(interop.flat(params))
-    leaves = interop.flat(params)
-    for p in leaves.values():
-        p.requires_grad_(True)
-    extra = {"state": state} if twin.stateful else {}
-    out = twin.apply(params, *o_args, **o_kwargs, train=training, **extra)
-    o_state = {}
-    if twin.stateful:
-        out, o_state = out
-    o_out = _tensors(out)
-    o_wrt = [leaves[n] for n in names] + _inputs_requiring_grad(o_args, o_kwargs)
-
-    pairs = {f"output {i}": (a, b) for i, (a, b) in enumerate(zip(o_out, t_out, strict=True))}
-    # a stateful twin returns torch's new buffers; a stateless one is right only where torch's
-    # forward leaves its buffers as they were (FractionalMaxPool's fixed _random_samples)
-    before = state if not twin.stateful else o_state
-    for path, (a, b) in _paired(interop.flat(before), interop.flat(t_state)).items():
-        pairs[f"state {path}"] = (a, b)
-    diff = [i for i, o in enumerate(t_out) if o.requires_grad]
-    if diff and t_wrt:
-        cot = _cotangents([t_out[i] for i in diff])
-        t_grads = torch.autograd.grad([t_out[i] for i in diff], t_wrt, cot, allow_unused=True)
-        o_grads = torch.autograd.grad([o_out[i] for i in diff], o_wrt, cot, allow_unused=True)
-        labels = [f"grad {n}" for n in names] + [f"grad input {i}" for i in range(len(t_wrt) - len(names))]
-        for label, a, b in zip(labels, o_grads, t_grads, strict=True):
-            pairs[label] = (_zero_if_none(a, b), _zero_if_none(b, a))
-    return pairs
-
-
-def _paired(ours: dict, theirs: dict) -> dict:
-    assert ours.keys() == theirs.keys(), f"state paths differ: {sorted(ours)} vs {sorted(theirs)}"
-    return {k: (ours[k], theirs[k]) for k in theirs}
-
-
-def _zero_if_none(g, other):
-    """torch gives None for an input the output does not depend on; zeros mean the same."""
-    return torch.zeros_like(other) if g is None and other is not None else g
-
-
-def _check(info, training, sample, dtype) -> None:
-    where = f"{info.module_cls.__name__} {sample.desc!r} training={training}"
-    for what, (a, b) in _replay(info, training, sample, dtype).items():
-        if a is None and b is None:
-            continue
-        assert a is not None and b is not None, f"{where}: {what}: one side has no gradient"
-        assert a.shape == b.shape and a.dtype == b.dtype, \
-            f"{where}: {what}: {a.dtype} {list(a.shape)} vs torch's {b.dtype} {list(b.shape)}"
-        torch.testing.assert_close(a, b, **TOL.get(dtype, TOL[torch.float32]), equal_nan=True,
-                                   msg=lambda m, w=f"{where}: {what}": f"{w}\n{m}")
+    pairs = twin_parity(theirs, twin, tuple(fwd.args), dict(fwd.kwargs), training)
+    assert_pairs_close(pairs, dtype, f"{info.module_cls.__name__} {sample.desc!r} training={training}")
 
 
 def _cases(name: str) -> list:
