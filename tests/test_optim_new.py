@@ -254,10 +254,70 @@ def test_lr_as_a_schedule_follows_torch_with_its_scheduler(name):
     loss = _target_loss(fn.tree.map(lambda x: 0.5 * torch.ones_like(x), params))
     ours, _ = _fn_run(params, loss, MAKERS[name](optim.step_lr(0.05, step_size=3, gamma=0.5)), steps=10)
 
-    schedulers = {}
+    schedulers = []
 
-    def schedule(i, topt):  # torch: scheduler.step() after each optimizer.step()
-        schedulers.setdefault(id(topt), torch.optim.lr_scheduler.StepLR(topt, step_size=3, gamma=0.5)).step()
+    def with_scheduler(ps):
+        topt = TWINS[name](ps, 0.05)
+        schedulers.append(torch.optim.lr_scheduler.StepLR(topt, step_size=3, gamma=0.5))
+        return topt
 
-    theirs, _ = _torch_run(params, loss, lambda ps: TWINS[name](ps, 0.05), steps=10, between=schedule)
+    # torch: scheduler.step() after each optimizer.step()
+    theirs, _ = _torch_run(params, loss, with_scheduler, steps=10, between=lambda i, topt: schedulers[0].step())
     _check(ours, theirs, torch.float64)
+
+
+# -- compiled (inductor, fullgraph): hyperparameters and the count are tensors in the graph
+
+def _compiled_matches_eager(opt, params, steps: int, change_at: int, group: str, lr: float, atol=None):
+    """Eager and ``fn.jit`` steps side by side, at float32 rounding level (``atol(key, i)``: another
+    bound for some leaves); ``set_hyperparams(group=, lr=)`` half-way does not recompile (one
+    graph in all)."""
+    from torch._dynamo.utils import counters
+
+    loss = _target_loss(fn.tree.map(lambda x: 0.5 * torch.ones_like(x), params))
+
+    def step(p, s):
+        updates, s = opt.update(fn.grad(loss)(p), s, p)
+        return optim.apply_updates(p, updates), s
+
+    torch._dynamo.reset()
+    counters.clear()
+    jstep = fn.jit(step)
+    pe, se = params, opt.init(params)
+    pc, sc = params, opt.init(params)
+    for i in range(steps):
+        if i == change_at:
+            se, sc = optim.set_hyperparams(se, group=group, lr=lr), optim.set_hyperparams(sc, group=group, lr=lr)
+        pe, se = step(pe, se)
+        pc, sc = jstep(pc, sc)
+        for k in pe:
+            tol = {"rtol": 0, "atol": atol(k, i)} if atol and atol(k, i) else {}
+            torch.testing.assert_close(pc[k], pe[k], **tol, msg=lambda m, k=k, i=i: f"step {i} {k}: {m}")
+    assert counters["stats"]["unique_graphs"] == 1
+    return pc, sc, se
+
+
+def test_nadam_radam_adadelta_compiled_match_eager_without_recompiling_for_lr():
+    """One compiled step, three param groups; RAdam (b2 = 0.8) turns rectified at step 7, so
+    the graph's ``where`` takes both sides."""
+    g = torch.Generator().manual_seed(5)
+    params = {"a": torch.randn(3, 4, generator=g), "b": torch.randn(4, generator=g), "c": torch.randn(2, 3, generator=g)}
+    opt = optim.multi_transform({"a": optim.nadam(0.05, weight_decay=0.01),
+                                 "b": optim.radam(0.05, betas=(0.9, 0.8), weight_decay=0.01, maximize=False),
+                                 "c": optim.adadelta(1.0, weight_decay=0.01)}, lambda path, p: path)
+    _, sc, se = _compiled_matches_eager(opt, params, steps=8, change_at=4, group="a", lr=0.01)
+    torch.testing.assert_close(sc["a"]["mu_product"], se["a"]["mu_product"])
+
+
+def test_adafactor_and_muon_compiled_match_eager_without_recompiling_for_lr():
+    """Adafactor on a 1-D, a 2-D and a 3-D leaf (factored), Muon on a matrix. Muon's bfloat16
+    iteration compiled by inductor rounds differently from eager: its orthogonalized update
+    (entries below 1) is held to 8 bfloat16 ulps at 1 (2^-5) per step, times the step size."""
+    g = torch.Generator().manual_seed(6)
+    params = {"b": torch.randn(4, generator=g), "f": torch.randn(3, 2, generator=g),
+              "t": torch.randn(2, 2, 3, generator=g), "m": torch.randn(5, 3, generator=g)}
+    opt = optim.multi_transform({"adafactor": optim.adafactor(0.05, weight_decay=0.01), "muon": optim.muon(0.02)},
+                                lambda path, p: "muon" if path == "m" else "adafactor")
+    step_size = 0.02 * (5 / 3) ** 0.5   # lr times Muon's "original" shape ratio for [5, 3]
+    _compiled_matches_eager(opt, params, steps=6, change_at=3, group="muon", lr=0.01,
+                            atol=lambda k, i: 2**-5 * step_size * (i + 1) if k == "m" else None)
