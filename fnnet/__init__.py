@@ -11,6 +11,7 @@ from .layers import *
 from .layers import __all__ as _layers_all
 from .module import Concat, Lambda, Module, ParamsError, Residual, Sequential, check_params, param_shapes
 from .precision import MixedPrecision, Policy
+from .remat import checkpoint
 from .scan import scan
 from .summary import summary
 from .transforms import grad, hessian, jacfwd, jacrev, jit, jvp, value_and_grad, vjp, vmap
