@@ -86,6 +86,31 @@ def _check_src(layer: Module, x: Any, name: str, d_model: int) -> None:
                          f"batch_first, [S, {d_model}] unbatched), floating point, got {got}")
 
 
+def _check_masks(layer: Module, x: torch.Tensor, mem: torch.Tensor, masks: tuple) -> None:
+    """Each ``(name, mask, padding)`` under the layer's argument names: ``[L, S]`` or per head
+    ``[N * nhead, L, S]`` for an attention mask, ``[N, S]`` (``[S]`` unbatched) for a padding
+    mask; bool, or float of the input's dtype."""
+    batched = x.ndim == 3
+    seq = 1 if layer.batch_first and batched else 0
+    L, S = x.shape[seq], mem.shape[seq]
+    n = x.shape[0 if layer.batch_first else 1] if batched else 1
+    for name, m, padding in masks:
+        if m is None:
+            continue
+        if padding:
+            shapes, what = [(n, S) if batched else (S,)], "[N, S]" if batched else "[S]"
+        else:
+            shapes, what = [(L, S), (n * layer.nhead, L, S)], "[L, S] or [N * nhead, L, S]"
+        ok = isinstance(m, torch.Tensor) and tuple(m.shape) in shapes
+        if ok and m.dtype not in (torch.bool, x.dtype):
+            raise TypeError(f"{layer!r}: {name} must be bool (True: not attended) or {x.dtype} (the input's dtype, "
+                            f"added to the scores), got {m.dtype}")
+        if not ok:
+            got = list(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__
+            raise ValueError(f"{layer!r}: {name} must have shape {what} = {' or '.join(str(list(s)) for s in shapes)}, "
+                             f"got {got}")
+
+
 @dataclass(frozen=True)
 class _Layer(Module):
     """Hyperparameters shared by the encoder and decoder layers (torch's, by name and order)."""
@@ -160,6 +185,7 @@ class TransformerEncoderLayer(_Layer):
     def apply(self, params, src, src_mask=None, src_key_padding_mask=None, is_causal=False, *,
               key=None, train=False):
         _check_src(self, src, "src", self.d_model)
+        _check_masks(self, src, src, (("src_mask", src_mask, False), ("src_key_padding_mask", src_key_padding_mask, True)))
         if train and self.dropout > 0.0:
             U.dropout_inputs(self, src, key)
         k_attn, k1, k_mid, k2 = _keys(key, 4)
@@ -212,6 +238,9 @@ class TransformerDecoderLayer(_Layer):
         if memory.ndim != tgt.ndim:
             raise ValueError(f"{self!r}: tgt and memory must both be batched (3-D) or both unbatched (2-D), got "
                              f"tgt {list(tgt.shape)} and memory {list(memory.shape)}")
+        _check_masks(self, tgt, tgt, (("tgt_mask", tgt_mask, False), ("tgt_key_padding_mask", tgt_key_padding_mask, True)))
+        _check_masks(self, tgt, memory, (("memory_mask", memory_mask, False),
+                                         ("memory_key_padding_mask", memory_key_padding_mask, True)))
         if train and self.dropout > 0.0:
             U.dropout_inputs(self, tgt, key)
         k_sa, k1, k_mha, k2, k_mid, k3 = _keys(key, 6)
