@@ -192,7 +192,7 @@ class _InstanceNorm(_RunningStatsNorm):
             if n == 1:
                 raise ValueError(f"{self!r}: expected more than 1 spatial element when normalizing with the "
                                  f"input's statistics, got input {list(input.shape)}")
-            if n == 0:  # nothing to average (the output is empty): any finite statistics, no warning
+            if x.numel() == 0:  # nothing to average (the output is empty): any finite statistics, no warning
                 mean = var = x.new_ones((*x.shape[:2],) + (1,) * self.spatial)
             else:
                 var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)  # [N, C, 1, ...]
@@ -320,6 +320,9 @@ class GroupNorm(Module):
     def apply(self, params, input, *, key=None, train=False):
         expect(self, isinstance(input, torch.Tensor) and input.ndim >= 2 and input.shape[1] == self.num_channels,
                f"input [N, {self.num_channels}, ...]", input)
+        if input.shape[0] * (self.num_channels // self.num_groups) * math.prod(input.shape[2:]) == 1:
+            # torch's check, in train and eval alike: one sample of one value per group
+            raise ValueError(f"{self!r}: expected more than 1 value per group, got input {list(input.shape)}")
         w = params["weight"] if self.affine else None
         b = params["bias"] if self.affine and self.bias else None
         return F.group_norm(input, self.num_groups, w, b, self.eps)
