@@ -13,6 +13,7 @@ from badinput import expect_clear_error
 from conftest import assert_trees_close
 from hypothesis import given
 from hypothesis import strategies as st
+from test_bad_input_optim import bad_beta, bad_choice, bad_flag, bad_nonneg, bad_nonneg_int, bad_pair, bad_real
 from test_optim import _check, _fn_run, _torch_run
 
 import fnnet as fn
@@ -321,3 +322,70 @@ def test_adafactor_and_muon_compiled_match_eager_without_recompiling_for_lr():
     step_size = 0.02 * (5 / 3) ** 0.5   # lr times Muon's "original" shape ratio for [5, 3]
     _compiled_matches_eager(opt, params, steps=6, change_at=3, group="muon", lr=0.01,
                             atol=lambda k, i: 2**-5 * step_size * (i + 1) if k == "m" else None)
+
+
+# -- bad input: clear errors naming the optimizer and the argument or path
+
+NEW_CONSTRUCTORS = {
+    "nadam": (optim.nadam, {"lr": bad_nonneg(), "eps": bad_nonneg(), "weight_decay": bad_nonneg(),
+                            "momentum_decay": bad_nonneg(), "decoupled_weight_decay": bad_flag(),
+                            "maximize": bad_flag()}),
+    "radam": (optim.radam, {"lr": bad_nonneg(), "eps": bad_nonneg(), "weight_decay": bad_nonneg(),
+                            "decoupled_weight_decay": bad_flag(), "maximize": bad_flag()}),
+    "adadelta": (optim.adadelta, {"lr": bad_nonneg(), "rho": bad_beta().filter(lambda v: v != 1.0),
+                                  "eps": bad_nonneg(), "weight_decay": bad_nonneg(), "maximize": bad_flag()}),
+    "adafactor": (optim.adafactor, {
+        "lr": bad_nonneg(), "beta2_decay": bad_real() | st.floats(min_value=1e-300, allow_nan=False),
+        "eps": bad_pair() | st.tuples(bad_nonneg().filter(lambda v: v is not None), st.just(1e-3))
+               | st.tuples(st.just(None), bad_nonneg()),
+        "d": bad_real() | st.floats(max_value=0.9999, allow_nan=False), "weight_decay": bad_nonneg(),
+        "maximize": bad_flag()}),
+    "muon": (optim.muon, {
+        "lr": bad_nonneg(), "weight_decay": bad_nonneg(), "momentum": bad_nonneg(), "nesterov": bad_flag(),
+        "ns_coefficients": st.sampled_from([3.4, (3.4, -4.8), (1, 2, 3, 4), "abc", None])
+                           | st.tuples(bad_real(), st.just(1.0), st.just(1.0)), "eps": bad_nonneg(),
+        "ns_steps": bad_nonneg_int() | st.integers(min_value=100),
+        "adjust_lr_fn": bad_choice().filter(lambda s: s not in (None, "original", "match_rms_adamw"))}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NEW_CONSTRUCTORS))
+@given(data=st.data())
+def test_an_invalid_hyperparameter_is_refused_at_construction_naming_it(name, data):
+    make, args = NEW_CONSTRUCTORS[name]
+    arg = data.draw(st.sampled_from(sorted(args)), label="argument")
+    value = data.draw(args[arg], label="value")
+    expect_clear_error(lambda: make(**{arg: value}), match=rf"{name}: .*{arg}|{name}: {arg}")
+
+
+@pytest.mark.parametrize("name", ["nadam", "radam"])
+@given(index=st.sampled_from([0, 1]), bad=bad_beta())
+def test_betas_outside_zero_one_are_refused(name, index, bad):
+    betas = (bad, 0.999) if index == 0 else (0.9, bad)
+    expect_clear_error(lambda: getattr(optim, name)(betas=betas), match=rf"{name}: betas\[{index}\]")
+
+
+@pytest.mark.parametrize("shape", [(), (3,), (2, 3, 4)])
+def test_muon_refuses_params_that_are_not_matrices_naming_the_path(shape):
+    params = {"layer": {"weight": torch.zeros(3, 4), "bias": torch.zeros(shape)}}
+    expect_clear_error(lambda: optim.muon().init(params), match=r"muon: .*'layer\.bias' has shape")
+
+
+def test_a_state_that_does_not_fit_the_grads_is_refused_naming_the_path():
+    params = {"w": torch.zeros(3, 4), "b": torch.zeros(3)}
+    opt = optim.adafactor()
+    state = opt.init(params)
+    for slot, path, value in [("row_var", "w", torch.zeros(4, 1)), ("col_var", "w", torch.zeros(3, 1)),
+                              ("variance", "b", torch.zeros(4))]:
+        bad = {**state, slot: {**state[slot], path: value}}
+        expect_clear_error(lambda: opt.update(params, bad, params), match=rf"adafactor update: at '{path}'")
+    expect_clear_error(lambda: opt.update({**params, "c": torch.zeros(2, 2)}, state, {**params, "c": torch.zeros(2, 2)}),
+                       match=r"adafactor update: .*'c'")
+    expect_clear_error(lambda: opt.update(params, {k: v for k, v in state.items() if k != "col_var"}, params),
+                       match=r"adafactor update: .*col_var")
+    expect_clear_error(lambda: opt.update(params, state), match=r"adafactor needs params")
+    state = optim.nadam().init(params)
+    expect_clear_error(lambda: optim.nadam().update(params, {**state, "mu_product": torch.ones(3)}, params),
+                       match=r"nadam update: .*mu_product")
+    nadamw = optim.nadam(weight_decay=0.1, decoupled_weight_decay=True)
+    expect_clear_error(lambda: nadamw.update(params, nadamw.init(params)), match=r"nadam: weight_decay needs params")
