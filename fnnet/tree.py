@@ -1,7 +1,8 @@
 """Pytree helpers: params, grads and optimizer states are nested dicts/lists/tuples of tensors.
 
 This file is the only one that touches the pytree backend (``torch.utils._pytree``),
-so the rest of fnnet speaks in these names. ``None`` is an empty subtree, as in JAX.
+so the rest of fnnet speaks in these names. ``None`` is a leaf to torch's pytree (JAX takes it
+as an empty subtree); :data:`HOLE` is the empty subtree :func:`partition` leaves.
 
 Several trees are always paired by path, never by position (:func:`match`): torch's pytree
 flattens a dict in insertion order, so two dicts with the same keys in another order would
@@ -23,7 +24,7 @@ __all__ = [
     "map", "map_with_path", "leaves", "flatten", "unflatten", "structure", "same_structure",
     "flatten_with_paths", "paths", "stack", "unstack", "zeros_like", "ones_like", "full_like",
     "add", "sub", "mul", "scale", "axpy", "vdot", "global_norm", "size", "astype", "to",
-    "all_finite", "TreeDef", "match",
+    "all_finite", "TreeDef", "match", "partition", "combine", "HOLE", "ravel", "at",
 ]
 
 TreeDef = _pt.TreeSpec
@@ -261,3 +262,186 @@ def to(tree: Any, device: Any) -> Any:
 
 def all_finite(tree: Any) -> bool:
     return builtins.all(bool(torch.isfinite(x).all()) for x in leaves(tree) if x.is_floating_point())
+
+
+# -- splitting, joining, flattening to a vector, updating by path ------------------------------------
+
+class _Hole:
+    """The type of :data:`HOLE` (one instance)."""
+
+    _one: _Hole | None = None
+
+    def __new__(cls) -> _Hole:
+        if cls._one is None:
+            cls._one = super().__new__(cls)
+        return cls._one
+
+    def __repr__(self) -> str:
+        return "tree.HOLE"
+
+    def __reduce__(self) -> str:
+        return "HOLE"  # unpickles as the module's one instance
+
+
+HOLE = _Hole()
+"""The empty subtree that stands in a :func:`partition` half where the other half has the leaf:
+a pytree node with no leaves, so ``fn.grad``, ``tree.map`` and ``tree.paths`` pass over it and
+keep it in place. (Not ``None``, JAX's and equinox's marker: torch's pytree takes ``None`` as a
+leaf, which ``torch.func.grad`` refuses.)"""
+
+_pt.register_pytree_node(_Hole, lambda h: ([], None), lambda leaves, context: HOLE,
+                         serialized_type_name="fnnet.tree.HOLE", flatten_with_keys_fn=lambda h: ([], None))
+
+
+def _is_hole(x: Any) -> bool:
+    return x is HOLE
+
+
+def partition(tree: Any, predicate: Callable[[str, Any], bool]) -> tuple[Any, Any]:
+    """``(selected, rest)``: two trees shaped like ``tree``, ``selected`` holding the leaves for
+    which ``predicate(path, leaf)`` is True (``path`` dotted as :func:`flatten_with_paths` and
+    ``multi_transform``'s label function write it) and :data:`HOLE` elsewhere, ``rest`` the
+    others. A hole is an empty subtree to the transforms, so ``fn.grad`` of
+    ``lambda s: loss(combine(s, rest))`` at ``selected`` differentiates only the selected leaves
+    and returns grads shaped like ``selected`` (equinox's ``partition``). A tree that already
+    holds a hole is refused: a half cannot be partitioned again (:func:`combine` it first)."""
+    if not callable(predicate):
+        raise TypeError(f"tree.partition: predicate must be a function (path, leaf) -> bool, got "
+                        f"{type(predicate).__name__}")
+    pairs, spec = _pt.tree_flatten_with_path(tree, is_leaf=_is_hole)
+    selected, rest = [], []
+    for path, x in pairs:
+        where = _path_str(path)
+        if x is HOLE:
+            raise ValueError(f"tree.partition: the tree holds a hole at {where!r} (it is a half of a partition); "
+                             "combine the halves before partitioning again")
+        keep = predicate(".".join(_key_str(k) for k in path), x)
+        if not isinstance(keep, bool):
+            raise TypeError(f"tree.partition: predicate must return True or False, got {type(keep).__name__} "
+                            f"at {where!r}")
+        selected.append(x if keep else HOLE)
+        rest.append(HOLE if keep else x)
+    return unflatten(spec, selected), unflatten(spec, rest)
+
+
+def combine(selected: Any, rest: Any) -> Any:
+    """The inverse of :func:`partition`: at each path the leaf of whichever half holds one. The
+    halves are paired by path (any dict key order; the result has ``selected``'s); a path where
+    both hold a leaf, or neither does (a hole in both), is a ``ValueError`` naming it."""
+    spec, (xs, ys) = match(selected, rest, names=("selected", "rest"), what="tree.combine", shapes=False,
+                           is_leaf=_is_hole)
+    paths = [p for p, _ in _pt.tree_flatten_with_path(selected, is_leaf=_is_hole)[0]]
+    out = []
+    for path, x, y in zip(paths, xs, ys):
+        if (x is HOLE) == (y is HOLE):
+            which = "neither selected nor rest holds" if x is HOLE else "both selected and rest hold"
+            raise ValueError(f"tree.combine: {which} a leaf at {_path_str(path)!r}; the halves of a partition "
+                             "hold each leaf exactly once")
+        out.append(y if x is HOLE else x)
+    return unflatten(spec, out)
+
+
+def _canonical_order(tree: Any) -> Any:
+    """``tree`` with every plain dict's keys sorted (JAX's flattening order): the order of
+    :func:`ravel`'s vector, so that two trees with the same paths ravel alike whatever their key
+    insertion order."""
+    if type(tree) is dict:
+        try:
+            keys = sorted(tree)
+        except TypeError:
+            raise TypeError(f"tree.ravel: dict keys must be sortable (all str, or all int), got "
+                            f"{sorted(map(repr, tree))}") from None
+        return {k: _canonical_order(tree[k]) for k in keys}
+    if type(tree) in (list, tuple):
+        return type(tree)(_canonical_order(x) for x in tree)
+    return tree
+
+
+def ravel(tree: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]]:
+    """``(vector, unravel)``: every leaf flattened and concatenated into one 1-D tensor, and the
+    function back (JAX's ``ravel_pytree``). The order is deterministic: dict keys sorted (JAX's
+    order, not insertion order), lists and tuples by position. Mixed dtypes promote as
+    ``torch.cat`` promotes (``torch.promote_types``; JAX's rule too) and ``unravel`` casts each
+    piece back to its leaf's dtype. ``unravel(v)`` requires a 1-D ``v`` of the vector's size and
+    dtype, and is differentiable, so a Hessian over all params is
+    ``torch.func.hessian(lambda v: loss(unravel(v)))(vector)``. An empty tree gives an empty
+    float32 vector. Leaves must be tensors."""
+    pairs, spec = _pt.tree_flatten_with_path(tree)
+    for path, x in pairs:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"tree.ravel: leaves must be tensors, got {type(x).__name__} at {_path_str(path)!r}")
+    index = {path: i for i, (path, _) in enumerate(pairs)}
+    order = [index[path] for path, _ in _pt.tree_flatten_with_path(_canonical_order(tree))[0]]
+    leaves_ = [pairs[i][1] for i in order]
+    dtype = functools.reduce(torch.promote_types, (x.dtype for x in leaves_)) if leaves_ else torch.float32
+    shapes = [x.shape for x in leaves_]
+    dtypes = [x.dtype for x in leaves_]
+    sizes = [x.numel() for x in leaves_]
+    total = builtins.sum(sizes)
+    device = leaves_[0].device if leaves_ else None
+    vector = (torch.cat([x.reshape(-1).to(dtype) for x in leaves_]) if leaves_
+              else torch.zeros(0, dtype=dtype, device=device))
+
+    def unravel(v: torch.Tensor) -> Any:
+        if not isinstance(v, torch.Tensor) or v.ndim != 1 or v.shape[0] != total:
+            got = f"shape {list(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__
+            raise ValueError(f"tree.ravel's unravel: expected a 1-D tensor of {total} elements (the raveled tree's "
+                             f"size), got {got}")
+        if v.dtype != dtype:
+            raise TypeError(f"tree.ravel's unravel: expected a {dtype} vector (the raveled tree's dtype), got {v.dtype}")
+        pieces = torch.split(v, sizes) if sizes else []
+        flat = [None] * len(pairs)
+        for i, piece, shape, dt in zip(order, pieces, shapes, dtypes):
+            flat[i] = piece.reshape(shape).to(dt)
+        return unflatten(spec, flat)
+
+    return vector, unravel
+
+
+def _path_keys(path: Any) -> list:
+    if isinstance(path, str):
+        return path.split(".") if path else []
+    if isinstance(path, (tuple, list)):
+        return list(path)
+    raise TypeError(f"tree.at: path must be a dotted str ('encoder.0.weight') or a tuple of keys, got "
+                    f"{type(path).__name__}")
+
+
+def at(tree: Any, path: str | tuple, value: Any) -> Any:
+    """A new tree with the leaf (or subtree) at ``path`` replaced by ``value``; ``tree`` is
+    untouched (only the containers along the path are new, the rest is shared). ``path`` is
+    dotted as :func:`flatten_with_paths` writes it (``"encoder.0.weight"``; a list index by its
+    number) or a tuple of keys (``("encoder", 0, "weight")``, for keys holding a dot). A path
+    that is not in the tree is a ``ValueError`` naming the first missing key and the keys there."""
+    keys = _path_keys(path)
+
+    def put(node: Any, i: int) -> Any:
+        if i == len(keys):
+            return value
+        k = keys[i]
+        where = ".".join(map(str, keys[:i])) or "<root>"
+        if isinstance(node, dict):
+            match_ = [key for key in node if key == k or str(key) == str(k)]
+            if not match_:
+                raise ValueError(f"tree.at: no key {str(k)!r} at {where!r} (path {'.'.join(map(str, keys))!r}); "
+                                 f"the keys there: {sorted(map(str, node))}")
+            key = match_[0]
+            return {**node, key: put(node[key], i + 1)} if type(node) is dict else \
+                type(node)({**node, key: put(node[key], i + 1)})
+        if isinstance(node, (list, tuple)):
+            try:
+                j = int(k)
+            except (TypeError, ValueError):
+                j = -1
+            if not 0 <= j < len(node):
+                raise ValueError(f"tree.at: no index {str(k)!r} at {where!r} (path {'.'.join(map(str, keys))!r}); "
+                                 f"a {type(node).__name__} of length {len(node)} is there")
+            items = list(node)
+            items[j] = put(node[j], i + 1)
+            if isinstance(node, list):
+                return items
+            return type(node)(*items) if hasattr(node, "_fields") else type(node)(items)
+        raise ValueError(f"tree.at: path {'.'.join(map(str, keys))!r} goes past a leaf at {where!r} "
+                         f"({_describe(node)})")
+
+    return put(tree, 0)
