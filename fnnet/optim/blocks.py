@@ -127,7 +127,9 @@ def _rms_like(owner: str, decay, eps, initial_scale, eps_in_sqrt, bias_correctio
         if centered:
             mu = new["mu"] = ops.lerp(s["mu"], g, 1 - d)
             mu_hat = ops.div(mu, 1 - d ** t) if bias_correction else mu
-            nu_hat = ops.addcmul(nu_hat, mu_hat, mu_hat, -1.0)        # nu_hat - mu_hat^2
+            # nu_hat - mu_hat^2, the square rounded first (as optax): exactly 0 when g is constant,
+            # where a fused multiply-add could leave a negative rounding error (and sqrt a NaN)
+            nu_hat = ops.sub(nu_hat, ops.mul(mu_hat, mu_hat))
         if eps_in_sqrt:
             denom = ops.sqrt(ops.add(nu_hat, h["eps"]))
         else:
