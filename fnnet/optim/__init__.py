@@ -53,7 +53,6 @@ from .adafactor import adafactor
 from .adagrad import adagrad
 from .adam import adam, adamax, adamw
 from .asgd import asgd
-from .blocks import ema, scale_by_adam, scale_by_amsgrad, scale_by_learning_rate, scale_by_rms, scale_by_stddev, trace
 from .base import (
                    GradientTransformation,
                    apply_updates,
@@ -63,6 +62,7 @@ from .base import (
                    set_hyperparams,
                    set_to_zero,
 )
+from .blocks import ema, scale_by_adam, scale_by_amsgrad, scale_by_learning_rate, scale_by_rms, scale_by_stddev, trace
 from .groups import freeze, frozen_paths, multi_transform
 from .lbfgs import LBFGS, lbfgs
 from .loss_scale import dynamic_loss_scale
