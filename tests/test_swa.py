@@ -95,7 +95,7 @@ def test_an_averaged_update_compiles_and_equals_eager():
     assert int(compiled_avg["n_averaged"]) == 4
 
 
-@given(lr=st.sampled_from([0.1, 1.0, 3e-4]), target=st.sampled_from([0.0, 0.05, 0.5]),
+@given(lr=st.sampled_from([0.1, 1.0, 3e-4, 0.0]), target=st.sampled_from([0.0, 0.05, 0.5]),
        anneal_epochs=st.integers(0, 15), anneal_strategy=st.sampled_from(["cos", "linear"]))
 def test_swa_lr_equals_swalr_step_for_step(lr, target, anneal_epochs, anneal_strategy):
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
