@@ -81,8 +81,6 @@ def schedule_pairs(draw, kind):
     lr = draw(st.sampled_from([0.1, 1.0, 3e-4, 0.0]))
     if kind == "single":
         name, kw = draw(factor_schedulers())
-        if name in ("cosine_annealing_lr",):  # done in test_optim_schedules; here the others
-            name, kw = "polynomial_lr", dict(total_iters=7, power=0.0)
         opt = _sgd(lr)
         return name, getattr(optim, name)(lr, **kw), TORCH[name](opt, **kw), opt, None
     if kind == "warm_restarts":
@@ -136,6 +134,29 @@ def test_schedules_equal_torch_schedulers_step_for_step(kind, data):
                 assert float(momentum(torch.tensor(count))) == pytest.approx(m, rel=1e-12), (name, count)
             opt.step()
             sched.step()
+
+
+def test_cyclic_lr_and_momentum_drive_sgd_along_torchs_cyclic_lr_trajectory():
+    """torch's CyclicLR sets the lr and the momentum after each step; here the lr is a schedule
+    and the momentum is set from ``cyclic_momentum`` before each update."""
+    kw = dict(step_size_up=3, step_size_down=2, mode="triangular2")
+    opt = optim.sgd(optim.cyclic_lr(0.01, 0.1, **kw), momentum=0.9)
+    momentum = optim.cyclic_momentum(0.8, 0.95, **kw)
+    params = {"w": torch.tensor([1.0, -2.0], dtype=torch.float64)}
+    state = opt.init(params)
+    w = params["w"].clone().requires_grad_()
+    topt = torch.optim.SGD([w], lr=0.1, momentum=0.9)
+    tsched = S.CyclicLR(topt, 0.01, 0.1, base_momentum=0.8, max_momentum=0.95, **kw)
+    loss = lambda w: (w ** 2).sum() + w.prod()  # noqa: E731
+    for count in range(12):
+        state = optim.set_hyperparams(state, momentum=momentum(count))
+        updates, state = opt.update(fn.grad(lambda p: loss(p["w"]))(params), state, params)
+        params = optim.apply_updates(params, updates)
+        topt.zero_grad()
+        loss(w).backward()
+        topt.step()
+        tsched.step()
+        torch.testing.assert_close(params["w"], w.detach(), rtol=1e-12, atol=1e-14, msg=f"step {count}")
 
 
 def test_a_sequence_restarts_each_schedule_at_its_milestone():
