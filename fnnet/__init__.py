@@ -13,6 +13,7 @@ from .module import Concat, Lambda, Module, ParamsError, Residual, Sequential, c
 from .precision import MixedPrecision, Policy
 from .remat import checkpoint
 from .scan import scan
+from .stack import Stacked
 from .summary import summary
 from .transforms import grad, hessian, jacfwd, jacrev, jit, jvp, value_and_grad, vjp, vmap
 from . import optim

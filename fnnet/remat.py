@@ -107,13 +107,15 @@ def _recomputed(f: Callable, args: tuple, kwargs: dict) -> Any:
             full[i] = t
         a, kw = T.unflatten(spec, full)
         out, s = T.flatten(f(*a, **kw))
-        if not all(isinstance(o, torch.Tensor) for o in out):
-            raise TypeError("checkpoint: f must return a pytree of tensors")
-        out_spec[:] = [s]
-        return out
+        if not all(o is None or isinstance(o, torch.Tensor) for o in out):
+            raise TypeError(f"checkpoint: f must return a pytree of tensors, got a leaf of type "
+                            f"{next(type(o).__name__ for o in out if not isinstance(o, torch.Tensor))}")
+        out_spec[:] = [s, [o is None for o in out]]
+        return [o for o in out if o is not None]
 
-    out = _Remat.apply(run, len(floats), *[leaves[i] for i in floats], *[leaves[i] for i in others])
-    return T.unflatten(out_spec[0], list(out))
+    out = iter(_Remat.apply(run, len(floats), *[leaves[i] for i in floats], *[leaves[i] for i in others]))
+    spec_out, nones = out_spec
+    return T.unflatten(spec_out, [None if none else next(out) for none in nones])
 
 
 class _Remat(torch.autograd.Function):

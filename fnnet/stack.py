@@ -1,0 +1,152 @@
+"""``Stacked``: ``n`` copies of a block, their params stacked on a leading axis, run by ``scan``.
+
+    model = fn.Stacked(block, 12)               # block: x [..] -> y of x's shape
+    params = model.init(key)                    # each leaf of block's params, now [12, ...]
+    y = model.apply(params, x, key=k, train=True)
+
+is ``fn.Sequential(block, block, ..., block)`` (``n`` times) written as a loop over layers, as
+Haiku's ``layer_stack``, Flax's ``nn.scan`` over ``params`` and Equinox's vmapped init + ``scan``
+write it. The numbers are the Sequential's: ``init(key)`` gives layer ``i`` the params
+``block.init(split(key, n)[i])``, which is what the Sequential's own ``init`` gives its child
+``"i"``, and ``apply`` gives layer ``i`` the key ``split(key, n)[i]``, as the Sequential splits
+its key over its children (the same dropout masks). A stateful block (BatchNorm) has its state
+stacked the same way, threaded through the loop and returned stacked.
+
+The loop is :func:`fnnet.scan` over ``(params, state, keys)`` with the activation as the carry:
+under ``fn.jit`` without gradients (inference) the block is traced once, so compile time does
+not grow with ``n``; with gradients the scan is unrolled (see ``fnnet.scan``: torch's scan op
+is not trusted with gradients), so a compiled training step costs what the Sequential costs.
+``remat=True`` wraps each layer in :func:`fnnet.checkpoint`: the backward recomputes a layer's
+activations from its input, so a deep stack keeps one ``[n, *x.shape]`` of layer inputs
+instead of every intermediate.
+
+``unstack`` / ``stack`` convert between the stacked tree and a Sequential's ``{"0": ..., "1":
+...}`` tree (``as_sequential()`` is that Sequential): the weights of a ``torch.nn.Sequential`` of
+identical blocks load with ``model.stack(fn.params_from_module(torch_seq))``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import random
+from . import tree as T
+from .module import Module, ParamsError, Sequential, _as_module, _describe, _run
+from .remat import checkpoint
+from .scan import scan
+
+__all__ = ["Stacked"]
+
+
+@dataclass(frozen=True)
+class Stacked(Module):
+    """``n`` copies of ``block`` (``x -> y`` of ``x``'s shape and dtype), params ``[n, ...]``.
+    ``block`` may be a module, a function or a list of them (a Sequential), as a Sequential's layer."""
+
+    block: Module
+    n: int
+    remat: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "block", _as_module(self.block, "Stacked"))  # as Sequential takes a layer
+        if isinstance(self.n, bool) or not isinstance(self.n, int):
+            raise TypeError(f"Stacked: n must be an int, got {type(self.n).__name__}")
+        if self.n < 1:
+            raise ValueError(f"Stacked: n must be >= 1, got {self.n}")
+        if not isinstance(self.remat, bool):
+            raise TypeError(f"Stacked: remat must be a bool, got {type(self.remat).__name__}")
+
+    @property
+    def stateful(self) -> bool:
+        return self.block.stateful
+
+    def init(self, key: torch.Tensor) -> dict:
+        """Layer ``i``: ``block.init(split(key, n)[i])``, stacked (as ``as_sequential().init(key)``)."""
+        return _stacked([self.block.init(k) for k in random.split(key, self.n)])
+
+    def init_state(self, device: Any = None) -> dict:
+        if not self.block.stateful:
+            return {}
+        return _stacked([self.block.init_state(device) for _ in range(self.n)])
+
+    def apply(self, params, x, *, state=None, key=None, train=False):
+        if self.stateful and state is None:
+            raise ValueError(f"{_describe(self)}: the block is stateful (running statistics): pass "
+                             f"state=model.init_state()")
+        keys = None if key is None else random.split(key, self.n)
+        block, stateful = self.block, self.stateful
+
+        def layer(p, s, k, h):
+            y, s_new = _run(block, p, h, s, k, train)
+            return y, (s_new if stateful else None)
+
+        if self.remat:
+            layer = checkpoint(layer)
+
+        def step(h, xs):
+            xs = xs or {}
+            y, s_new = layer(xs.get("params", {}), xs.get("state"), xs.get("key"), h)
+            _check_carry(self, h, y)
+            return y, s_new
+
+        xs = {"params": params or {}}
+        if stateful:
+            xs["state"] = state
+        if keys is not None:
+            xs["key"] = keys
+        if not T.leaves(xs):  # a parameter-free, stateless block without a key: nothing to slice
+            x, new_state = scan(step, x, None, length=self.n)
+        else:
+            x, new_state = scan(step, x, xs)
+        return (x, new_state) if stateful else x
+
+    # -- conversions to and from a Sequential of n blocks ------------------------------------
+    def as_sequential(self) -> Sequential:
+        """The Sequential of ``n`` copies of ``block``: the same numbers, unrolled."""
+        return Sequential(*[self.block] * self.n)
+
+    def unstack(self, tree: dict) -> dict:
+        """A stacked params (or state) tree as the Sequential's ``{"0": ..., "n-1": ...}``."""
+        if not tree:
+            return {}
+        layers = T.unstack(tree)
+        if len(layers) != self.n:
+            raise ParamsError(f"{_describe(self)}.unstack: expected leaves with a leading axis of {self.n}, "
+                              f"got {len(layers)}")
+        return {str(i): layer for i, layer in enumerate(layers)}
+
+    def stack(self, tree: dict) -> dict:
+        """A Sequential's ``{"0": ..., "n-1": ...}`` params (or state) tree, stacked: what ``apply``
+        takes. Layers with nothing to stack (parameter-free blocks) may be absent."""
+        if not isinstance(tree, dict):
+            raise ParamsError(f"{_describe(self)}.stack: expected a dict keyed '0'..'{self.n - 1}', "
+                              f"got {type(tree).__name__}")
+        want = [str(i) for i in range(self.n)]
+        if not tree:
+            return {}
+        if sorted(tree, key=lambda k: (len(k), k)) != want:
+            raise ParamsError(f"{_describe(self)}.stack: expected the keys {want} (one per layer), "
+                              f"got {sorted(tree)}")
+        return _stacked([tree[k] for k in want])
+
+
+def _stacked(trees: list) -> dict:
+    """``tree.stack`` of per-layer trees; empty trees stay ``{}``."""
+    return T.stack(trees) if T.leaves(trees[0]) else {}
+
+
+def _check_carry(model: Stacked, x: Any, y: Any) -> None:
+    """The block must give back its input's structure, shapes and dtypes (the next layer's input)."""
+    same = T.structure(x) == T.structure(y) and all(
+        isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype
+        for a, b in zip(T.leaves(x), T.leaves(y)))
+    if not same:
+        def desc(t):
+            return T.map(lambda v: f"{list(v.shape)} {v.dtype}" if isinstance(v, torch.Tensor)
+                         else type(v).__name__, t)
+        raise ValueError(f"{_describe(model)}: the block must map its input to an output of the same "
+                         f"structure, shapes and dtypes (the next layer's input); got {desc(y)} from "
+                         f"{desc(x)}")

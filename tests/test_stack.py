@@ -1,0 +1,181 @@
+"""``fn.Stacked(block, n)``: the Sequential of ``n`` copies of ``block`` with its params stacked on
+a leading axis and its layers run by ``scan``.
+
+The contract: ``init`` gives layer ``i`` exactly ``block.init(split(key, n)[i])`` (what the
+Sequential's init gives child ``"i"``); ``apply`` gives the Sequential's values, new state and
+gradients on the same weights and key (dropout masks included); ``stack``/``unstack`` convert the
+trees, so a ``torch.nn.Sequential`` of identical blocks loads; compiled without gradients the
+block is traced once whatever ``n`` (the graph does not grow), and a compiled training step with
+inductor equals eager.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fnnet as fn
+from fnnet import random, tree
+from conftest import assert_close, assert_trees_close
+
+nn = torch.nn
+KEY = random.key(0)
+D = 8
+BLOCK = fn.Residual([fn.Linear(D, 16), fn.gelu, fn.Dropout(0.25), fn.Linear(16, D)])
+BN_BLOCK = fn.Sequential(fn.Linear(D, D), fn.BatchNorm1d(D), fn.tanh)
+
+
+def f64(t):
+    return tree.map(lambda v: v.double() if v.is_floating_point() else v, t)
+
+
+def x64(*shape, seed=0):
+    return torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+def test_init_is_n_separate_inits_with_split_keys_and_the_sequentials_init():
+    model = fn.Stacked(BLOCK, 5)
+    params = model.init(KEY)
+    assert tree.map(lambda v: tuple(v.shape), params) == tree.map(lambda v: (5, *v.shape), BLOCK.init(KEY))
+    for i, k in enumerate(random.split(KEY, 5)):
+        assert_trees_close(tree.map(lambda v: v[i], params), BLOCK.init(k))
+    assert_trees_close(model.unstack(params), model.as_sequential().init(KEY))
+    assert_trees_close(model.stack(model.unstack(params)), params)
+    assert fn.param_shapes(model) == tree.map(lambda v: v.shape, params)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_apply_equals_the_sequential_values_and_gradients_dropout_included(train):
+    model = fn.Stacked(BLOCK, 4)
+    seq = model.as_sequential()
+    params = f64(model.init(KEY))
+    x, k = x64(6, D), random.key(7)
+
+    def loss(m, p):
+        y = m.apply(p, x, key=k, train=train)
+        return (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)).sum()
+
+    assert_close(model.apply(params, x, key=k, train=train), seq.apply(model.unstack(params), x, key=k, train=train))
+    g = fn.grad(lambda p: loss(model, p))(params)
+    g_seq = fn.grad(lambda p: loss(seq, p))(model.unstack(params))
+    assert_trees_close(model.unstack(g), g_seq)
+
+
+def test_a_stateful_block_threads_stacked_running_statistics_as_the_sequential_does():
+    model = fn.Stacked(BN_BLOCK, 3)
+    seq = model.as_sequential()
+    params, state = f64(model.init(KEY)), f64(model.init_state())
+    assert tree.paths(state) == ["1.running_mean", "1.running_var", "1.num_batches_tracked"]
+    assert state["1"]["running_mean"].shape == (3, D)
+    x = x64(5, D)
+    for train in (True, False):
+        y, new_state = model.apply(params, x, state=state, train=train)
+        y_seq, new_seq = seq.apply(model.unstack(params), x, state=model.unstack(state), train=train)
+        assert_close(y, y_seq)
+        assert_trees_close(model.unstack(new_state), new_seq)
+    assert int(new_seq["2"]["1"]["num_batches_tracked"]) == 0 and \
+        int(model.apply(params, x, state=state, train=True)[1]["1"]["num_batches_tracked"][2]) == 1
+    with pytest.raises(ValueError, match="the block is stateful .* pass state=model.init_state"):
+        model.apply(params, x, train=True)
+
+
+def test_a_torch_sequential_of_identical_blocks_loads_and_gives_torchs_numbers():
+    class TorchBlock(nn.Module):  # the twin of BLOCK without dropout
+        def __init__(self):
+            super().__init__()
+            self.block = nn.Sequential(nn.Linear(D, 16), nn.GELU(), nn.Dropout(0.0), nn.Linear(16, D))
+
+        def forward(self, x):
+            return x + self.block(x)
+
+    torch_seq = nn.Sequential(*[TorchBlock() for _ in range(3)]).double()
+    model = fn.Stacked(BLOCK, 3)
+    params = model.stack(fn.params_from_module(torch_seq))
+    fn.check_params(model, params)
+    x = x64(4, D)
+    assert_close(model.apply(params, x), torch_seq(x))
+    torch_seq.load_state_dict(fn.to_state_dict(model.unstack(f64(model.init(KEY)))))  # and back
+    assert_close(model.apply(f64(model.init(KEY)), x), torch_seq(x))
+
+
+def test_remat_recomputes_each_layer_and_keeps_values_and_gradients():
+    model, remat = fn.Stacked(BLOCK, 3), fn.Stacked(BLOCK, 3, remat=True)
+    params, x, k = f64(model.init(KEY)), x64(4, D), random.key(2)
+
+    def loss(m):
+        return lambda p: m.apply(p, x, key=k, train=True).square().sum()
+
+    assert_trees_close(fn.grad(loss(remat))(params), fn.grad(loss(model))(params))
+    leaves = tree.map(lambda v: v.detach().requires_grad_(), params)
+    loss(remat)(leaves).backward()  # plain autograd: torch's checkpoint
+    assert_trees_close(tree.map(lambda v: v.grad, leaves), fn.grad(loss(model))(params))
+    bn = fn.Stacked(BN_BLOCK, 2, remat=True)
+    pb, sb = f64(bn.init(KEY)), f64(bn.init_state())
+    (_, s1), (_, s2) = bn.apply(pb, x, state=sb, train=True), fn.Stacked(BN_BLOCK, 2).apply(pb, x, state=sb, train=True)
+    assert_trees_close(s1, s2)
+
+
+def test_errors_name_stacked_and_what_was_expected():
+    with pytest.raises(ValueError, match="Stacked: n must be >= 1, got 0"):
+        fn.Stacked(BLOCK, 0)
+    with pytest.raises(TypeError, match="Stacked: n must be an int, got float"):
+        fn.Stacked(BLOCK, 2.0)
+    with pytest.raises(TypeError, match="Stacked: expected an fnnet Module, a function or a list of them, got int"):
+        fn.Stacked(3, 2)
+    widen = fn.Stacked(fn.Linear(D, 2 * D), 2)
+    with pytest.raises(ValueError, match=r"the block must map its input to an output of the same .*"
+                                         r"got \[3, 16\] torch.float32 from \[3, 8\] torch.float32"):
+        widen.apply(widen.init(KEY), torch.ones(3, D))
+    model = fn.Stacked(BLOCK, 3)
+    with pytest.raises(fn.ParamsError, match=r"'block.0.weight' has shape \[2, 16, 8\], expected \[3, 16, 8\]"):
+        model.apply(fn.Stacked(BLOCK, 2).init(KEY), torch.ones(2, D))
+    with pytest.raises(fn.ParamsError, match=r"expected the keys \['0', '1', '2'\] \(one per layer\), got \['0', '1'\]"):
+        model.stack(fn.Stacked(BLOCK, 2).unstack(fn.Stacked(BLOCK, 2).init(KEY)))
+
+
+def test_a_parameter_free_block_without_a_key_still_loops_n_times_and_lists_are_sequentials():
+    model = fn.Stacked(lambda x: x * 2, 5)
+    assert model.init(KEY) == {} and torch.equal(model.apply({}, torch.ones(2)), torch.full((2,), 32.0))
+    listed = fn.Stacked([fn.Linear(D, D), torch.tanh], 2)
+    assert listed.block == fn.Sequential(fn.Linear(D, D), torch.tanh)
+    assert tree.paths(listed.init(KEY)) == ["0.weight", "0.bias"]
+
+
+def _graph_size(model, params, x):
+    """Nodes in the graph dynamo captures for a forward without gradients (subgraphs included)."""
+    sizes = []
+
+    def backend(gm, example_inputs):
+        sizes.append(sum(len(m.graph.nodes) for m in gm.modules() if isinstance(m, torch.fx.GraphModule)))
+        return gm
+
+    with torch.no_grad():
+        fn.jit(model.apply, backend=backend, dynamic=False)(params, x)  # static: no symbolic sizes
+    return sizes[0]
+
+
+def test_compiled_inference_traces_the_block_once_whatever_the_depth():
+    x = torch.randn(4, D)
+    shallow, deep = fn.Stacked(BLOCK, 4), fn.Stacked(BLOCK, 16)
+    assert _graph_size(shallow, shallow.init(KEY), x) == _graph_size(deep, deep.init(KEY), x)
+    seq4, seq16 = shallow.as_sequential(), deep.as_sequential()  # the unrolled graph grows
+    assert _graph_size(seq16, seq16.init(KEY), x) > 3 * _graph_size(seq4, seq4.init(KEY), x)
+
+
+def test_compiled_with_inductor_inference_and_training_equal_eager():
+    model = fn.Stacked(BN_BLOCK, 3)
+    params, state, x = f64(model.init(KEY)), f64(model.init_state()), x64(6, D)
+    with torch.no_grad():
+        y, _ = fn.jit(model.apply)(params, x, state=state, train=False)
+    assert_close(y, model.apply(params, x, state=state, train=False)[0])
+
+    def loss(p, s):
+        y, new_state = model.apply(p, x, state=s, train=True)
+        return y.square().mean(), new_state
+
+    step = fn.value_and_grad(loss, has_aux=True)
+    (v, s_e), g = step(params, state)
+    (v_c, s_c), g_c = fn.jit(step)(params, state)
+    assert_close(v_c, v)
+    assert_trees_close(g_c, g, msg="grads")
+    assert_trees_close(s_c, s_e, msg="state")
