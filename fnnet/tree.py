@@ -388,7 +388,8 @@ def ravel(tree: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]]:
             raise ValueError(f"tree.ravel's unravel: expected a 1-D tensor of {total} elements (the raveled tree's "
                              f"size), got {got}")
         if v.dtype != dtype:
-            raise TypeError(f"tree.ravel's unravel: expected a {dtype} vector (the raveled tree's dtype), got {v.dtype}")
+            raise TypeError(f"tree.ravel's unravel: expected a {dtype} vector (the raveled tree's dtype), "
+                            f"got {v.dtype}")
         pieces = torch.split(v, sizes) if sizes else []
         flat = [None] * len(pairs)
         for i, piece, shape, dt in zip(order, pieces, shapes, dtypes):

@@ -147,7 +147,10 @@ def test_cyclic_lr_and_momentum_drive_sgd_along_torchs_cyclic_lr_trajectory():
     w = params["w"].clone().requires_grad_()
     topt = torch.optim.SGD([w], lr=0.1, momentum=0.9)
     tsched = S.CyclicLR(topt, 0.01, 0.1, base_momentum=0.8, max_momentum=0.95, **kw)
-    loss = lambda w: (w ** 2).sum() + w.prod()  # noqa: E731
+
+    def loss(w):
+        return (w ** 2).sum() + w.prod()
+
     for count in range(12):
         state = optim.set_hyperparams(state, momentum=momentum(count))
         updates, state = opt.update(fn.grad(lambda p: loss(p["w"]))(params), state, params)
@@ -302,7 +305,7 @@ def test_every_new_schedule_compiles_once_and_gives_eager_values_for_every_count
     for count in range(70):
         got = all_at(torch.tensor(count))
         expected = torch.tensor([float(s(count)) for s in schedules], dtype=torch.float64)
-        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-15, msg=lambda m: f"count {count}: {m}")
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-15, msg=f"count {count}")
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
 
 

@@ -89,7 +89,7 @@ def test_an_averaged_update_compiles_and_equals_eager():
     compiled = fn.jit(ema.update)
     eager_avg = compiled_avg = ema.init(params)
     for k in range(4):
-        p = fn.tree.map(lambda x: x + k, params)
+        p = fn.tree.map(torch.add, params, fn.tree.full_like(params, k))
         eager_avg, compiled_avg = ema.update(eager_avg, p), compiled(compiled_avg, p)
         assert_trees_close(compiled_avg["params"], eager_avg["params"], msg=f"update {k}")
     assert int(compiled_avg["n_averaged"]) == 4

@@ -3,7 +3,6 @@ Hessian over all params) and tree.at (a functional update by path)."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 from badinput import expect_clear_error
 from conftest import assert_trees_close

@@ -283,7 +283,7 @@ def cosine_annealing_warm_restarts(lr: float, T_0: int, T_mult: int = 1, eta_min
         c = _f(count)
         if T_mult == 1:
             return torch.remainder(c, T_0), c * 0 + T_0
-        start = lambda n: T_0 * (T_mult ** n - 1) / (T_mult - 1)  # noqa: E731
+        start = lambda n: T_0 * (T_mult ** n - 1) / (T_mult - 1)
         n = torch.floor(torch.log(c / T_0 * (T_mult - 1) + 1) / math.log(T_mult))
         n = n - (c < start(n)).to(c.dtype)  # the logarithm may land one cycle off either way
         n = n + (c >= start(n + 1)).to(c.dtype)
