@@ -389,3 +389,34 @@ def test_a_state_that_does_not_fit_the_grads_is_refused_naming_the_path():
                        match=r"nadam update: .*mu_product")
     nadamw = optim.nadam(weight_decay=0.1, decoupled_weight_decay=True)
     expect_clear_error(lambda: nadamw.update(params, nadamw.init(params)), match=r"nadam: weight_decay needs params")
+
+
+def test_where_compiled_foreach_ops_refuse_tensor_scalars_a_compiled_update_runs_leaf_by_leaf(monkeypatch):
+    """torch 2.10's compiled ``_foreach_*`` ops fail on a held (0-d tensor) hyperparameter; there
+    ``_ops.for_leaves`` picks the leaf-by-leaf path inside compiled graphs. Forced here on any
+    torch: the graph has no ``_foreach`` op and the step still equals eager (dynamo and AOT
+    autograd only; the inductor tests above compile the ``_foreach`` path)."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    from fnnet.optim import _ops
+
+    monkeypatch.setattr(_ops, "COMPILED_FOREACH_TAKES_TENSOR_SCALARS", False)
+    params = _params("adafactor", torch.float32)
+    loss = _target_loss(fn.tree.map(torch.zeros_like, params))
+    opt = optim.chain(optim.nadam(0.05, weight_decay=0.01), optim.adafactor(0.05))
+
+    def step(p, s):
+        updates, s = opt.update(fn.grad(loss)(p), s, p)
+        return optim.apply_updates(p, updates), s
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    jstep = fn.jit(step, backend=counter)
+    pe, se = params, opt.init(params)
+    pc, sc = params, opt.init(params)
+    for _ in range(3):
+        pe, se = step(pe, se)
+        pc, sc = jstep(pc, sc)
+        assert_trees_close(pc, pe)
+    assert counter.frame_count == 1
+    assert not [n for g in counter.graphs for n in g.graph.nodes if "_foreach" in str(n.target)]

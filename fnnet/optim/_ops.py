@@ -7,8 +7,9 @@ picks how, once per update:
   loop over leaves. The normal path, eager or under ``torch.compile``.
 - ``PER_LEAF``: the same operations leaf by leaf. ``_foreach`` ops have no ``vmap`` batching
   rule (torch 2.13: "Batching rule not implemented for aten::_foreach_add.List"), so this path
-  runs when any leaf is a functorch-batched tensor (an ensemble's vmapped optimizer state), and
-  when a leaf requires grad (differentiating through an update: no in-place arithmetic).
+  runs when any leaf is a functorch-batched tensor (an ensemble's vmapped optimizer state),
+  when a leaf requires grad (differentiating through an update: no in-place arithmetic), and
+  in compiled graphs on torch 2.10, whose compiled ``_foreach_*`` ops refuse 0-d tensor scalars.
 
 The ``*_`` operations (``mul_``, ``add_``, ...) may write into their first argument, and are
 only ever called on a list the step itself just created, never on grads, params or state: on
@@ -28,6 +29,8 @@ from collections.abc import Sequence
 
 import torch
 from torch._C._functorch import is_batchedtensor
+
+from .. import _compat
 
 List = list[torch.Tensor]
 
@@ -286,10 +289,18 @@ PER_LEAF = _PerLeaf()
 Ops = _Foreach | _PerLeaf
 
 
+# torch 2.10's compiled ``_foreach_*`` ops fail on a 0-d tensor scalar (a held hyperparameter);
+# there a compiled update runs leaf by leaf (inductor fuses those ops as well). From 2.11 on the
+# ``_foreach_*`` path compiles.
+COMPILED_FOREACH_TAKES_TENSOR_SCALARS = _compat.parse_torch_version(torch.__version__) >= (2, 11)
+
+
 def for_leaves(*groups: Sequence) -> Ops:
     """``PER_LEAF`` when any tensor in ``groups`` (lists of leaves, or single tensors) is
-    batched by ``vmap`` or requires grad (with grad mode on), else ``FOREACH``. Called once per
-    update."""
+    batched by ``vmap`` or requires grad (with grad mode on), or when compiling on a torch whose
+    compiled ``_foreach_*`` ops refuse tensor scalars; else ``FOREACH``. Called once per update."""
+    if not COMPILED_FOREACH_TAKES_TENSOR_SCALARS and _is_compiling():
+        return PER_LEAF
     grad_mode = torch.is_grad_enabled()
     for g in groups:
         for x in (g if isinstance(g, (list, tuple)) else (g,)):
