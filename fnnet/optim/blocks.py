@@ -69,18 +69,24 @@ def _adam_like(owner: str, b1, b2, eps, eps_root, *, nesterov: bool = False, ams
     def step(ops, g, p, s, h, t):
         b1, b2 = h["b1"], h["b2"]
         mu = ops.lerp(s["mu"], g, 1 - b1)                           # b1 mu + (1 - b1) g
-        nu = ops.addcmul(ops.mul(s["nu"], b2), g, g, 1 - b2)         # b2 nu + (1 - b2) g^2
+        nu = ops.addcmul_(ops.mul(s["nu"], b2), g, g, 1 - b2)        # b2 nu + (1 - b2) g^2
         new = {"mu": mu, "nu": nu}
+        # the `_` ops write only into buffers made here (never the state's): fewer allocations
+        if amsgrad or "eps_root" in h:
+            nu_hat = ops.div(nu, 1 - b2 ** t) if bias_correction_nu else nu
+            if amsgrad:
+                nu_hat = new["nu_max"] = ops.maximum(s["nu_max"], nu_hat)
+            if "eps_root" in h:
+                nu_hat = ops.add(nu_hat, h["eps_root"])
+            denom = ops.add_(ops.sqrt(nu_hat), h["eps"])
+        else:                                                        # sqrt(nu / bc2) = sqrt(nu) / sqrt(bc2)
+            denom = ops.add_(ops.div_(ops.sqrt(nu), _ops.ssqrt(1 - b2 ** t)), h["eps"])
         if nesterov:   # b1 mu_hat(t+1) + (1 - b1) g_hat(t)
             mu_hat = ops.add(ops.mul(mu, b1 / (1 - b1 ** (t + 1))), g, alpha=(1 - b1) / (1 - b1 ** t))
-        else:
-            mu_hat = ops.div(mu, 1 - b1 ** t) if bias_correction_mu else mu
-        nu_hat = ops.div(nu, 1 - b2 ** t) if bias_correction_nu else nu
-        if amsgrad:
-            nu_hat = new["nu_max"] = ops.maximum(s["nu_max"], nu_hat)
-        if "eps_root" in h:
-            nu_hat = ops.add(nu_hat, h["eps_root"])
-        return ops.div(mu_hat, ops.add_(ops.sqrt(nu_hat), h["eps"])), new
+            return ops.div_(mu_hat, denom), new
+        if bias_correction_mu:                                       # mu / bc1 / denom = mu / (bc1 denom)
+            denom = ops.mul_(denom, 1 - b1 ** t)
+        return ops.div(mu, denom), new
 
     return optimizer(hp, slots, step, owner)
 
