@@ -99,6 +99,11 @@ def _describe(tree: Any) -> str:
     return f"a {type(tree).__name__}"
 
 
+def _leaf(path: str) -> str:
+    """How a state leaf is named in errors: the state itself, or its leaf at ``path``."""
+    return f"state leaf {path!r}" if path else "state"
+
+
 def _check_protocol(cell: Any) -> None:
     """The cell has what the layer calls (at construction, naming the cell)."""
     for name in ("init", "apply", "initial_state"):
@@ -238,9 +243,9 @@ class Recurrent(fn.Module):
         for path, s in fn.tree.flatten_with_paths(state):
             if (not isinstance(s, torch.Tensor) or s.ndim < 1 or s.shape[0] != batch or s.dtype != x.dtype
                     or s.device != x.device):
-                raise ValueError(f"{self!r}: {cell!r}.initial_state({batch}, device={x.device}, dtype={x.dtype}) "
-                                 f"gave leaf {path!r} as {_describe(s)}; expected [{batch}, ...] tensors of that "
-                                 f"dtype and device")
+                raise ValueError(f"Recurrent: the cell {cell!r}.initial_state({batch}, device={x.device}, "
+                                 f"dtype={x.dtype}) gave its {_leaf(path)} as {_describe(s)}; expected [{batch}, ...] "
+                                 f"tensors of that dtype and device")
         return state
 
     def _initial_states(self, params: dict, given: Any, batch: int, x: torch.Tensor, unbatched: bool) -> list:
@@ -258,10 +263,10 @@ class Recurrent(fn.Module):
                                 f"[{n}, B, ...]; got {_describe(given)}")
             leaves = []
             for (path, s), like in zip(fn.tree.flatten_with_paths(given), fn.tree.leaves(starts[0])):
-                check_tensor(self, f"state leaf {path!r}", s)
+                check_tensor(self, _leaf(path), s)
                 want = (*lead, *like.shape[1:])
                 if tuple(s.shape) != want:
-                    raise ValueError(f"{self!r}: expected state leaf {path!r} of shape {list(want)}, "
+                    raise ValueError(f"{self!r}: expected {_leaf(path)} of shape {list(want)} ([L*D, B, ...]), "
                                      f"got {list(s.shape)}")
                 leaves.append(s.unsqueeze(1) if unbatched else s)
         else:
@@ -273,7 +278,7 @@ class Recurrent(fn.Module):
     def _check_dtypes(self, params: dict, x: torch.Tensor, states: list) -> None:
         """Params, input and states: one floating dtype, one device (as nn.RNN)."""
         weights = dict(fn.tree.flatten_with_paths(params))
-        named = {f"state leaf {p!r}": s for p, s in fn.tree.flatten_with_paths(states[0])}
+        named = {_leaf(p): s for p, s in fn.tree.flatten_with_paths(states[0])}
         if weights:
             check_dtypes(self, x, weights, named)
             return
@@ -312,18 +317,18 @@ class Recurrent(fn.Module):
             if fn.tree.structure(new) != fn.tree.structure(state):
                 hint = (" (a cell returns its new state only, not (state, output))"
                         if isinstance(new, tuple) and len(new) == 2 and isinstance(state, torch.Tensor) else "")
-                raise ValueError(f"{self!r}: {cell!r}.apply(params, x_t, state) returned {_describe(new)}; "
+                raise ValueError(f"Recurrent: the cell {cell!r}.apply(params, x_t, state) returned {_describe(new)}; "
                                  f"expected a state of the structure it was given, {_describe(state)}{hint}")
             for (path, a), b in zip(fn.tree.flatten_with_paths(new), fn.tree.leaves(state)):
                 if not isinstance(a, torch.Tensor) or a.shape != b.shape or a.dtype != b.dtype:
-                    raise ValueError(f"{self!r}: {cell!r}.apply(params, x_t, state) returned state leaf {path!r} "
-                                     f"as {_describe(a)}; expected {list(b.shape)} {b.dtype}, as the state it was "
-                                     f"given (a cell keeps its state's structure, shapes and dtypes)")
+                    raise ValueError(f"Recurrent: the cell {cell!r}.apply(params, x_t, state) returned its "
+                                     f"{_leaf(path)} as {_describe(a)}; expected {list(b.shape)} {b.dtype}, as the "
+                                     f"state it was given (a cell keeps its state's structure, shapes and dtypes)")
             h = output_of(cell, new)
             B = x_t.shape[0]
             if not isinstance(h, torch.Tensor) or h.shape != (B, H) or h.dtype != x_t.dtype:
-                raise ValueError(f"{self!r}: the output of {cell!r} (output(state)) is {_describe(h)}; expected "
-                                 f"[{B}, {H}] {x_t.dtype}")
+                raise ValueError(f"Recurrent: the output of the cell {cell!r} (output(state)) is {_describe(h)}; "
+                                 f"expected [{B}, {H}] {x_t.dtype}")
             return new, h
         return step
 

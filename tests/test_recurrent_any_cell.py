@@ -47,11 +47,41 @@ class PeepholeLSTMCell(fn.Module):
         h, c = state
         gates = x @ params["weight_ih"].T + h @ params["weight_hh"].T + params["bias"]
         i, f, g, o = gates.chunk(4, -1)
-        w_ci, w_cf, w_co = params["peephole"]
+        w_ci, w_cf, w_co = params["peephole"].unbind(0)
         i, f = torch.sigmoid(i + w_ci * c), torch.sigmoid(f + w_cf * c)
         c = f * c + i * torch.tanh(g)
         h = torch.sigmoid(o + w_co * c) * torch.tanh(c)
         return h, c
+
+
+@dataclass(frozen=True)
+class EquinoxGRUCell(fn.Module):
+    """Equinox's GRU cell: one input-side bias, ``bias_n`` inside the reset product, the update
+    gate weighting the new candidate. State: a tensor ``h``."""
+
+    input_size: int
+    hidden_size: int
+
+    def init(self, key):
+        H, I = self.hidden_size, self.input_size
+        k = random.split(key, 4)
+        bound = 1 / math.sqrt(H)
+        return {"weight_ih": fn.init.uniform(k[0], (3 * H, I), bound),
+                "weight_hh": fn.init.uniform(k[1], (3 * H, H), bound),
+                "bias": fn.init.uniform(k[2], (3 * H,), bound), "bias_n": fn.init.uniform(k[3], (H,), bound)}
+
+    def initial_state(self, batch, device=None, dtype=None):
+        return torch.zeros(batch, self.hidden_size, device=device, dtype=dtype)
+
+    def apply(self, params, x, h):
+        xr, xz, xn = (x @ params["weight_ih"].T + params["bias"]).chunk(3, -1)
+        hr, hz, hn = (h @ params["weight_hh"].T).chunk(3, -1)
+        r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * (hn + params["bias_n"]))
+        return n + (1 - z) * (h - n)
+
+
+USER_CELLS = {"PeepholeLSTMCell": PeepholeLSTMCell, "EquinoxGRUCell": EquinoxGRUCell}
 
 
 def reference(layer, params, x, state0, lengths, dropout_masks=None):
@@ -115,19 +145,23 @@ def configs(draw):
             "learn_initial_state": draw(st.booleans()), "dropout": draw(st.sampled_from([0.0, 0.5]))}
 
 
-@given(kw=configs(), i=st.integers(1, 4), h=st.integers(1, 4), T=st.integers(1, 5), B=st.integers(1, 3),
-       with_state=st.booleans(), with_lengths=st.booleans(), train=st.booleans(), data=st.data())
+@given(name=st.sampled_from(sorted(USER_CELLS)), kw=configs(), i=st.integers(1, 4), h=st.integers(1, 4),
+       T=st.integers(1, 5), B=st.integers(1, 3), with_state=st.booleans(), with_lengths=st.booleans(),
+       train=st.booleans(), data=st.data())
 def test_a_user_cell_gives_the_reference_loop_with_lengths_reverse_bidirectional_and_stacking(
-        kw, i, h, T, B, with_state, with_lengths, train, data):
+        name, kw, i, h, T, B, with_state, with_lengths, train, data):
     dtype = torch.float64
     torch.manual_seed(data.draw(st.integers(0, 10**6)))
-    layer = cells.Recurrent(PeepholeLSTMCell(i, h), **kw)
+    cell = USER_CELLS[name](i, h)
+    layer = cells.Recurrent(cell, **kw)
     params = fn.tree.map(lambda p: p.to(dtype).requires_grad_(), layer.init(random.key(data.draw(st.integers(0, 99)))))
     if kw["learn_initial_state"]:
         params["initial_state"] = {k: torch.randn_like(v).requires_grad_() for k, v in params["initial_state"].items()}
     n, D = kw["num_layers"] * layer.num_directions, layer.num_directions
+    like = cell.initial_state(B, dtype=dtype)  # the state of one (layer, direction): leaves [B, H]
     x = torch.randn(T, B, i, dtype=dtype, requires_grad=True)
-    state = tuple(torch.randn(n, B, h, dtype=dtype, requires_grad=True) for _ in range(2)) if with_state else None
+    state = fn.tree.map(lambda s: torch.randn(n, *s.shape, dtype=dtype, requires_grad=True), like) \
+        if with_state else None
     lengths = torch.tensor(data.draw(st.lists(st.integers(1, T), min_size=B, max_size=B))) if with_lengths else None
     key = random.key(data.draw(st.integers(0, 99)))
 
@@ -137,22 +171,24 @@ def test_a_user_cell_gives_the_reference_loop_with_lengths_reverse_bidirectional
         out = out.transpose(0, 1)
     if state is not None:
         state0 = state
-    elif kw["learn_initial_state"]:
-        state0 = tuple(params["initial_state"][k].unsqueeze(1).expand(n, B, h) for k in ("0", "1"))
+    elif kw["learn_initial_state"]:  # [L*D, H] per leaf, broadcast over the batch
+        learned = [params["initial_state"][str(j)] for j in range(len(_leaves(like)))]
+        state0 = fn.tree.unflatten(fn.tree.structure(like), [s.unsqueeze(1).expand(n, B, h) for s in learned])
     else:
-        state0 = tuple(torch.zeros(n, B, h, dtype=dtype) for _ in range(2))
+        state0 = fn.tree.map(lambda s: torch.zeros(n, *s.shape, dtype=dtype), like)
     masks = None
     if train and kw["dropout"] > 0:
         masks = [fn.dropout(torch.ones(T, B, D * h, dtype=dtype), kw["dropout"], random.fold_in(key, l))
                  for l in range(kw["num_layers"])]
     out_r, final_r = reference(layer, params, x, state0, lengths, masks)
 
-    assert out.shape == (T, B, D * h) and [s.shape for s in final] == [(n, B, h)] * 2
+    assert out.shape == (T, B, D * h) and fn.tree.structure(final) == fn.tree.structure(like)
+    assert [s.shape for s in _leaves(final)] == [(n, B, h)] * len(_leaves(like))
     assert_close(out, out_r, dtype, "outputs")
-    for a, b in zip(final, final_r):
+    for a, b in zip(_leaves(final), _leaves(final_r)):
         assert_close(a, b, dtype, "final state")
-    weights = [torch.randn_like(out), *(torch.randn_like(s) for s in final)]
-    wrt = [x, *_leaves(params), *(state or ())]
+    weights = [torch.randn_like(out), *(torch.randn_like(s) for s in _leaves(final))]
+    wrt = [x, *_leaves(params), *([] if state is None else _leaves(state))]
     _assert_same_grads(_loss(out, final, weights), _loss(out_r, final_r, weights), wrt, dtype, "gradient")
 
 
