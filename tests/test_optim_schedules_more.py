@@ -263,11 +263,10 @@ def test_piecewise_constant_schedule_is_optaxs(init, table):
 @given(boundaries=st.lists(st.integers(0, 30), min_size=2, max_size=2).map(sorted))
 def test_join_schedules_counts_each_schedule_from_its_boundary(boundaries):
     a, b = boundaries
-    s = optim.join_schedules([optim.constant(1.0), optim.exponential_lr(1.0, 0.5), lambda c: 7.0 + c * 0],
-                             boundaries)
+    s = optim.join_schedules([optim.constant(1.0), optim.exponential_lr(1.0, 0.5), lambda c: 7.1], boundaries)
     for count in range(40):
-        expected = 1.0 if count < a else 0.5 ** (count - a) if count < b else 7.0
-        assert _both(s, count) == pytest.approx(expected, rel=1e-12), count
+        expected = 1.0 if count < a else 0.5 ** (count - a) if count < b else 7.1
+        assert _both(s, count) == pytest.approx(expected, rel=1e-12), count  # 7.1 in float64, not float32
 
 
 # -- compiled ---------------------------------------------------------------------------------------

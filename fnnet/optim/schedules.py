@@ -386,11 +386,20 @@ def _join(owner: str, names: tuple[str, str], schedules, boundaries) -> Schedule
         raise ValueError(f"{owner}: expected {len(schedules) - 1} {names[1]} (one fewer than the {names[0]}), "
                          f"got {len(boundaries)}")
 
+    def at(s, count):
+        """``s(count)``; for a tensor count a float64 tensor even if ``s`` gives a number (``torch.where``
+        of two numbers would be float32)."""
+        out = s(count)
+        return torch.full((), out, dtype=torch.float64, device=count.device) if not _is_t(out) else out
+
     def schedule(count):
-        out = schedules[0](count)
+        if not _is_t(count):
+            i = sum(count >= b for b in boundaries)  # the last boundary <= count (they increase)
+            return schedules[i](count - (boundaries[i - 1] if i else 0))
+        out = at(schedules[0], count)
         for b, s in zip(boundaries, schedules[1:]):
             # a later schedule is also evaluated before its boundary, at a negative count, and not selected
-            out = _where(count < b, out, s(count - b)) if _is_t(count) else (out if count < b else s(count - b))
+            out = torch.where(count < b, out, at(s, count - b))
         return out
     return schedule
 
