@@ -236,6 +236,36 @@ def test_adamw_mask_follows_torch_param_groups_without_decay_where_masked_out():
     assert_trees_close(params, {"layer": {"weight": w.detach(), "bias": b.detach()}})
 
 
+EVERY_BLOCK_AND_WRAPPER = {
+    "scale_by_adam": lambda: optim.scale_by_adam(nesterov=True), "scale_by_amsgrad": optim.scale_by_amsgrad,
+    "scale_by_rms": optim.scale_by_rms, "scale_by_stddev": optim.scale_by_stddev,
+    "trace": lambda: optim.trace(0.9), "ema": lambda: optim.ema(0.9),
+    "scale_by_learning_rate": lambda: optim.scale_by_learning_rate(0.1), "clip": lambda: optim.clip(1.0),
+    "masked (nothing selected)": lambda: optim.masked(optim.scale_by_adam(), lambda path, p: False),
+    "apply_if_finite": lambda: optim.apply_if_finite(optim.scale_by_adam(), 1),
+    "MultiSteps": lambda: optim.MultiSteps(optim.scale_by_adam(), 2),
+    "lookahead": lambda: optim.lookahead(optim.scale_by_adam(), 2, 0.5),
+    "adamw(mask=)": lambda: optim.adamw(mask=lambda path, p: p.ndim > 1),
+}
+
+
+@pytest.mark.parametrize("name", EVERY_BLOCK_AND_WRAPPER)
+def test_zero_gradients_give_zero_updates_and_an_empty_tree_steps(name):
+    """Zero gradients (eps > 0) move nothing; a tree with no leaves (an empty param group, a mask
+    that selects nothing) steps without error, only the counts moving."""
+    opt = EVERY_BLOCK_AND_WRAPPER[name]()
+    params = {"layer": {"weight": torch.zeros(3, 2, dtype=F64), "bias": torch.zeros(3, dtype=F64)}}
+    zeros = T.map(torch.zeros_like, params)
+    state = opt.init(params)
+    for _ in range(3):
+        u, state = opt.update(zeros, state, params)
+        assert all(torch.equal(x, torch.zeros_like(x)) for x in T.leaves(u)), name
+    empty_state = opt.init({})
+    for _ in range(2):
+        u, empty_state = opt.update({}, empty_state, {})
+        assert u == {}
+
+
 # ---------------------------------------------------------------------------- the wrappers
 
 def test_masked_with_a_path_function_transforms_only_the_selected_leaves_and_keeps_no_state_for_others():

@@ -148,6 +148,9 @@ def optimizer(hyperparams: dict[str, Any], slots: Callable[[list], dict[str, lis
         flat_p = cols[1] if params is not None else [None] * len(flat_g)
         slot_lists = dict(zip(slot_names, cols[-len(slot_names):] if slot_names else []))
         hp = state["hyperparams"]
+        if not flat_g:  # no leaves (a param group or a masked selection left empty): only the count moves
+            return T.unflatten(spec, []), {"count": state["count"] + 1, "hyperparams": hp,
+                                           **{k: state[k] for k in slot_names}}
         ops = _ops.for_leaves(flat_g, flat_p if params is not None else [], *slot_lists.values(), *hp.values())
         new_count = state["count"] + 1
         if _ops.host_scalars(state["count"]):
