@@ -3,7 +3,7 @@
 mode) the fnnet twin is built from the SAME arguments, takes the torch module's weights
 (``fn.params_from_module``) and buffers (``fn.state_from_module``), and gives the same outputs,
 the same new running statistics, and the same gradients w.r.t. every parameter and every input
-(float64, tight).
+(float64 tight; float32 at rounding level).
 
 Twins are found by name (``fn.<Name>`` for layers, ``cells.<Name>`` for the recurrent ones), so
 a layer added to fnnet is replayed as soon as it exists. The loss modules are replayed by
@@ -75,35 +75,44 @@ def _check(info, training, sample, dtype) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = info.module_cls(*ctor.args, **ctor.kwargs).to(dtype)
-    twin = twin_of(info.module_cls.__name__)(*ctor.args, **ctor.kwargs)
+    # a float tensor among the constructor's arguments (FractionalMaxPool's _random_samples) is a
+    # buffer torch's .to(dtype) casts: the twin gets it in that dtype too
+    kwargs = {k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+              for k, v in ctor.kwargs.items()}
+    twin = twin_of(info.module_cls.__name__)(*ctor.args, **kwargs)
     pairs = twin_parity(theirs, twin, tuple(fwd.args), dict(fwd.kwargs), training)
     assert_pairs_close(pairs, dtype, f"{info.module_cls.__name__} {sample.desc!r} training={training}")
 
 
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
 def _cases(name: str) -> list:
-    """One test per module; the heavy ones split in SUBSAMPLE parts, all but the first slow."""
+    """One test per module and dtype; a heavy one split in SUBSAMPLE parts, of which a normal run
+    replays the first in float64, and ``-m slow`` the rest."""
     if name not in HEAVY:
-        return [_param("samples", name, None, id=name)]
-    return [_param("samples", name, part, id=f"{name}-{part}", marks=[pytest.mark.slow] if part else [])
-            for part in range(SUBSAMPLE)]
+        return [_param("samples", name, None, dtype, id=f"{name}-{dtype}") for dtype in DTYPES]
+    return [_param("samples", name, part, dtype, id=f"{name}-{dtype}-{part}",
+                   marks=[pytest.mark.slow] if part or dtype != "float64" else [])
+            for dtype in DTYPES for part in range(SUBSAMPLE)]
 
 
 CASES = [case for name in _names_with_twins() for case in _cases(name)] or [
-    pytest.param(None, None, marks=pytest.mark.skip(reason=WHY_NO_DB or "no twins"))]
+    pytest.param(None, None, None, marks=pytest.mark.skip(reason=WHY_NO_DB or "no twins"))]
 
 
-@pytest.mark.parametrize("name, part", CASES)
-def test_every_module_db_sample_matches_torch(name, part):
-    """Outputs, running statistics and gradients of every sample, float64 (the heavy modules:
-    every SUBSAMPLE-th sample from ``part`` on)."""
+@pytest.mark.parametrize("name, part, dtype", CASES)
+def test_every_module_db_sample_matches_torch(name, part, dtype):
+    """Outputs, running statistics and gradients of every sample (float64 tight, float32 at
+    rounding level; a heavy module: every SUBSAMPLE-th sample from ``part`` on)."""
     count = 0
     for info in (m for m in DB if m.module_cls.__name__ == name):
-        for i, (training, sample) in enumerate(samples(info, torch.float64)):
+        for i, (training, sample) in enumerate(samples(info, DTYPES[dtype])):
             if part is None or i % SUBSAMPLE == part:
-                _check(info, training, sample, torch.float64)
+                _check(info, training, sample, DTYPES[dtype])
                 count += 1
     assert count > 0, f"module_db has no samples for {name}"
-    print(f"module_db {name}: {count} samples match")
+    print(f"module_db {name} {dtype}: {count} samples match")
 
 
 def _error_cases() -> list:
