@@ -8,6 +8,7 @@ Pass a schedule wherever an ``lr`` goes: ``optim.adam(optim.cosine_annealing_lr(
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 
@@ -160,17 +161,15 @@ def _callable(owner: str, name: str, value) -> None:
         raise TypeError(f"{owner}: {name} must be a function of the step count, got {type(value).__name__}")
 
 
-def _ints(owner: str, name: str, values, lo: int = 0, strictly: bool = False) -> list:
-    """A list of ints ``>= lo`` in increasing order (``strictly``: no repeats)."""
+def _ints(owner: str, name: str, values) -> list:
+    """A list of ints ``>= 0`` in increasing order (a repeat allowed: torch's MultiStepLR counts it twice)."""
     if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
         raise TypeError(f"{owner}: {name} must be a list of ints, got {type(values).__name__}")
     values = list(values)
     for i, v in enumerate(values):
-        C.integer(owner, f"{name}[{i}]", v, lo=lo)
-    for i in range(1, len(values)):
-        if values[i] < values[i - 1] or (strictly and values[i] == values[i - 1]):
-            order = "strictly increasing" if strictly else "increasing"
-            raise ValueError(f"{owner}: {name} must be {order}, got {values}")
+        C.integer(owner, f"{name}[{i}]", v, lo=0)
+    if any(b < a for a, b in itertools.pairwise(values)):
+        raise ValueError(f"{owner}: {name} must be increasing, got {values}")
     return values
 
 
