@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from badinput import expect_clear_error
 from conftest import assert_close, assert_trees_close
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from moduledb import assert_pairs_close, twin_parity
 
@@ -82,9 +82,12 @@ NORM_KW = dict(eps=st.sampled_from([1e-5, 1e-3, 0.5]), momentum=st.sampled_from(
 
 @given(d=st.sampled_from([1, 2, 3]), n=st.integers(0, 3), c=st.integers(1, 4), length=st.sampled_from([None, 1, 3]),
        **NORM_KW)
+@example(d=1, n=1, c=3, length=None, eps=1e-5, momentum=0.1, affine=True, track=False, bias=True, training=False,
+         dtype=torch.float64, scale=1.0, seed=0)  # batch statistics of one value, in eval: torch refuses it too
 def test_batchnorm_matches_torch(d, n, c, length, eps, momentum, affine, track, bias, training, dtype, scale, seed):
     """Empty batches (an empty output; the statistics kept, the batch counted), one value per
-    channel in training (refused, as torch refuses it), every momentum, bias=False."""
+    channel where batch statistics are taken (refused, as torch refuses it), every momentum,
+    bias=False."""
     spatial = {1: () if length is None else (length,), 2: (length or 2, 3), 3: (length or 1, 2, 2)}[d]
     kw = dict(eps=eps, momentum=momentum, affine=affine, track_running_stats=track)
     if not bias and takes_bias(nn.BatchNorm1d):

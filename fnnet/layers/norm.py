@@ -117,9 +117,9 @@ class _BatchNorm(_RunningStatsNorm):
         shape = (1, -1) + (1,) * (x.ndim - 2)
         n = x.numel() // self.num_features  # values per channel
         if train or not self.track_running_stats:
-            if train and n == 1:
-                raise ValueError(f"{self!r}: expected more than 1 value per channel when training, "
-                                 f"got input {list(x.shape)}")
+            if n == 1:  # (torch refuses it in eval too, when there are no running statistics)
+                raise ValueError(f"{self!r}: expected more than 1 value per channel when training (or "
+                                 f"without running statistics), got input {list(x.shape)}")
             if n == 0:  # nothing to average (the output is empty): any finite statistics, no warning
                 mean, var = x.new_zeros(self.num_features), x.new_ones(self.num_features)
             else:
