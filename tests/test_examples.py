@@ -25,6 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (example, extra kwargs, how many step functions it compiles)
 CASES = [(name, {}, {"char_rnn": 3, "gan": 2, "wgan_gp": 2, "digits_mlp": 2}.get(name, 1)) for name in EXAMPLES]
 CASES += [("digits_cnn", {"arch": "inception"}, 1), ("digits_cnn", {"arch": "residual"}, 1)]
+CASES += [("sentiment", {"arch": "transformer"}, 1)]
 TINY = {"names": {"MAX_LEN": 6}, "sentiment": {"MAX_LEN": 6}}
 IDS = [name + "".join(f"-{v}" for v in kw.values()) for name, kw, _ in CASES]
 
