@@ -334,3 +334,31 @@ def test_compiled_training_step_with_dropout_and_sgd_equals_eager():
     assert_close(got[2], want[2])
     assert_trees_close(got[3], want[3], msg="grads")
     assert_trees_close(got[0], want[0], msg="new params")
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
+def test_compiled_encoder_inference_with_padding_equals_eager():
+    """The nested-tensor zeros are a torch.where, no data-dependent branch: one graph (inductor),
+    eager's numbers, for padding at the ends and in the middle (mask_check's fallback)."""
+    twin, tmod, params = _encoder_pair()
+    x = torch.randn(3, 5, 8, dtype=F64)
+    infer = fn.jit(lambda p, x, pad: twin.apply(p, x, src_key_padding_mask=pad))
+    for pad in (torch.tensor([[False] * 5, [False] * 3 + [True] * 2, [True] * 5]),
+                torch.tensor([[False, True, False, False, True], [False] * 5, [False] * 5])):
+        with torch.no_grad():
+            want = tmod(x, src_key_padding_mask=pad)
+        assert_close(infer(params, x, pad), want, F64)
+
+
+def test_the_prng_key_reaches_the_attention_inside_containers_under_either_name():
+    """A layer in a Sequential gets its key from the container; rng= is key='s other name for the
+    transformer layers (their attention gets it as rng=, its key being an input)."""
+    layer = fn.TransformerEncoderLayer(8, 2, 16, dropout=0.2)
+    model = fn.Sequential(fn.Linear(8, 8), layer)
+    params = model.init(random.key(0))
+    x = torch.randn(5, 3, 8)
+    a = model.apply(params, x, key=random.key(1), train=True)
+    assert torch.equal(a, model.apply(params, x, rng=random.key(1), train=True))
+    assert not torch.allclose(a, model.apply(params, x, key=random.key(2), train=True))
+    k = random.key(3)
+    assert torch.equal(layer.apply(params["1"], x, key=k, train=True), layer.apply(params["1"], x, rng=k, train=True))
