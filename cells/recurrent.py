@@ -116,6 +116,9 @@ def _check_protocol(cell: Any) -> None:
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise TypeError(f"Recurrent: the cell {cell!r} needs an input_size attribute (an int >= 1, the "
                         f"size of x_t), got {size!r}; a cell provides {_PROTOCOL}")
+    if isinstance(cell, fn.Module) and cell.stateful:
+        raise TypeError(f"Recurrent: the cell {cell!r} has running statistics (a stateful child such as "
+                        f"BatchNorm); a cell's only state is the recurrent one its apply returns")
     try:
         hash(cell)
     except TypeError:

@@ -328,6 +328,17 @@ def test_an_unbatched_sequence_is_the_batch_of_one():
     assert not out[4:].any()
 
 
+def test_vmap_over_stacked_params_is_an_ensemble():
+    layer = cells.Recurrent(EquinoxGRUCell(3, 4), num_layers=2, reverse=True)
+    members = [layer.init(k) for k in random.split(random.key(0), 3)]
+    x, lengths = torch.randn(5, 2, 3), torch.tensor([5, 3])
+    out, h = fn.vmap(lambda p: layer.apply(p, x, lengths=lengths))(fn.tree.stack(members))
+    for m, p in enumerate(members):
+        out_m, h_m = layer.apply(p, x, lengths=lengths)
+        torch.testing.assert_close(out[m], out_m)
+        torch.testing.assert_close(h[m], h_m)
+
+
 # -- params ---------------------------------------------------------------------------------------
 
 def test_params_are_keyed_by_layer_and_direction_and_upper_cells_read_both_directions():
@@ -387,6 +398,23 @@ def test_compiled_training_step_of_a_user_cell_matches_eager():
         assert_close(a, b)
 
 
+@pytest.mark.slow  # a second inductor compile: about 15 s of CPU
+def test_compiled_inference_of_a_user_cell_matches_eager():
+    """Without gradients fnnet.scan runs torch's scan op (the step traced once); the masked step
+    (lengths) and the reverse direction inside it give eager's numbers."""
+    layer = cells.Recurrent(PeepholeLSTMCell(3, 4), bidirectional=True, learn_initial_state=True)
+    params = fn.tree.map(lambda p: p.double(), layer.init(random.key(0)))
+    params["initial_state"] = {k: torch.randn_like(v) for k, v in params["initial_state"].items()}
+    x, lengths = torch.randn(5, 2, 3, dtype=torch.float64), torch.tensor([5, 2])
+
+    def infer(p, x, lengths):
+        return layer.apply(p, x, lengths=lengths)
+    with torch.no_grad():
+        got, want = fn.jit(infer)(params, x, lengths), infer(params, x, lengths)
+    for a, b in zip(_leaves(got), _leaves(want)):
+        assert_close(a, b)
+
+
 # -- a cell that breaks the protocol, and other bad input -----------------------------------------
 
 @dataclass(frozen=True)
@@ -436,6 +464,13 @@ class NoInitialState(fn.Module):
         return h
 
 
+@dataclass(frozen=True)
+class NormedCell(TanhCell):
+    """Running statistics inside a cell: not a recurrent state the protocol can carry."""
+
+    norm: fn.BatchNorm1d = fn.BatchNorm1d(3)
+
+
 class Unhashable(PlainCell):
     __hash__ = None  # as a mutable dataclass's: equality without a hash
 
@@ -462,6 +497,7 @@ def test_a_cell_that_breaks_the_protocol_is_named_with_what_was_expected():
     expect_clear_error(lambda: cells.Recurrent(Unhashable()), match=r"Unhashable.*hashable")
     expect_clear_error(lambda: cells.Recurrent(WideOutput(2, 3)), match=r"WideOutput.*output.*\[B, H\]")
     expect_clear_error(lambda: cells.Recurrent(PlainCell(), num_layers=2), match=r"PlainCell.*input_size")
+    expect_clear_error(lambda: cells.Recurrent(NormedCell(2, 3)), match=r"NormedCell.*running statistics")
     cells.Recurrent(PlainCell())  # one layer needs no replace()
     no_size = type("NoSize", (PlainCell,), {"input_size": None})()
     expect_clear_error(lambda: cells.Recurrent(no_size), match=r"NoSize.*input_size")
