@@ -118,7 +118,7 @@ def _attention_forward(seq: int, batch: int, rounds: int, device) -> list[dict]:
             want = tmod(x, x, x, need_weights=need_weights)[0]
             assert torch.allclose(fwd(params, x)[0], want, atol=1e-4, rtol=1e-4)
         fns = {"torch nn.MultiheadAttention, eager": lambda nw=need_weights: tmod(x, x, x, need_weights=nw),
-               "torch, torch.compile(module)": lambda nw=need_weights: compiled_tmod(x, x, x, need_weights=nw),
+               "torch, torch.compile(module)": lambda nw=need_weights, c=compiled_tmod: c(x, x, x, need_weights=nw),
                "fnnet, eager": lambda f=fwd: f(params, x),
                "fnnet, fn.jit (fullgraph)": lambda j=jitted: j(params, x)}
         with torch.no_grad():

@@ -281,7 +281,7 @@ def test_bad_inputs_and_masks_are_refused_naming_the_argument():
     layer = fn.MultiheadAttention(4, 2)
     params = layer.init(random.key(0))
     x = torch.randn(3, 2, 4)
-    call = lambda *a, **k: lambda: layer.apply(params, *a, **k)  # noqa: E731
+    call = lambda *a, **k: lambda: layer.apply(params, *a, **k)
     expect_clear_error(call(torch.randn(3, 2, 5), x, x), match="query")
     expect_clear_error(call(torch.randn(1, 3, 2, 4), x, x), match="query")
     expect_clear_error(call(x, torch.randn(3, 4), x), match="key")

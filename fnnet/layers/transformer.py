@@ -185,12 +185,13 @@ class TransformerEncoderLayer(_Layer):
     def apply(self, params, src, src_mask=None, src_key_padding_mask=None, is_causal=False, *,
               key=None, train=False):
         _check_src(self, src, "src", self.d_model)
-        _check_masks(self, src, src, (("src_mask", src_mask, False), ("src_key_padding_mask", src_key_padding_mask, True)))
+        _check_masks(self, src, src, (("src_mask", src_mask, False),
+                                      ("src_key_padding_mask", src_key_padding_mask, True)))
         if train and self.dropout > 0.0:
             U.dropout_inputs(self, src, key)
         k_attn, k1, k_mid, k2 = _keys(key, 4)
-        n1 = lambda x: self.norm1.apply(params["norm1"], x)  # noqa: E731
-        n2 = lambda x: self.norm2.apply(params["norm2"], x)  # noqa: E731
+        n1 = lambda x: self.norm1.apply(params["norm1"], x)
+        n2 = lambda x: self.norm2.apply(params["norm2"], x)
 
         def sa(x):
             return self._attend(self.self_attn, params["self_attn"], x, x, src_mask, src_key_padding_mask,
@@ -238,7 +239,8 @@ class TransformerDecoderLayer(_Layer):
         if memory.ndim != tgt.ndim:
             raise ValueError(f"{self!r}: tgt and memory must both be batched (3-D) or both unbatched (2-D), got "
                              f"tgt {list(tgt.shape)} and memory {list(memory.shape)}")
-        _check_masks(self, tgt, tgt, (("tgt_mask", tgt_mask, False), ("tgt_key_padding_mask", tgt_key_padding_mask, True)))
+        _check_masks(self, tgt, tgt, (("tgt_mask", tgt_mask, False),
+                                      ("tgt_key_padding_mask", tgt_key_padding_mask, True)))
         _check_masks(self, tgt, memory, (("memory_mask", memory_mask, False),
                                          ("memory_key_padding_mask", memory_key_padding_mask, True)))
         if train and self.dropout > 0.0:
