@@ -1,13 +1,16 @@
-"""PyTorch's own oracle for its modules, and a torch module run against its fnnet twin (shared by
-the tests that replay the oracle and by the layers' parity tests): ``module_db``
-(``torch.testing._internal.common_modules``) lists, for each ``torch.nn`` module, constructor
-arguments and forward inputs (``ModuleInput`` samples), in training and in eval mode.
+"""Test helpers for comparing fnnet with torch.nn module by module.
 
-    infos = module_db()                      # or pytest.skip, where torch.testing._internal is missing
-    for info in infos_named("BatchNorm1d"):
+PyTorch's own oracle, ``module_db`` (``torch.testing._internal.common_modules``), lists for each
+``torch.nn`` module constructor arguments and forward inputs (``ModuleInput`` samples), in
+training and in eval mode::
+
+    for info in infos_named("BatchNorm1d"):         # skips the test where module_db is missing
         for training, sample in samples(info, torch.float64): ...
 
-Used by ``test_losses_more.py`` (the loss modules) and ``test_module_db.py`` (the layers).
+:func:`twin_parity` runs a torch module and its fnnet twin on the same weights and inputs and
+pairs up what must agree (outputs, running statistics, gradients); :func:`assert_pairs_close`
+checks the pairs. Used by ``test_losses_more.py`` (the loss modules), ``test_module_db.py``
+(every layer with a twin) and ``test_layers_more.py`` (hypothesis-drawn arguments).
 """
 
 from __future__ import annotations
