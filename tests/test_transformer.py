@@ -277,7 +277,7 @@ def test_bad_construction_arguments_are_refused_naming_the_argument():
     expect_clear_error(lambda: fn.TransformerEncoder(fn.TransformerEncoderLayer(4, 2), 0), match="num_layers")
     expect_clear_error(lambda: fn.TransformerEncoder(nn.Linear(2, 2), 2), match="encoder_layer")
     expect_clear_error(lambda: fn.TransformerDecoder(fn.TransformerDecoderLayer(4, 2), 1, norm="ln"), match="norm")
-    expect_clear_error(lambda: fn.Transformer(6, 4), match="d_model.*nhead")
+    expect_clear_error(lambda: fn.Transformer(6, 4), match="Transformer: d_model.*nhead")
 
 
 def test_bad_inputs_and_masks_are_refused_naming_the_layer_and_argument():

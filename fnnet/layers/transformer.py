@@ -411,6 +411,13 @@ class Transformer(Module):
     def __init__(self, d_model=512, nhead=8, num_encoder_layers=6, num_decoder_layers=6, dim_feedforward=2048,
                  dropout=0.1, activation="relu", custom_encoder=None, custom_decoder=None, layer_norm_eps=1e-5,
                  batch_first=False, norm_first=False, bias=True):
+        object.__setattr__(self, "d_model", d_model)
+        object.__setattr__(self, "nhead", nhead)
+        object.__setattr__(self, "batch_first", batch_first)
+        U.ints(self, "d_model", "nhead")
+        U.flags(self, "batch_first")
+        if d_model % nhead:
+            raise ValueError(f"Transformer: d_model ({d_model}) must be divisible by nhead ({nhead})")
         args = (d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps, batch_first, norm_first, bias)
         if custom_encoder is not None:
             encoder = _from_torch(custom_encoder)
@@ -427,11 +434,6 @@ class Transformer(Module):
                 raise TypeError(f"Transformer: {name} must be an fnnet Module, got {type(m).__name__}")
         object.__setattr__(self, "encoder", encoder)
         object.__setattr__(self, "decoder", decoder)
-        object.__setattr__(self, "d_model", d_model)
-        object.__setattr__(self, "nhead", nhead)
-        object.__setattr__(self, "batch_first", batch_first)
-        U.ints(self, "d_model", "nhead")
-        U.flags(self, "batch_first")
 
     def init(self, key):
         k_children, k_xavier = random.split(key)
