@@ -249,6 +249,10 @@ def test_constructs_from_torchs_own_arguments_including_torch_layers():
     custom = fn.Transformer(4, 2, custom_encoder=fn.TransformerEncoder(fn.TransformerEncoderLayer(4, 2, 8), 1),
                             num_decoder_layers=1, dim_feedforward=8)
     assert set(fn.param_shapes(custom)["encoder"]) == {"layers"}  # no norm: the custom encoder has none
+    t_custom = nn.Transformer(4, 2, custom_encoder=nn.TransformerEncoder(nn.TransformerEncoderLayer(4, 2, 8, 0.0), 1),
+                              num_decoder_layers=1, dim_feedforward=8, dropout=0.0).to(F64)
+    parity(fn.Transformer(4, 2, custom_encoder=t_custom.encoder, num_decoder_layers=1, dim_feedforward=8,
+                          dropout=0.0), t_custom, (torch.randn(3, 2, 4, dtype=F64), torch.randn(2, 2, 4, dtype=F64)), {})
     assert torch.equal(fn.Transformer.generate_square_subsequent_mask(4),
                        nn.Transformer.generate_square_subsequent_mask(4))
 

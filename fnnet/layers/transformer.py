@@ -269,7 +269,7 @@ class TransformerDecoderLayer(_Layer):
 # -- stacks ---------------------------------------------------------------------------------------
 
 def _from_torch(m: Any) -> Any:
-    """The fnnet twin of a torch.nn transformer layer or LayerNorm (its hyperparameters; the
+    """The fnnet twin of a torch.nn transformer layer, stack or LayerNorm (its hyperparameters; the
     weights come with ``params_from_module``), so torch's constructor arguments work as they
     are; anything else is returned unchanged."""
     if isinstance(m, (torch.nn.TransformerEncoderLayer, torch.nn.TransformerDecoderLayer)):
@@ -280,6 +280,11 @@ def _from_torch(m: Any) -> Any:
                    m.norm1.eps, m.self_attn.batch_first, m.norm_first, m.linear1.bias is not None)
     if isinstance(m, torch.nn.LayerNorm):
         return LayerNorm(tuple(m.normalized_shape), m.eps, m.elementwise_affine, m.bias is not None)
+    if isinstance(m, torch.nn.TransformerEncoder):
+        return TransformerEncoder(m.layers[0], m.num_layers, m.norm, m.enable_nested_tensor,
+                                  getattr(m, "mask_check", True))
+    if isinstance(m, torch.nn.TransformerDecoder):
+        return TransformerDecoder(m.layers[0], m.num_layers, m.norm)
     return m
 
 
