@@ -19,6 +19,11 @@ from hypothesis import strategies as st
 import fnnet as fn
 from fnnet import random
 
+# torch's own warnings about the twins it builds: not what is tested here
+pytestmark = [pytest.mark.filterwarnings("ignore:enable_nested_tensor is True"),
+              pytest.mark.filterwarnings("ignore:Support for mismatched"),
+              pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")]
+
 nn = torch.nn
 seeds = st.integers(0, 2**31 - 1)
 F64 = torch.float64
@@ -161,7 +166,6 @@ def _encoder_pair(mask_check=True, norm=True):
     return twin, tmod, fn.params_from_module(tmod)
 
 
-@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
 @pytest.mark.parametrize("mask_check", [True, False])
 def test_encoder_inference_with_padding_gives_torchs_nested_tensor_zeros(mask_check):
     """Inference (no autograd) with a padding mask: torch runs the layers on a nested tensor and
@@ -182,7 +186,6 @@ def test_encoder_inference_with_padding_gives_torchs_nested_tensor_zeros(mask_ch
     assert (got[2] == 0).all() and (got[1, 3:] == 0).all()
 
 
-@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
 def test_encoder_inference_recorded_by_autograd_computes_every_position_as_torch():
     twin, tmod, params = _encoder_pair()
     x = torch.randn(2, 5, 8, dtype=F64)
@@ -233,7 +236,6 @@ def test_layer_init_follows_torch_linear_layernorm_and_attention_defaults():
     assert params["linear2.weight"].abs().max() <= 1 / math.sqrt(32)
 
 
-@pytest.mark.filterwarnings("ignore:enable_nested_tensor is True")
 def test_constructs_from_torchs_own_arguments_including_torch_layers():
     """The torch.nn constructors' arguments as they are (module_db passes these): F.gelu
     positional, torch layers and norms given to the stacks, custom encoder and decoder."""
@@ -340,7 +342,6 @@ def test_compiled_training_step_with_dropout_and_sgd_equals_eager():
     assert_trees_close(got[0], want[0], msg="new params")
 
 
-@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
 def test_compiled_encoder_inference_with_padding_equals_eager():
     """The nested-tensor zeros are a torch.where, no data-dependent branch: one graph (inductor),
     eager's numbers, for padding at the ends and in the middle (mask_check's fallback)."""
