@@ -61,14 +61,15 @@ def check(theirs: nn.Module, twin: fn.Module, inputs: tuple, dtype: torch.dtype,
     return None
 
 
-def random_buffers(module: nn.Module, seed: int) -> nn.Module:
+def random_buffers(module: nn.Module, seed: int, scale: float = 1.0) -> nn.Module:
     """Running statistics away from their initial 0 and 1 and a batch count, so eval and
-    ``momentum=None`` (the cumulative average) are exercised."""
+    ``momentum=None`` (the cumulative average) are exercised; of the inputs' ``scale``, as
+    statistics gathered from them would be."""
     g = torch.Generator().manual_seed(seed)
     if getattr(module, "running_mean", None) is not None:
         c = module.running_mean.shape
-        module.running_mean.copy_(torch.randn(c, generator=g))
-        module.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+        module.running_mean.copy_(torch.randn(c, generator=g) * scale)
+        module.running_var.copy_((torch.rand(c, generator=g) + 0.5) * scale**2)
         module.num_batches_tracked.fill_(int(torch.randint(0, 5, (), generator=g)))
     return module
 
@@ -92,7 +93,7 @@ def test_batchnorm_matches_torch(d, n, c, length, eps, momentum, affine, track, 
     kw = dict(eps=eps, momentum=momentum, affine=affine, track_running_stats=track)
     if not bias and takes_bias(nn.BatchNorm1d):
         kw["bias"] = False
-    theirs = random_buffers(getattr(nn, f"BatchNorm{d}d")(c, **kw), seed)
+    theirs = random_buffers(getattr(nn, f"BatchNorm{d}d")(c, **kw), seed, scale)
     check(theirs, getattr(fn, f"BatchNorm{d}d")(c, **kw), (randn(seed, (n, c, *spatial), dtype, scale),), dtype,
           training)
 
@@ -108,7 +109,7 @@ def test_instance_norm_matches_torch_batched_and_unbatched(d, n, c, size, eps, m
     if not bias and takes_bias(nn.InstanceNorm1d):
         kw["bias"] = False
     shape = (c, *spatial) if n is None else (n, c, *spatial)
-    theirs = random_buffers(getattr(nn, f"InstanceNorm{d}d")(c, **kw), seed)
+    theirs = random_buffers(getattr(nn, f"InstanceNorm{d}d")(c, **kw), seed, scale)
     check(theirs, getattr(fn, f"InstanceNorm{d}d")(c, **kw), (randn(seed, shape, dtype, scale),), dtype, training)
 
 
