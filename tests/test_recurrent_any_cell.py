@@ -103,7 +103,7 @@ def reference(layer, params, x, state0, lengths, dropout_masks=None):
                 y = [None] * n
                 for t in (reversed(range(n)) if layer.reverse or d == 1 else range(n)):
                     s = cell.apply(params[f"l{l}" + ("_reverse" if d else "")], inp[t], s)
-                    y[t] = cells.recurrent.output_of(cell, s)
+                    y[t] = s[0] if isinstance(s, tuple) else s  # h: the state, or h of (h, c)
                 finals[i][b] = s
                 ys.append(torch.stack(y))
             inp = torch.cat(ys, -1)
