@@ -141,16 +141,20 @@ def test_a_parameter_free_block_without_a_key_still_loops_n_times_and_lists_are_
     assert tree.paths(listed.init(KEY)) == ["0.weight", "0.bias"]
 
 
-def _graph_size(model, params, x):
-    """Nodes in the graph dynamo captures for a forward without gradients (subgraphs included)."""
+def _graph_size(model, params, x, grad=False):
+    """Nodes in the graph dynamo captures (subgraphs included) for a forward without gradients,
+    or for a ``fn.grad`` step."""
     sizes = []
 
     def backend(gm, example_inputs):
         sizes.append(sum(len(m.graph.nodes) for m in gm.modules() if isinstance(m, torch.fx.GraphModule)))
         return gm
 
-    with torch.no_grad():
-        fn.jit(model.apply, backend=backend, dynamic=False)(params, x)  # static: no symbolic sizes
+    if grad:
+        fn.jit(fn.grad(lambda p: model.apply(p, x).sum()), backend=backend, dynamic=False)(params)
+    else:
+        with torch.no_grad():
+            fn.jit(model.apply, backend=backend, dynamic=False)(params, x)  # static: no symbolic sizes
     return sizes[0]
 
 
@@ -160,6 +164,12 @@ def test_compiled_inference_traces_the_block_once_whatever_the_depth():
     assert _graph_size(shallow, shallow.init(KEY), x) == _graph_size(deep, deep.init(KEY), x)
     seq4, seq16 = shallow.as_sequential(), deep.as_sequential()  # the unrolled graph grows
     assert _graph_size(seq16, seq16.init(KEY), x) > 3 * _graph_size(seq4, seq4.init(KEY), x)
+
+
+def test_a_compiled_training_step_holds_two_opaque_ops_whatever_the_depth():
+    x = torch.randn(4, D)
+    shallow, deep = fn.Stacked(BLOCK, 4), fn.Stacked(BLOCK, 16)
+    assert _graph_size(shallow, shallow.init(KEY), x, grad=True) == _graph_size(deep, deep.init(KEY), x, grad=True)
 
 
 def test_compiled_with_inductor_inference_and_training_equal_eager():
