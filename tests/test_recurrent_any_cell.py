@@ -32,10 +32,10 @@ class PeepholeLSTMCell(fn.Module):
     hidden_size: int
 
     def init(self, key):
-        H, I = self.hidden_size, self.input_size
+        H, n_in = self.hidden_size, self.input_size
         k = random.split(key, 4)
         bound = 1 / math.sqrt(H)
-        return {"weight_ih": fn.init.uniform(k[0], (4 * H, I), bound),
+        return {"weight_ih": fn.init.uniform(k[0], (4 * H, n_in), bound),
                 "weight_hh": fn.init.uniform(k[1], (4 * H, H), bound),
                 "bias": fn.init.uniform(k[2], (4 * H,), bound),
                 "peephole": fn.init.uniform(k[3], (3, H), bound)}
@@ -63,10 +63,10 @@ class EquinoxGRUCell(fn.Module):
     hidden_size: int
 
     def init(self, key):
-        H, I = self.hidden_size, self.input_size
+        H, n_in = self.hidden_size, self.input_size
         k = random.split(key, 4)
         bound = 1 / math.sqrt(H)
-        return {"weight_ih": fn.init.uniform(k[0], (3 * H, I), bound),
+        return {"weight_ih": fn.init.uniform(k[0], (3 * H, n_in), bound),
                 "weight_hh": fn.init.uniform(k[1], (3 * H, H), bound),
                 "bias": fn.init.uniform(k[2], (3 * H,), bound), "bias_n": fn.init.uniform(k[3], (H,), bound)}
 
@@ -95,20 +95,20 @@ def reference(layer, params, x, state0, lengths, dropout_masks=None):
     for b in range(B):
         n = int(lengths[b]) if lengths is not None else T
         inp = x[:n, b:b + 1]
-        for l, cell in enumerate(layer.layer_cells):
+        for k, cell in enumerate(layer.layer_cells):
             ys = []
             for d in range(D):
-                i = l * D + d
-                s = fn.tree.map(lambda t: t[i, b:b + 1], state0)
+                i = k * D + d
+                s = fn.tree.map(lambda t, i=i, b=b: t[i, b:b + 1], state0)
                 y = [None] * n
                 for t in (reversed(range(n)) if layer.reverse or d == 1 else range(n)):
-                    s = cell.apply(params[f"l{l}" + ("_reverse" if d else "")], inp[t], s)
+                    s = cell.apply(params[f"l{k}" + ("_reverse" if d else "")], inp[t], s)
                     y[t] = s[0] if isinstance(s, tuple) else s  # h: the state, or h of (h, c)
                 finals[i][b] = s
                 ys.append(torch.stack(y))
             inp = torch.cat(ys, -1)
-            if dropout_masks is not None and l < layer.num_layers - 1:
-                inp = inp * dropout_masks[l][:n, b:b + 1]
+            if dropout_masks is not None and k < layer.num_layers - 1:
+                inp = inp * dropout_masks[k][:n, b:b + 1]
         outs.append(torch.cat([inp, inp.new_zeros(T - n, *inp.shape[1:])]))
     final = fn.tree.map(lambda *s: torch.cat(s, 0), *[fn.tree.map(lambda *s: torch.cat(s, 0), *row)
                                                           for row in finals])
@@ -178,8 +178,8 @@ def test_a_user_cell_gives_the_reference_loop_with_lengths_reverse_bidirectional
         state0 = fn.tree.map(lambda s: torch.zeros(n, *s.shape, dtype=dtype), like)
     masks = None
     if train and kw["dropout"] > 0:
-        masks = [fn.dropout(torch.ones(T, B, D * h, dtype=dtype), kw["dropout"], random.fold_in(key, l))
-                 for l in range(kw["num_layers"])]
+        masks = [fn.dropout(torch.ones(T, B, D * h, dtype=dtype), kw["dropout"], random.fold_in(key, k))
+                 for k in range(kw["num_layers"])]
     out_r, final_r = reference(layer, params, x, state0, lengths, masks)
 
     assert out.shape == (T, B, D * h) and fn.tree.structure(final) == fn.tree.structure(like)
@@ -206,6 +206,7 @@ def test_reverse_runs_each_sequence_from_its_own_end():
         out_f, (h_f, c_f) = fwd.apply(params, flipped)
         torch.testing.assert_close(out[:n, b:b + 1], out_f.flip(0))
         torch.testing.assert_close(h[:, b:b + 1], h_f)
+        torch.testing.assert_close(c[:, b:b + 1], c_f)
         assert not out[n:, b].any()
 
 
@@ -313,7 +314,8 @@ def test_an_empty_batch_gives_empty_outputs_and_states():
             out, final = layer.apply(params, x, lengths=lengths)
             assert out.shape == (0, 5, 8)
             assert [s.shape for s in _leaves(final)] == [(4, 0, 4)] * len(_leaves(final))
-            g = fn.grad(lambda p: layer.apply(p, x, lengths=lengths)[0].sum())(params)
+            g = fn.grad(lambda p, layer=layer, x=x, lengths=lengths: layer.apply(p, x, lengths=lengths)[0].sum())(
+                params)
             assert all(not v.any() for v in _leaves(g))
 
 
@@ -503,36 +505,84 @@ def test_a_cell_that_breaks_the_protocol_is_named_with_what_was_expected():
     expect_clear_error(lambda: cells.Recurrent(no_size), match=r"NoSize.*input_size")
 
 
-LAYER = cells.Recurrent(cells.LSTMCell(3, 4), num_layers=2)
-PARAMS = LAYER.init(random.key(0))
+NOT_AN_INT = st.sampled_from([1.0, 2.5, "2", None, True, torch.tensor(2)])
+NOT_A_BOOL = st.sampled_from([0, 1, 1.0, "yes", None])
 
 
-@given(case=st.sampled_from([
-    ("num_layers", {"num_layers": 0}), ("num_layers", {"num_layers": 1.0}), ("dropout", {"dropout": 1.5}),
-    ("dropout", {"dropout": float("nan")}), ("bidirectional", {"bidirectional": 1}),
-    ("reverse", {"reverse": True, "bidirectional": True}), ("batch_first", {"batch_first": None})]))
+@st.composite
+def bad_hyperparameters(draw):
+    """(the argument to name, Recurrent kwargs with exactly that one invalid)."""
+    name = draw(st.sampled_from(["num_layers", "dropout", "bidirectional", "batch_first", "reverse",
+                                 "learn_initial_state"]))
+    if name == "num_layers":
+        return name, {name: draw(st.integers(max_value=0) | NOT_AN_INT)}
+    if name == "dropout":
+        bad = st.floats(max_value=-1e-9) | st.floats(min_value=1 + 1e-9) | st.sampled_from([math.nan, "0.1", None])
+        return name, {name: draw(bad)}
+    if name == "reverse" and draw(st.booleans()):
+        return name, {"reverse": True, "bidirectional": True}
+    return name, {name: draw(NOT_A_BOOL)}
+
+
+@given(case=bad_hyperparameters())
 def test_constructor_refuses_bad_hyperparameters(case):
     name, kw = case
-    expect_clear_error(lambda: cells.Recurrent(cells.GRUCell(2, 3), **kw), match=name)
+    expect_clear_error(lambda: cells.Recurrent(cells.GRUCell(2, 3), **kw), match=f"Recurrent.*{name}")
 
 
-@given(case=st.sampled_from([
-    ("input of shape", lambda: LAYER.apply(PARAMS, torch.randn(5, 2, 4))),
-    ("input of shape", lambda: LAYER.apply(PARAMS, torch.randn(5, 2, 2, 3))),
-    ("at least one step", lambda: LAYER.apply(PARAMS, torch.randn(0, 2, 3))),
-    ("lengths must be in", lambda: LAYER.apply(PARAMS, torch.randn(5, 2, 3), lengths=[0, 5])),
-    ("lengths must be in", lambda: LAYER.apply(PARAMS, torch.randn(5, 2, 3), lengths=[6, 5])),
-    ("lengths must have shape", lambda: LAYER.apply(PARAMS, torch.randn(5, 2, 3), lengths=[5])),
-    ("integer tensor", lambda: LAYER.apply(PARAMS, torch.randn(5, 2, 3), lengths=torch.tensor([5.0, 1.0]))),
-    ("structure of the cell's state", lambda: LAYER.apply(PARAMS, torch.randn(5, 2, 3), torch.zeros(2, 2, 4))),
-    ("state leaf '1' of shape", lambda: LAYER.apply(PARAMS, torch.randn(5, 2, 3),
-                                                     (torch.zeros(2, 2, 4), torch.zeros(1, 2, 4)))),
-    ("input dtype", lambda: LAYER.apply(PARAMS, torch.randn(5, 2, 3, dtype=torch.float64))),
-    ("state leaf", lambda: LAYER.apply(PARAMS, torch.randn(5, 2, 3),
-                                       (torch.zeros(2, 2, 4), torch.zeros(2, 2, 4, dtype=torch.float64)))),
-    ("missing 'l1.weight_hh'", lambda: LAYER.apply({**PARAMS, "l1": {k: v for k, v in PARAMS["l1"].items()
-                                                                     if k != "weight_hh"}}, torch.randn(5, 2, 3))),
-]))
+@st.composite
+def bad_calls(draw):
+    """(what the error must say, a call of a 2-layer Recurrent(LSTMCell(3, 4), bidirectional?)
+    with exactly one bad argument), the rest valid: T, B drawn."""
+    bidirectional, batch_first = draw(st.booleans()), draw(st.booleans())
+    layer = cells.Recurrent(cells.LSTMCell(3, 4), num_layers=2, bidirectional=bidirectional, batch_first=batch_first)
+    params = layer.init(random.key(0))
+    T, B, n = draw(st.integers(1, 4)), draw(st.integers(1, 3)), 2 * layer.num_directions
+    x = torch.randn(B, T, 3) if batch_first else torch.randn(T, B, 3)
+    state = (torch.zeros(n, B, 4), torch.zeros(n, B, 4))
+    what = draw(st.sampled_from(["input size", "input rank", "no steps", "length value", "lengths shape",
+                                 "lengths dtype", "state structure", "state shape", "dtype", "state dtype",
+                                 "params"]))
+    if what == "input size":
+        size = draw(st.integers(1, 6).filter(lambda i: i != 3))
+        return "input of shape", lambda: layer.apply(params, x[..., :1].expand(*x.shape[:2], size))
+    if what == "input rank":
+        return "input of shape", lambda: layer.apply(params, x.unsqueeze(0))
+    if what == "no steps":
+        return "at least one step", lambda: layer.apply(params, x[:, :0] if batch_first else x[:0])
+    if what == "length value":
+        lengths = draw(st.lists(st.integers(1, T), min_size=B, max_size=B))
+        lengths[draw(st.integers(0, B - 1))] = draw(st.integers(max_value=0) | st.integers(T + 1, T + 5))
+        return "lengths must be in", lambda: layer.apply(params, x, lengths=lengths)
+    if what == "lengths shape":
+        other = draw(st.integers(0, 4).filter(lambda b: b != B))
+        lengths = torch.ones(other, dtype=torch.int64)
+        return "lengths must have shape", lambda: layer.apply(params, x, lengths=lengths)
+    if what == "lengths dtype":
+        bad = draw(st.sampled_from([torch.float32, torch.bool, torch.complex64]))
+        return "integer tensor", lambda: layer.apply(params, x, lengths=torch.ones(B, dtype=bad))
+    if what == "state structure":
+        bad = draw(st.sampled_from([state[0], [state[0], state[1]], state[:1], (*state, state[0])]))
+        return "structure of the cell's state", lambda: layer.apply(params, x, bad)
+    if what == "state shape":
+        leaf, axis = draw(st.integers(0, 1)), draw(st.integers(0, 2))
+        shape = [n, B, 4]
+        shape[axis] += draw(st.sampled_from([-1, 1])) if shape[axis] > 1 else 1
+        bad = tuple(torch.zeros(shape) if j == leaf else s for j, s in enumerate(state))
+        return f"state leaf '{leaf}' of shape", lambda: layer.apply(params, x, bad)
+    if what == "dtype":
+        return "input dtype", lambda: layer.apply(params, x.double())
+    if what == "state dtype":
+        leaf = draw(st.integers(0, 1))
+        bad = tuple(s.double() if j == leaf else s for j, s in enumerate(state))
+        return f"state leaf '{leaf}'", lambda: layer.apply(params, x, bad)
+    path = draw(st.sampled_from(sorted(p for p, _ in fn.tree.flatten_with_paths(params))))
+    top, leaf = path.split(".")
+    bad = {**params, top: {k: v for k, v in params[top].items() if k != leaf}}
+    return f"missing '{path}'", lambda: layer.apply(bad, x)
+
+
+@given(case=bad_calls())
 def test_apply_refuses_bad_input_naming_the_layer(case):
     match, call = case
     err = expect_clear_error(call, match=match)
