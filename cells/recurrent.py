@@ -17,7 +17,8 @@
 * ``output(state) -> h`` (optional): the step's output ``[B, H]`` read from its state; without
   it, the state itself if it is a tensor, else its first leaf (``h`` of ``(h, c)``).
 
-``cells.RNNCell``, ``LSTMCell`` and ``GRUCell`` satisfy it. Every part is checked, naming the
+The recurrent state is a cell's only state: a cell with running statistics (a BatchNorm child)
+is refused. ``cells.RNNCell``, ``LSTMCell`` and ``GRUCell`` satisfy it. Every part is checked, naming the
 cell and what was expected: the methods and ``input_size`` at construction, the initial state
 and each step's new state and output while running.
 
@@ -55,9 +56,12 @@ before any step. An empty batch (B = 0) runs; T must be at least 1.
 **How it runs.** Each layer and direction is ``fnnet.scan`` over the cell's ``apply``, so any
 cell differentiates (``fn.grad``), batches (``fn.vmap``) and compiles (``fn.jit``) as ``scan``
 does: compiled inference traces the step once; a compiled training step unrolls the loop (its
-graph grows with T). The built-in cells run here step by step too; ``cells.RNN``, ``LSTM`` and
-``GRU`` stay their fast path (the input projection hoisted out of the loop, a hand-written VJP
-behind an opaque op, oneDNN's LSTM) with the same numbers.
+graph grows with T). Under compiled inference torch's scan op refuses a step that iterates over
+a params tensor (``a, b, c = params["w"]``: "Encountered aliasing during higher order op
+tracing", torch 2.13); ``params["w"].unbind(0)`` or indexing traces. The built-in cells run here
+step by step too; ``cells.RNN``, ``LSTM`` and ``GRU`` stay their fast path (the input projection
+hoisted out of the loop, a hand-written VJP behind an opaque op, oneDNN's LSTM) with the same
+numbers.
 """
 
 from __future__ import annotations
