@@ -47,6 +47,11 @@ def _number(s) -> bool:
 is_number = _number  # a scalar read on the host (Python number), not a 0-d tensor
 
 
+def _each(xs: List, s) -> zip:
+    """``(x, s_x)`` pairs: ``s`` one scalar for all leaves, or a list of one per leaf."""
+    return zip(xs, s if isinstance(s, (list, tuple)) else [s] * len(xs))
+
+
 def _numbers(s) -> bool:
     """A number, or a list of numbers (a ``_foreach`` ScalarList)."""
     return all(map(_number, s)) if isinstance(s, (list, tuple)) else _number(s)
@@ -164,12 +169,12 @@ class _Foreach:
 
     @staticmethod
     def clamp(xs: List, lo=None, hi=None) -> List:
-        """Bounds: numbers, one number per leaf (a list), or 0-d tensors (``_foreach_clamp_*``
-        has no tensor overload: those clamp leaf by leaf)."""
+        """Bounds: a number or 0-d tensor, or a list of one per leaf. Numbers are one
+        ``_foreach_clamp_*``; tensors clamp leaf by leaf (no ``_foreach`` overload takes them)."""
         if lo is not None:
-            xs = torch._foreach_clamp_min(xs, lo) if _numbers(lo) else [torch.clamp(x, min=lo) for x in xs]
+            xs = torch._foreach_clamp_min(xs, lo) if _numbers(lo) else [torch.clamp(x, min=b) for x, b in _each(xs, lo)]
         if hi is not None:
-            xs = torch._foreach_clamp_max(xs, hi) if _numbers(hi) else [torch.clamp(x, max=hi) for x in xs]
+            xs = torch._foreach_clamp_max(xs, hi) if _numbers(hi) else [torch.clamp(x, max=b) for x, b in _each(xs, hi)]
         return xs
 
     @staticmethod
@@ -267,9 +272,7 @@ class _PerLeaf:
 
     @staticmethod
     def clamp(xs: List, lo=None, hi=None) -> List:
-        los = lo if isinstance(lo, (list, tuple)) else [lo] * len(xs)
-        his = hi if isinstance(hi, (list, tuple)) else [hi] * len(xs)
-        return [torch.clamp(x, a, b) for x, a, b in zip(xs, los, his)]
+        return [torch.clamp(x, a, b) for (x, a), (_, b) in zip(_each(xs, lo), _each(xs, hi))]
 
     @staticmethod
     def scale_each(xs: List, scalars: Sequence) -> List:

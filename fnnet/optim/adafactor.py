@@ -70,8 +70,7 @@ def adafactor(lr=1e-2, beta2_decay: float = -0.8, eps: tuple[float | None, float
         t = count if host else count.to(h["lr"].dtype)
         decay = t ** h["beta2_decay"]                               # 1 - beta2_t
         rho_t = min(lr, 1 / (t ** 0.5)) if host else torch.clamp(1 / torch.sqrt(t), max=lr)
-        eps1 = h["eps1"] if "eps1" in h else [torch.finfo(x.dtype).eps for x in g]
-        eps1_of = (lambda i: eps1) if "eps1" in h else (lambda i: eps1[i])
+        eps1 = [h["eps1"]] * len(g) if "eps1" in h else [torch.finfo(x.dtype).eps for x in g]   # per leaf
 
         estimate: list = [None] * len(g)
         new_row, new_col, new_var = [], [], []
@@ -83,14 +82,13 @@ def adafactor(lr=1e-2, beta2_decay: float = -0.8, eps: tuple[float | None, float
             new_col = ops.lerp(col, col_mean, decay)
             for j, i in enumerate(factored):   # the rank-1 estimate, normalised by the mean row
                 r = new_row[j]
-                estimate[i] = (r @ new_col[j]) / torch.clamp(r.mean(dim=-2, keepdim=True), min=eps1_of(i))
+                estimate[i] = (r @ new_col[j]) / torch.clamp(r.mean(dim=-2, keepdim=True), min=eps1[i])
         if vector:
             gv = [g[i] for i in vector]
             new_var = ops.lerp(var, ops.mul(gv, gv), decay)
             for j, i in enumerate(vector):
                 estimate[i] = new_var[j]
-        eps1_sq = eps1 * eps1 if "eps1" in h else [e * e for e in eps1]
-        u = ops.mul(ops.rsqrt(ops.clamp(estimate, lo=eps1_sq)), g)   # g / sqrt(max(v, eps1^2))
+        u = ops.mul(ops.rsqrt(ops.clamp(estimate, lo=[e * e for e in eps1])), g)   # g / sqrt(max(v, eps1^2))
 
         # per leaf: alpha = max(eps2, rms(p)) rho_t, and the clipping max(1, rms(u) / d)
         sqrt_n = [x.numel() ** 0.5 for x in g]
