@@ -378,7 +378,7 @@ BAD = {
                                                            torch.randn(5, 3, dtype=torch.float64)),
                         "Bilinear.*same dtype"),
     "PReLU num_parameters 0": (lambda: fn.PReLU(0), "PReLU: num_parameters"),
-    "PReLU init nan": (lambda: fn.PReLU(init=math.nan), "PReLU: init"),
+    "PReLU init nan": (lambda: fn.PReLU(init=math.nan), "PReLU: init must be a finite number, got nan"),
     "PReLU channels": (lambda: fn.PReLU(3).apply(fn.PReLU(3).init(KEY), torch.randn(2, 4, 5)),
                        r"PReLU.*input \[N, 3, \.\.\.\], got \[2, 4, 5\]"),
     "Hardtanh min above max": (lambda: fn.Hardtanh(1.0, -1.0), "Hardtanh: max_val .* greater than min_val"),

@@ -100,24 +100,26 @@ def sizes(layer: Module, name: str, n: int, minimum: int = 1, none: bool = False
 
 
 def real(layer: Module, name: str, low: float | None = None, high: float | None = None,
-         open_low: bool = False, none: bool = False, nonzero: bool = False) -> None:
+         open_low: bool = False, none: bool = False, nonzero: bool = False, arg: str | None = None) -> None:
     """A finite real number (not a bool) in ``[low, high]`` (``(low, high]`` with ``open_low``),
-    stored as a float; ``None`` allowed where ``none``."""
+    stored as a float; ``None`` allowed where ``none``. ``arg``: the constructor argument's name
+    in errors, where it differs from the field's (PReLU's ``init``)."""
     v = getattr(layer, name)
+    label = arg or name
     if v is None and none:
         return
     bounds = ("" if low is None else f" {'>' if open_low else '>='} {low}") + \
              ("" if high is None else f"{' and' if low is not None else ''} <= {high}")
     what = f"a finite number{bounds}" + (" other than 0" if nonzero else "") + (" or None" if none else "")
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        _fail(layer, name, what, v, TypeError)
+        _fail(layer, label, what, v, TypeError)
     try:
         f = float(v)
     except OverflowError:  # an int beyond float range (10**400)
         f = math.inf
     if (not math.isfinite(f) or (low is not None and (f <= low if open_low else f < low))
             or (high is not None and f > high) or (nonzero and f == 0.0)):
-        _fail(layer, name, what, v)
+        _fail(layer, label, what, v)
     _set(layer, name, f)
 
 

@@ -388,7 +388,7 @@ class PReLU(Module):
         object.__setattr__(self, "num_parameters", num_parameters)
         object.__setattr__(self, "init_value", init)
         U.ints(self, "num_parameters")
-        U.real(self, "init_value")
+        U.real(self, "init_value", arg="init")
 
     def init(self, key):
         return {"weight": torch.full((self.num_parameters,), self.init_value, dtype=torch.get_default_dtype(),
