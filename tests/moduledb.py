@@ -46,12 +46,15 @@ def infos_named(name: str) -> list:
     return [m for m in module_db() if m.module_cls.__name__ == name]
 
 
-def samples(info: Any, dtype: torch.dtype) -> Iterator[tuple[bool, Any]]:
+def samples(info: Any, dtype: torch.dtype, seed: int = 0) -> Iterator[tuple[bool, Any]]:
     """``(training, ModuleInput)`` for every sample of ``info``, in training and in eval mode,
-    on the CPU, with float inputs that require grad (torch's warnings silenced)."""
+    on the CPU, with float inputs that require grad (torch's warnings silenced). The inputs are
+    drawn from torch's global generator: seeded here (and restored after), so every run replays
+    the same numbers."""
     for training in (True, False):
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
             warnings.simplefilter("ignore")
+            torch.manual_seed(seed)
             batch = list(info.module_inputs_func(info, device="cpu", dtype=dtype, requires_grad=True,
                                                  training=training))
         for sample in batch:

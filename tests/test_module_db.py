@@ -74,8 +74,9 @@ def _names_with_twins() -> list[str]:
 
 def _check(info, training, sample, dtype) -> None:
     ctor, fwd = sample.constructor_input, sample.forward_input
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
         warnings.simplefilter("ignore")
+        torch.manual_seed(1)  # torch's initial weights (the twin takes them): the same every run
         theirs = info.module_cls(*ctor.args, **ctor.kwargs).to(dtype)
     # a float tensor among the constructor's arguments (FractionalMaxPool's _random_samples) is a
     # buffer torch's .to(dtype) casts: the twin gets it in that dtype too
