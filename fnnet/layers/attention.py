@@ -174,8 +174,8 @@ class MultiheadAttention(Module):
 
     # -- the computation -----------------------------------------------------------------------
     def _project(self, params, query, key, value):
-        """q, k, v: torch's ``_in_projection_packed`` / ``_in_projection`` (one matmul for
-        self-attention, one for key and value when they are the same tensor)."""
+        """q, k, v in the inputs' own layout (one matmul for self-attention, one for key and
+        value when they are the same tensor, as torch's ``_in_projection_packed``)."""
         e = self.embed_dim
         b = params["in_proj_bias"] if self.bias else None
         bq, bk, bv = b.chunk(3) if b is not None else (None, None, None)
@@ -184,12 +184,11 @@ class MultiheadAttention(Module):
                     F.linear(value, params["v_proj_weight"], bv))
         w = params["in_proj_weight"]
         if key is value and query is key:
-            q, k, v = F.linear(query, w, b).unflatten(-1, (3, e)).movedim(-2, 0).contiguous().unbind(0)
-            return q, k, v
+            return F.linear(query, w, b).chunk(3, dim=-1)
         if key is value:
             w_q, w_kv = w.split([e, 2 * e])
             b_q, b_kv = b.split([e, 2 * e]) if b is not None else (None, None)
-            k, v = F.linear(key, w_kv, b_kv).unflatten(-1, (2, e)).movedim(-2, 0).contiguous().unbind(0)
+            k, v = F.linear(key, w_kv, b_kv).chunk(2, dim=-1)
             return F.linear(query, w_q, b_q), k, v
         w_q, w_k, w_v = w.chunk(3)
         return F.linear(query, w_q, bq), F.linear(key, w_k, bk), F.linear(value, w_v, bv)
@@ -197,84 +196,71 @@ class MultiheadAttention(Module):
     def apply(self, params, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
               average_attn_weights=True, is_causal=False, *, rng=None, train=False):
         """``(attn_output, attn_weights or None)`` as ``nn.MultiheadAttention.forward``; ``rng``:
-        the PRNG key for dropout (``train=True`` and ``dropout > 0``)."""
+        the PRNG key for dropout (``train=True`` and ``dropout > 0``).
+
+        The projections run in the inputs' own layout (contiguous: one matmul each), the
+        attention on ``[N, H, L, head_dim]`` views: torch's numbers to rounding, without its
+        transposes to ``[L, N, E]``."""
         batched, key_padding_mask, attn_mask = self._check_inputs(
             query, key, value, key_padding_mask, attn_mask, is_causal)
         p_drop = self.dropout if train else 0.0
         if p_drop > 0.0:
             U.dropout_inputs(self, query, rng)
         e, h, hd = self.embed_dim, self.num_heads, self.head_dim
+        seq_first = batched and not self.batch_first
 
-        if batched and self.batch_first:  # to [L, N, E], keeping which inputs are the same tensor
-            if key is value:
-                if query is key:
-                    query = key = value = query.transpose(1, 0)
-                else:
-                    query, key = (x.transpose(1, 0) for x in (query, key))
-                    value = key
-            else:
-                query, key, value = (x.transpose(1, 0) for x in (query, key, value))
-        if not batched:
-            query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
-            if key_padding_mask is not None:
-                key_padding_mask = key_padding_mask.unsqueeze(0)
-        L, n, _ = query.shape
+        def heads(t):  # [L, N, E] / [N, L, E] / [L, E] -> [N, H, L, head_dim] (a view)
+            t = t.unflatten(-1, (h, hd))
+            if seq_first:
+                return t.permute(1, 2, 0, 3)
+            return (t if batched else t.unsqueeze(0)).transpose(1, 2)
+
+        q, k, v = (heads(t) for t in self._project(params, query, key, value))
+        n, _, L, _ = q.shape
+        S = k.shape[2]
 
         # the causal hint replaces the mask only where torch's module lets it: SDPA, no padding mask
         sdpa = not need_weights and p_drop == 0.0
         sdpa_causal = bool(is_causal) and key_padding_mask is None and sdpa
         if sdpa_causal:
             attn_mask = None
-
-        q, k, v = self._project(params, query, key, value)
-        if attn_mask is not None and attn_mask.ndim == 2:
-            attn_mask = attn_mask.unsqueeze(0)
+        if attn_mask is not None:  # [L, S] or [N * H, L, S] -> broadcastable to [N, H, L, S]
+            attn_mask = attn_mask.view(1, 1, L, S) if attn_mask.ndim == 2 else attn_mask.view(n, h, L, S)
+        if key_padding_mask is not None:  # [N, S] -> [N, 1, 1, S]
+            key_padding_mask = key_padding_mask.view(n, 1, 1, S)
+        extra = []  # keys and values attended besides the inputs': bias_k/bias_v, then a zero one
         if self.add_bias_kv:
-            k = torch.cat([k, params["bias_k"].repeat(1, n, 1)])
-            v = torch.cat([v, params["bias_v"].repeat(1, n, 1)])
-            attn_mask = F.pad(attn_mask, (0, 1)) if attn_mask is not None else None
-            key_padding_mask = F.pad(key_padding_mask, (0, 1)) if key_padding_mask is not None else None
-        q = q.view(L, n * h, hd).transpose(0, 1)
-        k = k.view(k.shape[0], n * h, hd).transpose(0, 1)
-        v = v.view(v.shape[0], n * h, hd).transpose(0, 1)
+            extra.append((params["bias_k"].view(1, h, 1, hd).expand(n, h, 1, hd),
+                          params["bias_v"].view(1, h, 1, hd).expand(n, h, 1, hd)))
         if self.add_zero_attn:
-            zeros = torch.zeros((n * h, 1, hd), dtype=k.dtype, device=k.device)
-            k, v = torch.cat([k, zeros], dim=1), torch.cat([v, zeros], dim=1)
-            attn_mask = F.pad(attn_mask, (0, 1)) if attn_mask is not None else None
-            key_padding_mask = F.pad(key_padding_mask, (0, 1)) if key_padding_mask is not None else None
-        S = k.shape[1]
-        if key_padding_mask is not None:  # merged as torch merges them: added to attn_mask
-            pad = key_padding_mask.view(n, 1, 1, S).expand(-1, h, -1, -1).reshape(n * h, 1, S)
-            attn_mask = pad if attn_mask is None else attn_mask + pad
+            zeros = torch.zeros((n, h, 1, hd), dtype=k.dtype, device=k.device)
+            extra.append((zeros, zeros))
+        if extra:
+            k = torch.cat([k, *(bk for bk, _ in extra)], dim=2)
+            v = torch.cat([v, *(bv for _, bv in extra)], dim=2)
+            attn_mask = F.pad(attn_mask, (0, len(extra))) if attn_mask is not None else None
+            key_padding_mask = F.pad(key_padding_mask, (0, len(extra))) if key_padding_mask is not None else None
+        mask = attn_mask
+        if key_padding_mask is not None:  # merged as torch merges them: added
+            mask = key_padding_mask if mask is None else mask + key_padding_mask
 
         if sdpa:
-            if attn_mask is not None:
-                attn_mask = attn_mask.unsqueeze(0) if attn_mask.shape[0] == 1 else attn_mask.view(n, h, -1, S)
-            out = F.scaled_dot_product_attention(q.view(n, h, L, hd), k.view(n, h, S, hd), v.view(n, h, S, hd),
-                                                 attn_mask, 0.0, sdpa_causal)
-            out = out.permute(2, 0, 1, 3).reshape(n * L, e)
+            out = F.scaled_dot_product_attention(q, k, v, mask, 0.0, sdpa_causal)
             weights = None
         else:
-            q_scaled = q * math.sqrt(1.0 / float(hd))
-            if attn_mask is not None:
-                scores = torch.baddbmm(attn_mask, q_scaled, k.transpose(-2, -1))
-            else:
-                scores = torch.bmm(q_scaled, k.transpose(-2, -1))
-            weights = torch.softmax(scores, dim=-1)
+            scores = torch.matmul(q * math.sqrt(1.0 / float(hd)), k.transpose(-2, -1))
+            weights = torch.softmax(scores if mask is None else scores + mask, dim=-1)
             if p_drop > 0.0:
                 weights = _dropout(weights, p_drop, rng)
-            out = torch.bmm(weights, v).transpose(0, 1).reshape(L * n, e)
-        out = F.linear(out, params["out_proj"]["weight"], params["out_proj"]["bias"] if self.bias else None)
-        out = out.view(L, n, e)
-        if batched and self.batch_first:
-            out = out.transpose(1, 0)
-        if not batched:
-            out = out.squeeze(1)
+            out = torch.matmul(weights, v)
+        # [N, H, L, head_dim] -> the query's layout, then the output projection
+        out = out.permute(2, 0, 1, 3) if seq_first else out.transpose(1, 2)
+        shape = out.shape[:2]
+        b_out = params["out_proj"]["bias"] if self.bias else None
+        out = F.linear(out.reshape(-1, e), params["out_proj"]["weight"], b_out)
+        out = out.view(*shape, e) if batched else out.view(L, e)
         if not need_weights:
             return out, None
-        weights = weights.view(n, h, L, S)
         if average_attn_weights:
             weights = weights.mean(dim=1)
-        if not batched:
-            weights = weights.squeeze(0)
-        return out, weights
+        return out, weights if batched else weights.squeeze(0)
