@@ -287,7 +287,7 @@ TWINS = [
 ]
 
 
-@pytest.mark.parametrize("ours, theirs", TWINS, ids=lambda f: type(f()).__name__ if callable(f) else "")
+@pytest.mark.parametrize("ours, theirs", TWINS, ids=[type(ours()).__name__ for ours, _ in TWINS])
 def test_params_and_state_have_torchs_names_shapes_and_initial_values(ours, theirs):
     try:
         t = theirs()
