@@ -257,7 +257,7 @@ def test_a_vmapped_ensemble_with_one_lr_per_member_matches_separate_runs(name):
 
 @pytest.mark.parametrize("name", MAKERS)
 def test_lr_as_a_schedule_follows_torch_with_its_scheduler(name):
-    if name == "adafactor" and not hasattr(torch.optim, "Adafactor") or name == "muon" and not _MUON_TWIN:
+    if (name == "adafactor" and not hasattr(torch.optim, "Adafactor")) or (name == "muon" and not _MUON_TWIN):
         pytest.skip(f"torch {torch.__version__} has no twin for {name}")
     params = _params(name)
     loss = _target_loss(fn.tree.map(lambda x: 0.5 * torch.ones_like(x), params))
@@ -386,7 +386,7 @@ def test_a_state_that_does_not_fit_the_grads_is_refused_naming_the_path():
     for slot, path, value in [("row_var", "w", torch.zeros(4, 1)), ("col_var", "w", torch.zeros(3, 1)),
                               ("variance", "b", torch.zeros(4))]:
         bad = {**state, slot: {**state[slot], path: value}}
-        expect_clear_error(lambda: opt.update(params, bad, params), match=rf"adafactor update: at '{path}'")
+        expect_clear_error(lambda bad=bad: opt.update(params, bad, params), match=rf"adafactor update: at '{path}'")
     expect_clear_error(lambda: opt.update({**params, "c": torch.zeros(2, 2)}, state, {**params, "c": torch.zeros(2, 2)}),
                        match=r"adafactor update: .*'c'")
     expect_clear_error(lambda: opt.update(params, {k: v for k, v in state.items() if k != "col_var"}, params),

@@ -42,7 +42,8 @@ def nadam(lr=2e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
 
     def aux_init(leaves, paths):
         like = leaves[0] if leaves else None
-        return {"mu_product": torch.ones((), dtype=hyperparam_dtype(like), device=like.device if like is not None else None)}
+        device = like.device if like is not None else None
+        return {"mu_product": torch.ones((), dtype=hyperparam_dtype(like), device=device)}
 
     def step(ops, g, p, s, h, count, aux, paths):
         lr, b1, b2, psi, wd = h["lr"], h["beta1"], h["beta2"], h["momentum_decay"], h.get("weight_decay")
@@ -55,7 +56,8 @@ def nadam(lr=2e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
         mu = b1 * (1.0 - 0.5 * 0.96 ** (count * psi))
         mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((count + 1) * psi))
         if not isinstance(aux["mu_product"], torch.Tensor) or aux["mu_product"].shape != ():
-            raise ValueError(f"nadam update: state['mu_product'] must be a 0-d tensor (from init), got {aux['mu_product']!r}")
+            raise ValueError(f"nadam update: state['mu_product'] must be a 0-d tensor (from init), "
+                             f"got {aux['mu_product']!r}")
         mu_product = aux["mu_product"] * mu                                    # torch: mu_product *= mu
         prod = mu_product.item() if _ops.is_number(count) else mu_product     # torch reads it back as a float
         c_grad = -lr * (1.0 - mu) / (1.0 - prod)
