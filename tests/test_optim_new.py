@@ -431,3 +431,24 @@ def test_where_compiled_foreach_ops_refuse_tensor_scalars_a_compiled_update_runs
         assert_trees_close(pc, pe)
     assert len(graphs) == 1
     assert not [n for n in graphs[0].graph.nodes if "_foreach" in str(n.target)]
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e-30])
+@pytest.mark.parametrize("name", MAKERS)
+def test_huge_and_tiny_gradients_give_torchs_numbers_inf_and_nan_included(name, scale):
+    """float32 gradients whose squares overflow (1e20) or underflow (1e-30): whatever torch
+    makes of them (a finite step, inf or NaN), fnnet makes too."""
+    if (name == "adafactor" and not hasattr(torch.optim, "Adafactor")) or (name == "muon" and not _MUON_TWIN):
+        pytest.skip(f"torch {torch.__version__} has no twin for {name}")
+    params = _params(name, torch.float32)
+    grads = fn.tree.map(lambda x: scale * torch.linspace(-2, 3, x.numel(), dtype=x.dtype).reshape(x.shape), params)
+    opt, p, tp = MAKERS[name](0.1), params, {k: v.clone().requires_grad_() for k, v in params.items()}
+    state, topt = opt.init(p), TWINS[name](list(tp.values()), 0.1)
+    for _ in range(3):
+        updates, state = opt.update(grads, state, p)
+        p = optim.apply_updates(p, updates)
+        for k, v in tp.items():
+            v.grad = grads[k].clone()
+        topt.step()
+        for k in p:
+            torch.testing.assert_close(p[k], tp[k].detach(), equal_nan=True, msg=lambda m, k=k: f"{k}: {m}")
