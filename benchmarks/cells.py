@@ -5,7 +5,7 @@ fn.jit (compile time in its own column).
 Cases (I=32, H=128, B=32): each kind at T=64 and 256; a 2-layer bidirectional LSTM at T=64;
 LSTM compile time at T=16 and T=1024 (flat: the time loop is one op, not unrolled); an
 LSTMCell under the generic ``fnnet.scan``, forward only (torch's scan op) and trained
-(unrolled: the op is not trusted with gradients, see ``fnnet/scan.py``) at T=16 and 64; a long
+(unrolled: the op is not trusted with gradients, see ``fnnet/scan.py``) at T=16, 64 and 256; a long
 T=4096 LSTM with peak memory (CPU: peak RSS of a fresh process running one step; CUDA:
 ``max_memory_allocated``). With jax installed (the ``bench`` extra) a column for the same
 LSTM written with ``jax.lax.scan`` under ``jax.jit(value_and_grad)``. On CUDA also H=256,
@@ -253,7 +253,7 @@ def run(quick: bool = False) -> list[dict]:
     rows += _case("LSTM", 64, compile_=True, repeats=repeats, num_layers=2, bidirectional=True)
     rows += _compile_times()
     rows += _scan_inference(1024) + _scan_inference(16)  # the long one first, as above
-    rows += _scan_training(16) + _scan_training(64)
+    rows += _scan_training(16) + _scan_training(64) + _scan_training(256)
     rows += _long()
     if DEVICE == "cuda":
         for kind in ("LSTM", "GRU"):

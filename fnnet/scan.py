@@ -24,16 +24,33 @@ How it runs (the numbers live in ``benchmarks/cells.py`` and the README table):
   requires grad: inference): torch's ``scan`` op (``torch._higher_order_ops.scan``), the body
   traced once (``unroll=k``: a body of k steps), so compile time does not grow with the length.
 * **Under ``fn.jit`` with gradients, and inside ``torch.func`` transforms**: the loop unrolled,
-  so compile time grows with the length. torch's scan op is not trusted with gradients: under
-  inductor it silently gives wrong gradients when two scans are chained in one graph
-  (pytorch/pytorch#153679, still so on torch 2.13; ``tests/test_scan.py`` pins it and fails
-  once the installed torch is fixed), and inside a compiled ``torch.func.grad`` it fails
-  ("Expected FakeTensor"). Whether a loop needs gradients shows on its first step: if what
-  that step returns does not require grad, no later step's does (same function, same
-  closure), and the rest of the loop goes to the op. ``FNNET_SCAN_HOP=0`` turns the op off.
-  The recurrent layers of ``cells`` run their recurrence as hand-written VJPs behind opaque
-  ops (``cells.fused``, ``cells.native``): flat compile time with gradients, at native speed.
-  That is the pattern to follow for a cell on a hot path.
+  so compile time grows with the length. Whether a loop needs gradients shows on its first
+  step: if what that step returns does not require grad, no later step's does (same function,
+  same closure), and the rest of the loop goes to the op. ``FNNET_SCAN_HOP=0`` turns the op off.
+
+Why not torch's scan op with gradients (each point pinned by a test that fails once the
+installed torch no longer needs it):
+
+* under inductor it silently gives wrong gradients when two scans are chained in one graph
+  (pytorch/pytorch#153679, still so on torch 2.13; ``tests/test_scan.py``);
+* JAX's design written by hand, the VJP as two scans (an autograd.Function whose forward is
+  the op keeping the carries and whose backward is a reverse op over the body's VJP, so torch
+  never differentiates its op), is hit the same way: the fault is inductor's, which lowers
+  every higher-order op's subgraph in a backward graph with that graph's donated-buffer
+  indices, so a subgraph input may be overwritten while still needed (pytorch/pytorch#192840,
+  fixed upstream by #193960; a reused ``nested_compile_region`` is hit too). With
+  ``torch._functorch.config.donated_buffer = False`` the same graph is right
+  (``tests/test_scan_vjp.py``);
+* inside a compiled ``torch.func.grad`` (``fn.jit(fn.grad(...))``, the usual training step)
+  the op does not compile at all ("Expected FakeTensor"), hand-written VJP or not
+  (``tests/test_scan_vjp.py``);
+* an opaque op that runs the loop and its VJP outside the graph (what ``fnnet.Stacked`` and
+  ``cells.fused`` do) needs the body's weights as explicit inputs; weights a closure reads
+  are visible only to dynamo, which lifts them for its own higher-order ops alone.
+
+The recurrent layers of ``cells`` run their recurrence as hand-written VJPs behind opaque ops
+(``cells.fused``, ``cells.native``): flat compile time with gradients, at native speed. That
+is the pattern to follow for a cell on a hot path.
 """
 
 from __future__ import annotations
