@@ -452,3 +452,32 @@ def test_huge_and_tiny_gradients_give_torchs_numbers_inf_and_nan_included(name, 
         topt.step()
         for k in p:
             torch.testing.assert_close(p[k], tp[k].detach(), equal_nan=True, msg=lambda m, k=k: f"{k}: {m}")
+
+
+@pytest.mark.parametrize("name", [n for n in MAKERS if n != "muon"])
+def test_an_update_is_differentiable_through_its_inputs(name):
+    """Meta-gradients: d loss(params after two steps) / d params through fn.grad (the update
+    runs leaf by leaf, out of place; Adafactor's step size keeps its dependence on rms(p)),
+    against central finite differences. (Muon's update goes through bfloat16, where a finite
+    difference of 1e-6 is below the rounding: no such check there.)"""
+    opt = MAKERS[name](0.05)
+    target = fn.tree.map(lambda x: 0.5 * torch.ones_like(x), _params(name))
+    loss = _target_loss(target)
+
+    def after_two_steps(p):
+        state = opt.init(p)
+        for _ in range(2):
+            updates, state = opt.update(fn.grad(loss)(p), state, p)
+            p = optim.apply_updates(p, updates)
+        return loss(p)
+
+    params = _params(name)
+    meta = fn.grad(after_two_steps)(params)
+    k = next(iter(params))
+    x, eps = params[k].flatten(), 1e-6
+    for i in range(0, x.numel(), 3):
+        e = torch.zeros_like(x)
+        e[i] = eps
+        plus = after_two_steps({**params, k: (x + e).reshape(params[k].shape)})
+        minus = after_two_steps({**params, k: (x - e).reshape(params[k].shape)})
+        torch.testing.assert_close(meta[k].flatten()[i], (plus - minus) / (2 * eps), rtol=1e-5, atol=1e-7)

@@ -7,7 +7,7 @@ import torch
 from . import _check as C
 from . import _ops
 from ._aux_state import optimizer_with_aux
-from .base import GradientTransformation
+from .base import GradientTransformation, hyperparam_dtype
 
 
 def adafactor(lr=1e-2, beta2_decay: float = -0.8, eps: tuple[float | None, float] = (None, 1e-3),
@@ -93,14 +93,16 @@ def adafactor(lr=1e-2, beta2_decay: float = -0.8, eps: tuple[float | None, float
         # per leaf: alpha = max(eps2, rms(p)) rho_t, and the clipping max(1, rms(u) / d)
         sqrt_n = [x.numel() ** 0.5 for x in g]
         p_norm, u_norm = ops.norms(p, 2.0), ops.norms(u, 2.0)
-        if host:  # as torch: Python floats read from the norms
+        differentiated = torch.is_grad_enabled() and any(x.requires_grad for x in (*p, *g))
+        if host and not differentiated:  # as torch: Python floats read from the norms
             p_norm, u_norm = torch.stack(p_norm).tolist(), torch.stack(u_norm).tolist()
             scales = [-(max(h["eps2"], pn / n) * rho_t) / max(1.0, un / (n * d))
                       for pn, un, n in zip(p_norm, u_norm, sqrt_n)]
-        else:
-            n = torch.tensor(sqrt_n, dtype=t.dtype, device=t.device)
-            alpha = torch.clamp(torch.stack(p_norm).to(t.dtype) / n, min=h["eps2"]) * rho_t
-            clip = torch.clamp(torch.stack(u_norm).to(t.dtype) / (n * d), min=1.0)
+        else:  # tensors: no host sync, and a gradient through the update reaches rms(p)
+            dtype = hyperparam_dtype(p[0]) if host else t.dtype
+            n = torch.tensor(sqrt_n, dtype=dtype, device=p[0].device)
+            alpha = torch.clamp(torch.stack(p_norm).to(dtype) / n, min=h["eps2"]) * rho_t
+            clip = torch.clamp(torch.stack(u_norm).to(dtype) / (n * d), min=1.0)
             scales = list(torch.unbind(-alpha / clip))
         updates = ops.scale_each(u, scales)
         if wd is not None:
