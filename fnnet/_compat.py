@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import functools
+import importlib.util
 import os
 import re
 from collections.abc import Callable
@@ -99,6 +100,14 @@ def assume_constant_result(fn: Callable) -> Callable:
 # compile fails. fn.jit compiles there with ints specialized, as 2.13 treats module fields
 # (another value recompiles; the values computed are the same).
 SPECIALIZE_INTS = parse_torch_version(torch.__version__) < (2, 13)
+
+# oneDNN's linear (``torch.ops.mkldnn._linear_pointwise``, the op inductor's CPU fusions emit) is in
+# every CPU build since torch 2.0 with the same schema; a build without oneDNN (or another backend)
+# lacks it, and fnnet.layers._gemm then keeps to torch's GEMM. The inductor pass that puts compiled
+# matmuls on it needs torch._inductor.custom_graph_pass (torch 2.6 on).
+HAS_ONEDNN_LINEAR = hasattr(torch.ops.mkldnn, "_linear_pointwise")
+# (looked up, not imported: importing inductor takes seconds)
+HAS_CUSTOM_GRAPH_PASS = importlib.util.find_spec("torch._inductor.custom_graph_pass") is not None
 
 if os.environ.get("FNNET_IGNORE_TORCH_FLOOR") != "1":
     check_torch_version(torch.__version__)

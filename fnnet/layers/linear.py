@@ -11,14 +11,21 @@ import torch.nn.functional as F
 from .. import init as I
 from .. import random
 from ..module import Module
+from . import _gemm
 from . import _util as U
+from ._gemm import get_gemm, jit_options, set_gemm  # noqa: F401  (fnnet.layers.linear.set_gemm)
 from ._util import expect
 
 
 @dataclass(frozen=True)
 class Linear(Module):
     """``y = x W^T + b``. x: ``[..., in_features]`` -> ``[..., out_features]``.
-    Params ``{"weight": [out, in], "bias": [out]}``, initialized as ``nn.Linear``."""
+    Params ``{"weight": [out, in], "bias": [out]}``, initialized as ``nn.Linear``.
+
+    float32 on the CPU, the matmul runs on oneDNN's GEMM where that is chosen (measured faster
+    here, or asked for: ``set_gemm``, ``FNNET_GEMM``; ``fnnet/layers/_gemm.py``): equal to
+    ``nn.Linear`` to float32 rounding, not bit for bit. Every other dtype and device is
+    ``F.linear``, bit for bit."""
 
     in_features: int
     out_features: int
@@ -38,7 +45,14 @@ class Linear(Module):
     def apply(self, params, x, *, key=None, train=False):
         expect(self, isinstance(x, torch.Tensor) and x.ndim >= 1 and x.shape[-1] == self.in_features,
                f"input [..., {self.in_features}]", x)
-        return F.linear(x, params["weight"], params["bias"] if self.bias else None)
+        w, b = params["weight"], params["bias"] if self.bias else None
+        # eager float32 CPU: oneDNN's GEMM where it is chosen (_gemm); compiled, F.linear, whose
+        # matmuls fn.jit(..., **_gemm.jit_options()) moves to oneDNN after differentiation
+        if (not torch.compiler.is_compiling() and w.dtype == x.dtype and (b is None or b.dtype == x.dtype)
+                and _gemm.applies(x.dtype, x.device, x.numel() // self.in_features if self.in_features else 0,
+                                  self.in_features, self.out_features)):
+            return _gemm.linear(x, w, b)
+        return F.linear(x, w, b)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,258 @@
+"""The GEMM under a float32 CPU dense layer: torch's (``F.linear``, BLAS: MKL on x86) or
+oneDNN's (``torch.ops.mkldnn._linear_pointwise``, the kernel inductor's CPU fusions call).
+
+Why: which library multiplies fastest depends on the CPU. MKL takes a generic code path on
+some x86 CPUs (measured on AMD EPYC: ``benchmarks/dense.py``), where oneDNN's JIT kernels run
+the same matmul much faster; on others the two are level. So the choice is measured, once
+per process, on the machine itself, never read from the CPU's vendor.
+
+Choice (:func:`set_gemm`, or the environment variable ``FNNET_GEMM`` read at import):
+
+- ``"torch"``: always ``F.linear``: ``nn.Linear``'s numbers bit for bit.
+- ``"onednn"``: oneDNN wherever it applies (below).
+- ``"auto"`` (default): oneDNN where it applies and a probe matmul timed once per process
+  (:func:`onednn_measured_faster`) ran faster on it than on torch's GEMM by a clear margin.
+
+It applies only to float32 tensors on the CPU, with oneDNN built and enabled
+(``torch.backends.mkldnn``), and to matmuls of at least ``MIN_WORK`` multiply-adds (rows x in x
+out): below that a call's fixed cost outweighs the kernel. Never float64 (its tight parity with
+``nn.Linear`` stays exact), never another dtype, never a GPU. oneDNN's sums run in another order
+than BLAS's: its numbers equal ``nn.Linear``'s to float32 rounding, not bit for bit; set
+``"torch"`` for bitwise agreement with ``nn.Linear``.
+
+Two ways in, the same GEMM:
+
+- eager: :func:`linear`, an ``autograd.Function`` whose backward's matmuls are the same
+  Function, so it differentiates to any order (a gradient penalty's second derivative), with a
+  ``jvp`` (forward-mode AD) and a ``vmap`` rule. ``fn.Linear`` calls it when :func:`applies`.
+- compiled: ``fn.Linear`` puts ``F.linear`` in the graph (under ``torch.compile`` an
+  ``autograd.Function`` inside ``torch.func.grad`` is not differentiated right twice: see
+  ``tests/test_linear_gemm.py``), and :func:`jit_options` gives ``fn.jit`` an inductor pass that
+  swaps each qualifying float32 CPU ``mm``/``addmm`` of the differentiated graph (forward,
+  backward, double backward alike) for oneDNN's kernel: ``fn.jit(step, **jit_options())``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+
+import torch
+
+from .. import _compat
+
+__all__ = ["MODES", "set_gemm", "get_gemm", "applies", "onednn_chosen", "onednn_measured_faster", "linear",
+           "jit_options"]
+
+MODES = ("auto", "torch", "onednn")
+ENV = "FNNET_GEMM"
+MIN_WORK = 1 << 24  # rows * in * out: smaller matmuls stay on torch's GEMM (oneDNN's per-call cost dominates)
+MARGIN = 0.8        # "auto" takes oneDNN only when its probe time is below this share of torch's
+
+
+def _check_mode(mode, where: str) -> str:
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ValueError(f"{where}: the GEMM must be one of {MODES}, got {mode!r}")
+    return mode
+
+
+def mode_from_env(environ) -> str:
+    """The choice that ``environ`` (``os.environ`` at import) asks for: ``FNNET_GEMM``, default ``"auto"``."""
+    return _check_mode(environ.get(ENV, "auto"), f"environment variable {ENV}")
+
+
+_mode = mode_from_env(os.environ)
+
+
+def set_gemm(mode: str) -> None:
+    """Choose the GEMM of float32 CPU dense layers from now on: ``"auto"``, ``"torch"`` or
+    ``"onednn"`` (see the module doc). Eager calls follow it at once; a function compiled with
+    :func:`jit_options` keeps the kernels it was compiled with."""
+    global _mode
+    _mode = _check_mode(mode, "fnnet.layers.linear.set_gemm")
+
+
+def get_gemm() -> str:
+    """The current choice: ``"auto"``, ``"torch"`` or ``"onednn"``."""
+    return _mode
+
+
+def _onednn_usable() -> bool:
+    return _compat.HAS_ONEDNN_LINEAR and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+
+
+def _raw(a: torch.Tensor, bt: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``a @ bt.T + bias`` on oneDNN: a ``[M, K]``, bt ``[N, K]``, bias ``[N]`` -> ``[M, N]``.
+    oneDNN refuses a zero-sized matmul: that one is ``F.linear`` (zeros, or the bias)."""
+    if a.shape[0] == 0 or a.shape[1] == 0 or bt.shape[0] == 0:
+        return torch.nn.functional.linear(a, bt, bias)
+    return torch.ops.mkldnn._linear_pointwise(a.contiguous(), bt.contiguous(), bias, "none", [], "")
+
+
+@functools.cache
+def onednn_measured_faster(rows: int = 512, inner: int = 384, outer: int = 384, rounds: int = 16) -> bool:
+    """Whether oneDNN's GEMM beat torch's on a ``[rows, inner] @ [inner, outer]`` float32 probe,
+    timed here by the margin ``MARGIN``: the fastest of ``rounds`` single calls of each, the two
+    interleaved (load from other processes only ever adds time, so the fastest call is the one
+    nearest the kernel's own speed). Measured once per process, in milliseconds."""
+    if not _onednn_usable():
+        return False
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(rows, inner, generator=g), torch.randn(outer, inner, generator=g)
+    b = torch.randn(outer, generator=g)
+    kernels = {"torch": lambda: torch.nn.functional.linear(x, w, b), "onednn": lambda: _raw(x, w, b)}
+    best = dict.fromkeys(kernels, float("inf"))
+    with torch.no_grad():
+        for r in range(rounds + 2):
+            for name, f in kernels.items():
+                t0 = time.perf_counter()
+                f()
+                if r >= 2:  # two rounds warm up (oneDNN builds its kernel on the first call)
+                    best[name] = min(best[name], time.perf_counter() - t0)
+    return best["onednn"] < MARGIN * best["torch"]
+
+
+def onednn_chosen() -> bool:
+    """Whether the current choice (:func:`get_gemm`) puts qualifying matmuls on oneDNN here."""
+    if _mode == "torch" or not _onednn_usable():
+        return False
+    return _mode == "onednn" or onednn_measured_faster()
+
+
+def applies(dtype: torch.dtype, device: torch.device, rows: int, inner: int, outer: int) -> bool:
+    """Whether a ``[rows, inner] @ [inner, outer]`` matmul runs on oneDNN: float32, CPU, at least
+    ``MIN_WORK`` multiply-adds (none of the three empty), and oneDNN chosen (:func:`onednn_chosen`)."""
+    return (dtype == torch.float32 and torch.device(device).type == "cpu" and min(rows, inner, outer) > 0
+            and rows * inner * outer >= MIN_WORK and onednn_chosen())
+
+
+class _Gemm(torch.autograd.Function):
+    """``a @ bt.T + bias`` on oneDNN, a ``[M, K]``, bt ``[N, K]``, bias ``[N]`` or None.
+    Its backward's matmuls (``g @ bt``, ``g.T @ a``) are this Function again, so a backward
+    differentiates like any other function (to any order)."""
+
+    @staticmethod
+    def forward(a, bt, bias):
+        return _raw(a, bt, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        a, bt, bias = inputs
+        ctx.save_for_backward(a, bt)
+        ctx.save_for_forward(a, bt)
+        ctx.has_bias = bias is not None
+
+    @staticmethod
+    def backward(ctx, g):
+        a, bt = ctx.saved_tensors
+        need_a, need_bt, need_bias = ctx.needs_input_grad
+        ga = _Gemm.apply(g, bt.t(), None) if need_a else None
+        gbt = _Gemm.apply(g.t(), a.t(), None) if need_bt else None
+        gbias = g.sum(0) if need_bias and ctx.has_bias else None
+        return ga, gbt, gbias
+
+    @staticmethod
+    def jvp(ctx, da, dbt, dbias):
+        a, bt = ctx.saved_tensors
+        out = None
+        for t in (_Gemm.apply(da, bt, None) if da is not None else None,
+                  _Gemm.apply(a, dbt, None) if dbt is not None else None,
+                  dbias.expand(a.shape[0], bt.shape[0]) if dbias is not None else None):
+            if t is not None:
+                out = t if out is None else out + t
+        return out  # forward AD calls jvp only when some input has a tangent
+
+    @staticmethod
+    def vmap(info, in_dims, a, bt, bias):
+        da, dbt, dbias = in_dims
+        if dbt is None and dbias is None:  # a batch of inputs through one weight: one taller matmul
+            a = a.movedim(da, 0)
+            return _Gemm.apply(a.reshape(-1, a.shape[-1]), bt, bias).reshape(a.shape[0], a.shape[1], -1), 0
+        # batched weights (an ensemble): torch's batched matmul, differentiable as it is
+        n = info.batch_size
+        a = a.movedim(da, 0) if da is not None else a.expand(n, *a.shape)
+        bt = bt.movedim(dbt, 0) if dbt is not None else bt.expand(n, *bt.shape)
+        out = torch.matmul(a, bt.transpose(1, 2))
+        if bias is not None:
+            out = out + (bias.movedim(dbias, 0) if dbias is not None else bias).unsqueeze(-2)
+        return out, 0
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear`` on oneDNN, eager (see :func:`applies`). x ``[..., in]``, weight
+    ``[out, in]``, bias ``[out]`` or None -> ``[..., out]``."""
+    y = _Gemm.apply(x.reshape(-1, x.shape[-1]), weight, bias)
+    return y.reshape(*x.shape[:-1], weight.shape[0])
+
+
+# -- compiled: an inductor pass over the differentiated graph ---------------------------------------
+
+@torch.library.custom_op("fnnet::onednn_mm", mutates_args=())
+def _onednn_mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``a @ b + bias`` (a ``[M, K]``, b ``[K, N]``, bias ``[N]``) on oneDNN: what the pass puts
+    in place of ``mm``/``addmm`` after autograd has run (the op itself needs no derivative)."""
+    return _raw(a, b.t(), bias)
+
+
+@_onednn_mm.register_fake
+def _(a, b, bias):
+    return a.new_empty(a.shape[0], b.shape[1])
+
+
+def _rewrite(graph) -> None:
+    """Replace each qualifying float32 CPU ``mm(a, b)`` / ``addmm(bias[N], a, b)`` (beta = alpha
+    = 1) of an inductor post-grad graph by ``fnnet::onednn_mm``."""
+    aten = torch.ops.aten
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in (aten.mm.default, aten.addmm.default):
+            continue
+        val = node.meta.get("val")
+        if node.target is aten.addmm.default:
+            bias, a, b = node.args[:3]
+            if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
+                continue
+            bval = bias.meta.get("val") if hasattr(bias, "meta") else None
+            if bval is None or bval.ndim != 1:
+                continue
+        else:
+            (a, b), bias = node.args[:2], None
+        aval, bmeta = a.meta.get("val"), b.meta.get("val")
+        if val is None or aval is None or bmeta is None or not isinstance(val, torch.Tensor):
+            continue
+        if not (val.dtype == torch.float32 and val.device.type == "cpu"):
+            continue
+        try:
+            rows, inner, outer = (int(s) for s in (aval.shape[0], aval.shape[1], bmeta.shape[1]))
+        except (TypeError, ValueError):  # a symbolic size: leave it to inductor
+            continue
+        if rows * inner * outer < MIN_WORK:
+            continue
+        with graph.inserting_before(node):
+            new = graph.call_function(torch.ops.fnnet.onednn_mm.default, (a, b, bias))
+        new.meta.update(node.meta)
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+
+
+@functools.cache
+def _pass():
+    from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+
+    class OneDNNGemmPass(CustomGraphPass):
+        def __call__(self, graph) -> None:
+            _rewrite(graph)
+
+        def uuid(self):
+            return get_hash_for_files((__file__,))
+
+    return OneDNNGemmPass()
+
+
+def jit_options() -> dict:
+    """Keyword arguments for ``fn.jit`` (or ``torch.compile``) that put the compiled function's
+    qualifying matmuls on oneDNN when it is chosen here (:func:`onednn_chosen`); ``{}`` when it is
+    not. ``fn.jit(step, **jit_options())``."""
+    if not onednn_chosen() or not _compat.HAS_CUSTOM_GRAPH_PASS:
+        return {}
+    return {"options": {"post_grad_custom_post_pass": _pass()}}
