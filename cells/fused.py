@@ -48,6 +48,7 @@ compiled 0.97x/0.91x of ``nn.LSTM``), and this recurrence serves float64, ``proj
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -66,15 +67,27 @@ def _order(T: int, reverse: bool) -> range:
 class _Steps:
     """Per-step results written into one ``[T, ...]`` tensor at their time index as the loop
     runs (a list of T tensors stacked at the end would hold everything twice at the peak).
-    The buffer is made from the first result, so under vmap it is batched like the results."""
+    The buffer is made from the first result, so under vmap it is batched like the results.
+    While autograd records (the double backward reruns a backward loop), a list stacked at the
+    end instead: a write into a slice of a buffer would be a node whose backward copies the
+    whole buffer's gradient, at every step."""
 
     def __init__(self, T: int):
-        self.T, self.out = T, None
+        self.T, self._out, self._list = T, None, ({} if torch.is_grad_enabled() else None)
 
     def __setitem__(self, t: int, value: Tensor) -> None:
-        if self.out is None:
-            self.out = value.new_empty((self.T, *value.shape))
-        self.out[t].copy_(value)
+        if self._list is not None:
+            self._list[t] = value
+            return
+        if self._out is None:
+            self._out = value.new_empty((self.T, *value.shape))
+        self._out[t].copy_(value)
+
+    @property
+    def out(self) -> Tensor:
+        if self._list is not None:
+            return torch.stack([self._list[t] for t in range(self.T)])
+        return self._out
 
 
 def _split(d_state: Tensor, d_out: Tensor | None, m_t: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -85,6 +98,16 @@ def _split(d_state: Tensor, d_out: Tensor | None, m_t: Tensor | None) -> tuple[T
     if m_t is None:
         return d, None
     return m_t * d, (1 - m_t) * d_state
+
+
+def _per_step(*tensors):
+    """Each ``[T, ...]`` tensor as what ``[t]`` reads per step: while autograd records (a double
+    backward reruns a backward loop), its T views from one ``unbind`` (whose backward is one
+    stack; T separate selects would each scatter into a zero ``[T, ...]`` gradient); else the
+    tensor itself. ``None`` and lists pass through."""
+    if not torch.is_grad_enabled():
+        return tensors
+    return tuple(t.unbind(0) if isinstance(t, Tensor) else t for t in tensors)
 
 
 def _float_mask(mask: Tensor | None, T: int, dtype: torch.dtype) -> Tensor | list:
@@ -124,15 +147,19 @@ def _lstm_cell(gates, c):
     return a, c_new, o * torch.tanh(c_new)
 
 
-def _lstm_cell_backward(a, c, c_prev, dh, dc):
-    """Its VJP: ``(d gates [B, 4H], d c_prev)`` from ``dh``, ``dc`` at the new state."""
+def _lstm_cell_backward(a, c, c_prev, dh, dc, da=None):
+    """Its VJP: ``(d gates [B, 4H], d c_prev)`` from ``dh``, ``dc`` at the new state (and
+    ``da``, a cotangent on the activations ``a`` themselves: see ``_run_backward``)."""
     H = c.shape[-1]
     i, f, g, o = a.chunk(4, -1)
     tc = torch.tanh(c)
     dc = torch.addcmul(dc, dh, o * (1 - tc * tc))
     d_act = a * (1 - a)  # sigmoid' for i, f, o; tanh' for g
-    d_act[..., 2 * H:3 * H] = 1 - g * g
-    return d_act * torch.cat([dc * g, dc * c_prev, dc * i, dh * tc], -1), dc * f
+    if torch.is_grad_enabled():  # recorded (a double backward): no write into a slice
+        d_act = torch.cat([d_act[..., :2 * H], 1 - g * g, d_act[..., 3 * H:]], -1)
+    else:
+        d_act[..., 2 * H:3 * H] = 1 - g * g
+    return d_act * _plus(torch.cat([dc * g, dc * c_prev, dc * i, dh * tc], -1), da), dc * f
 
 
 def _lstm_forward(xp, states, w_hh, b_hh, w_hr, mask, reverse):
@@ -155,20 +182,22 @@ def _lstm_forward(xp, states, w_hh, b_hh, w_hr, mask, reverse):
     return ys.out, (h, c), [acts.out, cs.out]
 
 
-def _lstm_backward(dys, dfinals, w_hh, b_hh, w_hr, mask, reverse, ys, states0, extra):
+def _lstm_backward(dys, dfinals, w_hh, b_hh, w_hr, mask, reverse, ys, states0, extra, dextra):
     acts, cs = extra  # cs: the cell state after each step (held past a sequence's end)
+    d_acts, d_cs = dextra or (None, None)
     dh, dc = dfinals
     T, H = acts.shape[0], cs.shape[-1]
     c_prev = _previous(cs, states0[1], None, reverse)  # cs holds through masks: exact
     m = _float_mask(mask, T, acts.dtype)
     dgates, dh_out = _Steps(T), _Steps(T)
+    dys_, acts_, cs_, c_prev, d_acts, d_cs = _per_step(dys, acts, cs, c_prev, d_acts, d_cs)
     for t in _order(T, not reverse):
-        dh_t, dh_keep = _split(dh, dys[t], m[t])
-        dc_t, dc_keep = _split(dc, None, m[t])
+        dh_t, dh_keep = _split(dh, dys_[t], m[t])
+        dc_t, dc_keep = _split(dc if d_cs is None else dc + d_cs[t], None, m[t])
         if w_hr is not None:
             dh_out[t] = dh_t
             dh_t = dh_t @ w_hr
-        dg, dc = _lstm_cell_backward(acts[t], cs[t], c_prev[t], dh_t, dc_t)
+        dg, dc = _lstm_cell_backward(acts_[t], cs_[t], c_prev[t], dh_t, dc_t, None if d_acts is None else d_acts[t])
         dgates[t] = dg
         dh = dg @ w_hh if dh_keep is None else torch.addmm(dh_keep, dg, w_hh)
         dc = _plus(dc, dc_keep)
@@ -204,7 +233,7 @@ def _gru_forward(xp, states, w_hh, b_hh, w_hr, mask, reverse):
     return ys.out, (h,), [rz_all.out, n_all.out, hn_all.out]
 
 
-def _gru_backward(dys, dfinals, w_hh, b_hh, w_hr, mask, reverse, ys, states0, extra):
+def _gru_backward(dys, dfinals, w_hh, b_hh, w_hr, mask, reverse, ys, states0, extra, dextra):
     rz, n, hn = extra
     (dh,) = dfinals
     T, H = n.shape[0], n.shape[-1]
@@ -213,16 +242,20 @@ def _gru_backward(dys, dfinals, w_hh, b_hh, w_hr, mask, reverse, ys, states0, ex
     Dn = (1 - z) * (1 - n * n)  # dh' -> d pre_n
     Dz = (h_prev - n) * z * (1 - z)  # dh' -> d pre_z
     Dr = hn * r * (1 - r)  # d pre_n -> d pre_r
+    e_n = e_rz = e_hn = [None] * T
+    if dextra:  # cotangents on the saved rz, n, hn: onto pre_rz, pre_n, hn
+        e_rz, e_n, e_hn = dextra[0] * rz * (1 - rz), dextra[1] * (1 - n * n), dextra[2]
     m = _float_mask(mask, T, n.dtype)
     dxp, dhp = _Steps(T), _Steps(T)
+    dys, Dn, Dz, Dr, r_, z_, e_n, e_rz, e_hn = _per_step(dys, Dn, Dz, Dr, r, z, e_n, e_rz, e_hn)
     for t in _order(T, not reverse):
         d, d_keep = _split(dh, dys[t], m[t])
-        dpn = d * Dn[t]
-        drz = torch.cat([dpn * Dr[t], d * Dz[t]], -1)
+        dpn = _plus(d * Dn[t], e_n[t])
+        drz = _plus(torch.cat([dpn * Dr[t], d * Dz[t]], -1), e_rz[t])
         dxp[t] = torch.cat([drz, dpn], -1)
-        dhp_t = torch.cat([drz, dpn * r[t]], -1)
+        dhp_t = torch.cat([drz, _plus(dpn * r_[t], e_hn[t])], -1)
         dhp[t] = dhp_t
-        dh = _plus(torch.addmm(d * z[t], dhp_t, w_hh), d_keep)
+        dh = _plus(torch.addmm(d * z_[t], dhp_t, w_hh), d_keep)
     dxp, dhp = dxp.out, dhp.out.flatten(0, -2)
     grads = {"w_hh": dhp.t() @ h_prev.flatten(0, -2)}
     if b_hh is not None:
@@ -249,12 +282,13 @@ def _rnn_forward(relu):
 
 
 def _rnn_backward(relu):
-    def backward(dys, dfinals, w_hh, b_hh, w_hr, mask, reverse, ys, states0, extra):
+    def backward(dys, dfinals, w_hh, b_hh, w_hr, mask, reverse, ys, states0, extra, dextra):
         # ys holds each step's new h (zero where masked: the gradient there is zero too)
         (dh,) = dfinals
         D = (ys > 0).to(ys.dtype) if relu else 1 - ys * ys
         m = _float_mask(mask, ys.shape[0], ys.dtype)
         dxp = _Steps(ys.shape[0])
+        dys, D = _per_step(dys, D)
         for t in _order(ys.shape[0], not reverse):
             d, d_keep = _split(dh, dys[t], m[t])
             dpre = d * D[t]
@@ -281,14 +315,62 @@ def _run_forward(kind, reverse, xp, states, w_hh, b_hh, w_hr, mask) -> list[Tens
 
 
 def _run_backward(kind, reverse, grads, w_hh, b_hh, w_hr, mask, saved) -> list[Tensor]:
-    """``[dxp, *dstates, dw_hh, (db_hh), (dw_hr)]``; ``grads = [dys, *dfinals]``,
-    ``saved = [ys, *states0, *extra]``."""
+    """``[dxp, *dstates, dw_hh, (db_hh), (dw_hr)]``; ``grads = [dys, *dfinals, *dextra]``,
+    ``saved = [ys, *states0, *extra]``. ``dextra`` (cotangents on the saved activations, shaped
+    like ``extra``) is present only in a second derivative: there the first backward reads the
+    saved activations, so gradient reaches them and is carried on to the inputs here."""
     n = _KINDS[kind][2]
-    dys, dfinals = grads[0], tuple(grads[1:1 + n])
+    dys, dfinals, dextra = grads[0], tuple(grads[1:1 + n]), grads[1 + n:]
     ys, states0, extra = saved[0], saved[1:1 + n], saved[1 + n:]
-    dxp, dstates, dw = _KINDS[kind][1](dys, dfinals, w_hh, b_hh, w_hr, mask, reverse, ys, states0, extra)
+    dxp, dstates, dw = _KINDS[kind][1](dys, dfinals, w_hh, b_hh, w_hr, mask, reverse, ys, states0, extra, dextra)
     return [dxp, *dstates, dw["w_hh"], *([dw["b_hh"]] if b_hh is not None else []),
             *([dw["w_hr"]] if w_hr is not None else [])]
+
+
+def _full_grads(grads, saved, n: int) -> list[Tensor]:
+    """``[dys, *dfinals]`` with zeros for absent ones, then the cotangents of the saved
+    activations only if one of them is present (zeros for the others)."""
+    out = [torch.zeros_like(s) if g is None else g for g, s in zip(grads[:1 + n], saved[:1 + n])]
+    dextra = grads[1 + n:]
+    if any(g is not None for g in dextra):
+        out += [torch.zeros_like(s) if g is None else g for g, s in zip(dextra, saved[1 + n:])]
+    return out
+
+
+def _run_double_backward(kind, reverse, grads, w_hh, b_hh, w_hr, mask, saved, cotangents) -> list[Tensor]:
+    """The VJP of ``_run_backward`` (what a second derivative needs): its loop is rerun with
+    autograd recording, then differentiated with ``cotangents`` (one per output of
+    ``_run_backward``; ``None``: zero). ``[*d grads, d w_hh, (d b_hh), (d w_hr), *d saved]``.
+    The forward recurrence is not rerun: gradient reaching the saved activations goes back to
+    the forward's own (hand-written) backward as their cotangents."""
+    weights = [w for w in (w_hh, b_hh, w_hr) if w is not None]
+    inputs = [t.detach().requires_grad_() for t in (*grads, *weights, *saved)]
+    g, w, s = inputs[:len(grads)], iter(inputs[len(grads):len(grads) + len(weights)]), inputs[len(grads) + len(weights):]
+    w_hh, b_hh, w_hr = next(w), (next(w) if b_hh is not None else None), (next(w) if w_hr is not None else None)
+    with torch.enable_grad():
+        outs = _run_backward(kind, reverse, g, w_hh, b_hh, w_hr, mask, s)
+    pairs = [(o, c) for o, c in zip(outs, cotangents) if c is not None and o.requires_grad]
+    res = torch.autograd.grad([o for o, _ in pairs], inputs, [c for _, c in pairs], allow_unused=True) \
+        if pairs else [None] * len(inputs)
+    return [torch.zeros_like(i) if r is None else r for i, r in zip(inputs, res)]
+
+
+try:
+    from torch.utils._python_dispatch import _disable_current_modes as _no_dispatch_modes
+except ImportError:  # pragma: no cover - private in torch; present from 2.0 to 2.13 at least
+    from contextlib import nullcontext as _no_dispatch_modes
+
+# the dispatcher's thread-local key sets of plain eager code (read at import, at top level)
+_EAGER_KEYS = (torch._C._dispatch_tls_local_include_set(), torch._C._dispatch_tls_local_exclude_set())
+
+
+@contextlib.contextmanager
+def _eager_island():
+    """Inside a custom op's implementation, plain eager code at top level (as ``fnnet.stack``'s
+    ops): the dispatcher excludes autograd there (and functorch, under a dispatch mode), and
+    the double backward reruns a loop under autograd."""
+    with _no_dispatch_modes(), torch._C._ForceDispatchKeyGuard(*_EAGER_KEYS), torch.enable_grad():
+        yield
 
 
 # -- the custom ops: what torch.compile sees ---------------------------------------------------------
@@ -326,6 +408,25 @@ def _(kind, reverse, grads, w_hh, b_hh, w_hr, mask, saved):
             *([w_hr.new_empty(w_hr.shape)] if w_hr is not None else [])]
 
 
+@torch.library.custom_op("cells::recurrence_double_backward", mutates_args=())
+def _double_backward_op(kind: str, reverse: bool, grads: list[Tensor], w_hh: Tensor,
+                        b_hh: Optional[Tensor], w_hr: Optional[Tensor], mask: Optional[Tensor],  # noqa: UP045
+                        saved: list[Tensor], cotangents: list[Optional[Tensor]]) -> list[Tensor]:  # noqa: UP045
+    with _eager_island():
+        return _run_double_backward(kind, reverse, grads, w_hh, b_hh, w_hr, mask, saved, cotangents)
+
+
+@_double_backward_op.register_fake
+def _(kind, reverse, grads, w_hh, b_hh, w_hr, mask, saved, cotangents):
+    return [t.new_empty(t.shape) for t in (*grads, w_hh, b_hh, w_hr, *saved) if t is not None]
+
+
+def _weight_grads(b_hh, w_hr, rest) -> tuple:
+    """``(d w_hh, d b_hh or None, d w_hr or None)`` from the weight part of an op's result."""
+    rest = iter(rest)
+    return next(rest), (next(rest) if b_hh is not None else None), (next(rest) if w_hr is not None else None)
+
+
 class _Recurrence(torch.autograd.Function):
     # in-place writes only into fresh tensors made from batched results: the loops run under vmap as they are
     generate_vmap_rule = True
@@ -344,48 +445,111 @@ class _Recurrence(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
+        # the saved activations are outputs like ys: differentiable, so that a second
+        # derivative (which differentiates the backward that reads them) reaches the inputs
         kind, reverse, mask, _, w_hh, b_hh, w_hr, h0, c0 = inputs
         states = (h0,) if c0 is None else (h0, c0)
         n = len(states)
-        saved = output[1 + n:]
-        ctx.save_for_backward(w_hh, b_hh, w_hr, mask, output[0], *states, *saved)
+        ctx.save_for_backward(w_hh, b_hh, w_hr, mask, output[0], *states, *output[1 + n:])
         ctx.kind, ctx.reverse, ctx.n = kind, reverse, n
-        ctx.mark_non_differentiable(*saved)
         ctx.set_materialize_grads(False)  # no zero-filled gradients for the saved outputs
 
     @staticmethod
-    def backward(ctx, dys, *dfinals):
+    def backward(ctx, dys, *d_outputs):
         w_hh, b_hh, w_hr, mask, *saved = ctx.saved_tensors
-        ys = saved[0]
-        grads = [dys if dys is not None else torch.zeros_like(ys)]
-        for d, s in zip(dfinals[:ctx.n], saved[1:1 + ctx.n]):  # the initial states
-            grads.append(d if d is not None else torch.zeros_like(s))
+        grads = _full_grads([dys, *d_outputs], saved, ctx.n)
         if torch.compiler.is_compiling():
-            # grad mode as it is: differentiated again (a second derivative), the op refuses
-            # (its autograd formula raises); under no_grad it would silently count as a constant
+            # grad mode as it is: differentiated again, the op refuses (its autograd formula
+            # raises; compiled, the layers step the cell for second derivatives: see
+            # second_derivative_ahead); under no_grad it would silently count as a constant
             out = _recurrence_backward_op(ctx.kind, ctx.reverse, grads, w_hh, b_hh, w_hr, mask, saved)
+        elif _differentiated_again(saved):
+            # a second derivative: the backward as a differentiable Function (its own backward
+            # is cells::recurrence_double_backward); the saved activations are differentiable
+            # outputs, so the cotangents reaching them come back here as d_outputs
+            out = _RecurrenceBackward.apply(ctx.kind, ctx.reverse, mask, w_hh, b_hh, w_hr, *_slots(grads),
+                                            *_slots(saved))
         else:
-            if _differentiated_again(saved):
-                raise RuntimeError(
-                    f"cells: the hand-written backward of the {ctx.kind} recurrence cannot be differentiated "
-                    "again (a second derivative: grad of grad, create_graph=True, a gradient penalty); "
-                    "build the layer with fused=False to differentiate the cells step by step")
             with torch.no_grad():  # fn.grad runs backwards with grad mode on: do not record the loop
                 out = _run_backward(ctx.kind, ctx.reverse, grads, w_hh, b_hh, w_hr, mask, saved)
-        dxp, dstates, rest = out[0], out[1:1 + ctx.n], iter(out[1 + ctx.n:])
-        dw_hh = next(rest)
-        db_hh = next(rest) if b_hh is not None else None
-        dw_hr = next(rest) if w_hr is not None else None
-        return (None, None, None, dxp, dw_hh, db_hh, dw_hr, *dstates, *[None] * (2 - ctx.n))
+        dxp, dstates = out[0], out[1:1 + ctx.n]
+        return (None, None, None, dxp, *_weight_grads(b_hh, w_hr, out[1 + ctx.n:]), *dstates,
+                *[None] * (2 - ctx.n))
+
+
+_SLOTS = 5  # the most gradients, saved tensors or cotangents a backward takes (LSTM: [dys, dh, dc, d acts, d cs])
+
+
+def _slots(tensors) -> list:
+    """``tensors`` padded with ``None`` to ``_SLOTS``: the Functions below take fixed parameters,
+    not ``*tensors`` (dynamo counts a forward's parameters to tell its style, see ``_Recurrence``)."""
+    return [*tensors, *[None] * (_SLOTS - len(tensors))]
+
+
+def _present(*tensors) -> list:
+    return [t for t in tensors if t is not None]
+
+
+class _RecurrenceBackward(torch.autograd.Function):
+    """``_Recurrence``'s backward as a function of its own, so that it can be differentiated:
+    inputs ``grads`` (``g*``) and ``saved`` (``s*``) as ``_run_backward`` takes them, outputs its
+    ``[dxp, *dstates, dw_hh, (db_hh), (dw_hr)]``. Its backward is ``_RecurrenceDoubleBackward``."""
+
+    @staticmethod
+    def forward(kind, reverse, mask, w_hh, b_hh, w_hr, g0, g1, g2, g3, g4, s0, s1, s2, s3, s4):
+        grads, saved = _present(g0, g1, g2, g3, g4), _present(s0, s1, s2, s3, s4)
+        return tuple(_run_backward(kind, reverse, grads, w_hh, b_hh, w_hr, mask, saved))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        kind, reverse, mask, w_hh, b_hh, w_hr, *tensors = inputs
+        grads, saved = _present(*tensors[:_SLOTS]), _present(*tensors[_SLOTS:])
+        ctx.save_for_backward(w_hh, b_hh, w_hr, mask, *grads, *saved)
+        ctx.kind, ctx.reverse, ctx.n_grads = kind, reverse, len(grads)
+
+    @staticmethod
+    def backward(ctx, *cotangents):
+        w_hh, b_hh, w_hr, mask, *tensors = ctx.saved_tensors
+        n = ctx.n_grads
+        grads, saved = tensors[:n], tensors[n:]
+        out = _RecurrenceDoubleBackward.apply(ctx.kind, ctx.reverse, mask, w_hh, b_hh, w_hr, *_slots(grads),
+                                              *_slots(saved), *_slots(cotangents))
+        d_grads, d_weights, d_saved = out[:n], _weight_grads(b_hh, w_hr, out[n:]), out[len(out) - len(saved):]
+        return (None, None, None, *d_weights, *_slots(d_grads), *_slots(d_saved))
+
+
+class _RecurrenceDoubleBackward(torch.autograd.Function):
+    """The VJP of ``_RecurrenceBackward`` (``_run_double_backward``, one opaque op):
+    ``[*d grads, d w_hh, (d b_hh), (d w_hr), *d saved]``. A third derivative is refused by name."""
+
+    @staticmethod
+    def forward(kind, reverse, mask, w_hh, b_hh, w_hr, g0, g1, g2, g3, g4, s0, s1, s2, s3, s4,
+                c0, c1, c2, c3, c4):
+        grads, saved = _present(g0, g1, g2, g3, g4), _present(s0, s1, s2, s3, s4)
+        n_outputs = 2 + _KINDS[kind][2] + (b_hh is not None) + (w_hr is not None)  # of _run_backward
+        cotangents = [c0, c1, c2, c3, c4][:n_outputs]  # None: zero
+        with torch.no_grad():
+            return tuple(_double_backward_op(kind, reverse, grads, w_hh, b_hh, w_hr, mask, saved, cotangents))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            "cells: the second derivative of a fused recurrence cannot be differentiated again (a third "
+            "derivative); build the layer with fused=False to differentiate the cells step by step")
 
 
 def refuse_second_derivative(op, what: str) -> None:
-    """Give a backward op an autograd formula that refuses: a compiled second derivative
-    through it raises (eager backwards check :func:`_differentiated_again` first)."""
+    """Give a compiled backward op an autograd formula that refuses: a compiled second derivative
+    through it raises instead of silently counting it as a constant (the layers step the cell
+    where they see one coming, :func:`steps_the_cell`; eager backwards differentiate)."""
     def backward(ctx, *grads):
         raise RuntimeError(
-            f"cells: the {what} cannot be differentiated again (a second derivative: grad of grad, "
-            "create_graph=True, a gradient penalty); build the layer with fused=False to differentiate "
+            f"cells: the compiled {what} cannot be differentiated again (a second derivative the layer "
+            "did not see coming); take it eagerly, or build the layer with fused=False to differentiate "
             "the cells step by step")
     op.register_autograd(backward, setup_context=lambda ctx, inputs, output: None)
 
@@ -407,24 +571,56 @@ def _base(t: Tensor) -> Tensor:
     return t
 
 
-def second_derivative_ahead(weights: tuple, others: tuple = ()) -> bool:
-    """Whether the backward of a recurrence over these tensors will itself be differentiated, so
-    that the layer must step the cell (differentiable to any order) instead of running a
-    hand-written backward: inside nested differentiating transforms (a gradient penalty under
-    ``fn.grad``), or inside one transform while autograd underneath it also tracks a tensor
-    (``torch.autograd.grad`` of a ``fn.grad`` result: meta-learning, a penalty differentiated
-    by ``.backward()``). A plain ``create_graph=True`` backward cannot be seen coming here;
-    the backward refuses it.
+def derivative_order_ahead(weights: tuple, others: tuple = ()) -> int:
+    """How many times the output of a recurrence over these tensors will be differentiated, as
+    far as can be seen from inside it: the differentiating transforms enclosing the call, plus
+    one when autograd underneath them also tracks one of the tensors (``torch.autograd.grad``
+    of a ``fn.grad`` result: meta-learning, a penalty differentiated by ``.backward()``). 2 is a
+    second derivative (a gradient penalty under ``fn.grad``). A plain ``create_graph=True``
+    backward cannot be seen coming here (order 0): the backward finds out itself
+    (:func:`_differentiated_again`).
 
     Compiled, only the weights are asked (dynamo reports ``requires_grad`` of a compiled
     function's own inputs as autograd outside the transforms sees them; intermediates always
     require grad inside a transform)."""
     nesting = grad_nesting()
-    if nesting != 1:
-        return nesting > 1
+    if nesting == 0:
+        return 0
     if torch.compiler.is_compiling():
-        return any(w is not None and w.requires_grad for w in weights)
-    return any(t is not None and _base(t).requires_grad for t in (*weights, *others))
+        tracked = any(w is not None and w.requires_grad for w in weights)
+    else:
+        tracked = any(t is not None and _base(t).requires_grad for t in (*weights, *others))
+    return nesting + tracked
+
+
+def second_derivative_ahead(weights: tuple, others: tuple = ()) -> bool:
+    """Whether the backward of a recurrence over these tensors will itself be differentiated."""
+    return derivative_order_ahead(weights, others) >= 2
+
+
+@torch.compiler.assume_constant_result
+def _forward_mode_or_vmap() -> bool:
+    """Whether a ``jvp`` or ``vmap`` transform encloses this call (read as a constant while dynamo traces)."""
+    return any(i.key() in (TransformType.Jvp, TransformType.Vmap) for i in retrieve_all_functorch_interpreters())
+
+
+def steps_the_cell(weights: tuple, others: tuple = ()) -> bool:
+    """Whether a layer must step the cell (differentiable to any order) instead of running the
+    fused recurrence, because of what will differentiate it. The fused recurrence's backward is
+    differentiable once (a second derivative: ``_RecurrenceBackward``), eagerly, in reverse mode,
+    outside ``vmap``. So the cell is stepped for
+
+    * a third derivative or more (its double backward refuses to be differentiated);
+    * a second derivative under ``jvp`` or ``vmap`` (the double backward is one op with neither
+      a forward-mode formula nor a batching rule);
+    * a second derivative under ``torch.compile``: torch 2.13 differentiates a compiled
+      ``autograd.Function``'s backward as a constant, silently (zero second derivatives; pinned
+      by ``tests/test_cells_double_backward.py``).
+    """
+    order = derivative_order_ahead(weights, others)
+    if order < 2:
+        return False
+    return order > 2 or torch.compiler.is_compiling() or _forward_mode_or_vmap()
 
 
 def _differentiated_again(saved: list) -> bool:

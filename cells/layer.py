@@ -31,15 +31,18 @@ from ``key``. The input projection of all time steps is one matmul outside the t
 
 ``fused=True`` (default): each layer and direction runs as one recurrence with a hand-written
 VJP (``cells.fused``); under ``fn.jit`` that recurrence is one opaque op, so the compiled step
-has the same graph, and compile time, for any sequence length. With ``native=True`` (default)
-an LSTM layer runs on the fused kernel ``nn.LSTM`` itself runs where that one applies (oneDNN:
-CPU, float32, no ``proj_size``, no ``lengths``, outside ``vmap``; ``cells.native``), with the
-same numbers bit for bit; ``native=False`` keeps the hand-written recurrence everywhere.
+has the same graph, and compile time, for any sequence length. Eagerly its backward is itself
+differentiable once (a gradient penalty, ``create_graph=True``, autograd of a ``fn.grad``
+result). With ``native=True`` (default) an LSTM layer runs on the fused kernel ``nn.LSTM``
+itself runs where that one applies (oneDNN: CPU, float32, no ``proj_size``, no ``lengths``,
+outside ``vmap``, no second derivative seen coming; ``cells.native``), with the same numbers
+bit for bit; ``native=False`` keeps the hand-written recurrence everywhere.
 ``fused=False``: the cell's step scanned over time (``fnnet.scan``) and differentiated by
-autograd - the reference the fused path is tested against, and the path for second
-derivatives (the fused backward refuses to be differentiated again), and what a ``vmap``
-inside ``fn.jit`` runs whatever ``fused`` says (torch.compile cannot vmap the fused ops'
-autograd.Function yet); compiled, its scan traces the step once (unrolled inside ``vmap``).
+autograd - the reference the fused path is tested against, and what runs whatever ``fused``
+says where the fused backward does not reach (``cells.fused.steps_the_cell``: a second
+derivative under ``fn.jit`` or under ``vmap``/``jvp``, a third one) and for a ``vmap`` inside
+``fn.jit`` (torch.compile cannot vmap the fused ops' autograd.Function yet); compiled, its scan
+traces the step once (unrolled inside ``vmap``).
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from fnnet.scan import scan
 from .cell import (GRUCell, LSTMCell, RNNCell, _Cell, check_bool, check_dtypes, check_int,
                    check_nonlinearity, check_tensor)
 from . import native
-from .fused import recurrence, second_derivative_ahead
+from .fused import recurrence, second_derivative_ahead, steps_the_cell
 
 
 def check_length_values(lengths: torch.Tensor, T: int, layer: str) -> None:
@@ -221,17 +224,18 @@ class _RNNBase(fn.Module):
         """One layer, one direction. x ``[T, B, I]`` -> (final state, outputs ``[T, B, H]``)."""
         w_ih, w_hh, b_ih, b_hh, *extra = weights
         cell = self.cell()
-        # compiled, the cell is stepped instead (a) inside vmap (an ensemble): torch.compile cannot
-        # vmap an autograd.Function yet, and (b) inside nested grads (a gradient penalty): dynamo
-        # takes the fused backward as a constant when differentiating it again (silently
-        # partial gradients), where eager refuses
-        # (c) eager or compiled, whenever this backward will itself be differentiated
-        # (second_derivative_ahead: a penalty, autograd of a fn.grad result)
+        # the cell is stepped instead (a) compiled inside vmap (an ensemble): torch.compile cannot
+        # vmap an autograd.Function yet, and (b) where what differentiates the layer is more than
+        # the fused backward supports (steps_the_cell: a compiled second derivative, a third one,
+        # a second one under jvp or vmap). An eager second derivative (a gradient penalty,
+        # autograd of a fn.grad result) runs the fused recurrence, whose backward is
+        # differentiable; not oneDNN's, whose backward is not
         states = state if isinstance(state, tuple) else (state,)
         fused = self.fused and not (
             (torch.compiler.is_compiling() and fn.transforms.inside_vmap())
-            or second_derivative_ahead(weights, (x, *states)))
-        if fused and self.native and cell.kind == "lstm" and native.available(x, len(extra) > 0, mask):
+            or steps_the_cell(weights, (x, *states)))
+        if (fused and self.native and cell.kind == "lstm" and native.available(x, len(extra) > 0, mask)
+                and not second_derivative_ahead(weights, (x, *states))):
             ys, finals = native.lstm_layer(x, w_ih, w_hh, b_ih, b_hh, state, reverse=reverse)
             return finals, ys
         xp = cell.project(w_ih, b_ih, b_hh, x)  # all time steps in one matmul

@@ -17,8 +17,10 @@ is.
 
 ``available(...)`` says when it applies: CPU, float32, oneDNN built and enabled
 (``torch.backends.mkldnn``), a non-empty batch, no ``proj_size``, no ``lengths`` mask, and no ``vmap``
-(the kernel has no batching rule). Otherwise the layers use ``cells.fused``. Like
-``cells.fused``, its backward cannot be differentiated again (``fused=False`` for that).
+(the kernel has no batching rule). Otherwise the layers use ``cells.fused``. oneDNN's backward
+cannot be differentiated: where a second derivative is seen coming (a gradient penalty) the
+layers run ``cells.fused``, whose backward can; an unforeseen one (``create_graph=True``) reruns
+the layer on ``cells.fused`` inside this backward.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import torch
 from fnnet._compat import parse_torch_version
 from fnnet.transforms import inside_vmap
 
-from .fused import _differentiated_again, fresh_views, refuse_second_derivative
+from .fused import _differentiated_again, fresh_views, recurrence, refuse_second_derivative
 
 Tensor = torch.Tensor
 
@@ -142,16 +144,32 @@ class _OneDNNLSTM(torch.autograd.Function):
     def backward(ctx, dys, dh, dc, _):
         saved = ctx.saved_tensors
         if not torch.compiler.is_compiling() and _differentiated_again(saved):
-            raise RuntimeError(
-                "cells: the LSTM's native (oneDNN) backward cannot be differentiated again (a second "
-                "derivative: grad of grad, create_graph=True, a gradient penalty); build the layer "
-                "with fused=False to differentiate the cells step by step")
+            return (*_backward_through_fused(*saved[:7], dys, dh, dc, ctx.reverse), None)
         if torch.compiler.is_compiling():  # differentiated again, the op refuses (see fused.py)
             dx, dw_ih, dw_hh, db, dh0, dc0 = _backward_op(*saved, dys, dh, dc, ctx.reverse)
         else:
             with torch.no_grad():
                 dx, dw_ih, dw_hh, db, dh0, dc0 = _backward_op(*saved, dys, dh, dc, ctx.reverse)
         return dx, dw_ih, dw_hh, db, db, dh0, dc0, None
+
+
+def _backward_through_fused(x, w_ih, w_hh, b_ih, b_hh, h0, c0, dys, dh, dc, reverse) -> tuple:
+    """oneDNN's backward is not differentiable: when this backward is itself differentiated (an
+    unforeseen second derivative, ``create_graph=True``; the layers route foreseen ones to
+    ``cells.fused`` directly), the layer is rerun on ``cells.fused``'s recurrence, whose backward
+    is differentiable, and differentiated with the incoming gradients, recording. One more
+    forward; the same numbers to rounding."""
+    ins = (x, w_ih, w_hh, b_ih, b_hh, h0, c0)
+    with torch.enable_grad():
+        xp = torch.nn.functional.linear(x, w_ih, b_ih + b_hh)
+        ys, (h, c) = recurrence("lstm", xp, (h0, c0), w_hh, reverse=reverse)
+        pairs = [(o, g) for o, g in ((ys, dys), (h, dh), (c, dc)) if g is not None]
+        wanted = [t for t in ins if t.requires_grad]
+        if not pairs or not wanted:
+            return (None,) * len(ins)
+        grads = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], create_graph=True,
+                                         allow_unused=True))
+        return tuple(next(grads) if t.requires_grad else None for t in ins)
 
 
 def lstm_layer(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None,
