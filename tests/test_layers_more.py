@@ -397,3 +397,14 @@ BAD = {
 def test_bad_arguments_and_inputs_are_refused_naming_the_layer(case):
     call, match = BAD[case]
     expect_clear_error(call, match=match)
+
+
+def test_embedding_refuses_an_index_out_of_range_by_name_eager_and_compiled():
+    emb = fn.Embedding(5, 3)
+    params = emb.init(KEY)
+    for bad in (torch.tensor([0, 5]), torch.tensor([-1, 2])):
+        expect_clear_error(lambda bad=bad: emb.apply(params, bad), match=r"Embedding: indices must be in \[0, 5\)")
+    lookup = fn.jit(emb.apply)
+    assert torch.equal(lookup(params, torch.tensor([4, 0])), params["weight"][[4, 0]])
+    with pytest.raises(ValueError, match=r"Embedding: indices must be in \[0, 5\)"):
+        lookup(params, torch.tensor([1, 7]))

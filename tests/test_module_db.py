@@ -37,10 +37,7 @@ EXPECTED_MISSING = {
 }
 
 # twins that do not pass yet, and why: each xfails strictly, so a fix fails the test until it is taken out
-KNOWN_FAILURES = {
-    ("errors", "Embedding"): "an index out of range reaches torch's kernel (an IndexError from torch, not from "
-                             "fnnet): Embedding checks no index values",
-}
+KNOWN_FAILURES: dict = {}
 if "input" not in inspect.signature(fn.Linear.apply).parameters:  # (being added: then its samples run plainly)
     KNOWN_FAILURES["samples", "Linear"] = "Linear.apply takes no input= keyword (module_db's first sample passes it)"
 

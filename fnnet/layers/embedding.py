@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import init as I
+from .._values import checked_values
 from ..module import Module
 from . import _util as U
 from ._util import expect
@@ -75,6 +76,9 @@ class Embedding(Module):
     def apply(self, params, indices, *, key=None, train=False):
         expect(self, isinstance(indices, torch.Tensor) and indices.dtype in _INDEX_DTYPES,
                "integer indices (int64 or int32)", indices)
+        indices = checked_values(indices, 0, self.num_embeddings - 1,
+                                 f"Embedding: indices must be in [0, {self.num_embeddings}) (num_embeddings)",
+                                 kernel_checks_on_accelerators=True)
         w = params["weight"]
         if self.freeze:
             w = w.detach()
