@@ -30,6 +30,11 @@ How it runs:
   (not fused by inductor). That backward cannot be differentiated again (compiled grad of
   grad raises); eagerly it can. A compiled ``vmap`` over a stack runs the unrolled scan.
 
+The opaque ops trade speed for flat compile time: the block runs op by op, unfused, and is
+computed twice. ``unroll=True`` keeps the unrolled scan for compiled training instead (inductor
+fuses the whole step; compile time grows with ``n``): for small blocks, where per-op overhead
+dominates, the unrolled step is several times faster.
+
 ``remat=True`` wraps each layer in :func:`fnnet.checkpoint` on the eager path: the backward
 recomputes a layer's activations from its input, so a deep stack keeps the layer inputs
 instead of every intermediate (the compiled training path always does).
@@ -66,6 +71,7 @@ class Stacked(Module):
     block: Module
     n: int
     remat: bool = False
+    unroll: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "block", _as_module(self.block, "Stacked"))  # as Sequential takes a layer
@@ -73,8 +79,9 @@ class Stacked(Module):
             raise TypeError(f"Stacked: n must be an int, got {type(self.n).__name__}")
         if self.n < 1:
             raise ValueError(f"Stacked: n must be >= 1, got {self.n}")
-        if not isinstance(self.remat, bool):
-            raise TypeError(f"Stacked: remat must be a bool, got {type(self.remat).__name__}")
+        for name in ("remat", "unroll"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"Stacked: {name} must be a bool, got {type(getattr(self, name)).__name__}")
 
     @property
     def stateful(self) -> bool:
@@ -107,6 +114,8 @@ class Stacked(Module):
             xs = xs or {}
             y, s_new = layer(xs.get("params", {}), xs.get("state"), xs.get("key"), h)
             _check_carry(self, h, y)
+            if not stateful:  # an empty y, not None: inductor's scan lowering fails on a scan without ys
+                s_new = T.leaves(y)[0].new_zeros(0)
             return y, s_new
 
         xs = {"params": params or {}}
@@ -114,7 +123,7 @@ class Stacked(Module):
             xs["state"] = state
         if keys is not None:
             xs["key"] = keys
-        if _opaque_applies(x):
+        if not self.unroll and _opaque_applies(x):
             y, new_state = _stacked_op(self, train, x, xs)
             return (y, new_state) if stateful else y
         if not T.leaves(xs):  # a parameter-free, stateless block without a key: nothing to slice
@@ -263,26 +272,17 @@ def _fresh_views(*tensors: torch.Tensor) -> tuple:
     return tuple(t.view(t.shape) for t in tensors)
 
 
-def _layer(model: Stacked, train: bool, paths: tuple, leaves: list, i: int):
-    """Layer ``i``'s params, state and key from the stacked leaves, and the function
-    ``(params_i, h) -> (y, new_state_i)``."""
-    xs = _nest(paths, [v[i] for v in leaves])
-
-    def run(p, h):
-        return _run(model.block, p, h, xs.get("state"), xs.get("key"), train)
-    return xs["params"], run
-
-
 def _forward_impl(handle: int, x: torch.Tensor, leaves: list) -> list:
     model, train, paths, _ = _REGISTRY[handle]
     inputs = x.new_empty((model.n, *x.shape))
+    columns = [v.unbind(0) for v in leaves]
     state_paths = [p[1:] for p in paths if p[0] == "state"]
     new_state = [[] for _ in state_paths]
     h = x
     for i in range(model.n):
         inputs[i].copy_(h)
-        p, run = _layer(model, train, paths, leaves, i)
-        h, s = run(p, h)
+        xs = _nest(paths, [c[i] for c in columns])
+        h, s = _run(model.block, xs["params"], h, xs.get("state"), xs.get("key"), train)
         _check_carry(model, inputs[i], h)
         for column, path in zip(new_state, state_paths):  # in the input state's order
             column.append(_at(s, path))
@@ -296,15 +296,25 @@ def _at(tree: dict, path: tuple) -> torch.Tensor:
 
 
 def _backward_impl(handle: int, dy: torch.Tensor, inputs: torch.Tensor, leaves: list) -> list:
+    """The layers in reverse: each one's forward recomputed from its input on fresh leaves and
+    differentiated by autograd (restored in the island), the input gradient carried down."""
     model, train, paths, n_params = _REGISTRY[handle]
     grads = [torch.zeros_like(v) for v in leaves[:n_params]]
+    columns = [v.unbind(0) for v in leaves]
     g = dy
     for i in range(model.n - 1, -1, -1):
-        p, run = _layer(model, train, paths, leaves, i)
-        _, vjp = torch.func.vjp(lambda p_, h_: run(p_, h_)[0], p, inputs[i])
-        dp, g = vjp(g)
-        for buf, d in zip(grads, T.leaves(dp)):
-            buf[i].copy_(d)
+        p = [c[i].detach().requires_grad_(c[i].is_floating_point()) for c in columns[:n_params]]
+        h = inputs[i].detach().requires_grad_()
+        xs = _nest(paths, p + [c[i] for c in columns[n_params:]])
+        y, _ = _run(model.block, xs["params"], h, xs.get("state"), xs.get("key"), train)
+        wrt = [h, *(v for v in p if v.requires_grad)]
+        d = iter(torch.autograd.grad(y, wrt, g, allow_unused=True))
+        dh = next(d)
+        for buf, v in zip(grads, p):
+            dv = next(d) if v.requires_grad else None
+            if dv is not None:
+                buf[i].copy_(dv)
+        g = dh if dh is not None else torch.zeros_like(g)
     return [g, *grads]
 
 

@@ -120,6 +120,8 @@ def test_errors_name_stacked_and_what_was_expected():
         fn.Stacked(BLOCK, 0)
     with pytest.raises(TypeError, match="Stacked: n must be an int, got float"):
         fn.Stacked(BLOCK, 2.0)
+    with pytest.raises(TypeError, match="Stacked: unroll must be a bool, got int"):
+        fn.Stacked(BLOCK, 2, unroll=1)
     with pytest.raises(TypeError, match="Stacked: expected an fnnet Module, a function or a list of them, got int"):
         fn.Stacked(3, 2)
     widen = fn.Stacked(fn.Linear(D, 2 * D), 2)
@@ -166,18 +168,26 @@ def test_compiled_inference_traces_the_block_once_whatever_the_depth():
     assert _graph_size(seq16, seq16.init(KEY), x) > 3 * _graph_size(seq4, seq4.init(KEY), x)
 
 
-def test_a_compiled_training_step_holds_two_opaque_ops_whatever_the_depth():
+def test_a_compiled_training_step_holds_two_opaque_ops_whatever_the_depth_unless_unrolled():
     x = torch.randn(4, D)
     shallow, deep = fn.Stacked(BLOCK, 4), fn.Stacked(BLOCK, 16)
     assert _graph_size(shallow, shallow.init(KEY), x, grad=True) == _graph_size(deep, deep.init(KEY), x, grad=True)
+    shallow, deep = fn.Stacked(BLOCK, 4, unroll=True), fn.Stacked(BLOCK, 16, unroll=True)
+    assert _graph_size(deep, deep.init(KEY), x, grad=True) > 2 * _graph_size(shallow, shallow.init(KEY), x, grad=True)
 
 
 def test_compiled_with_inductor_inference_and_training_equal_eager():
-    model = fn.Stacked(BN_BLOCK, 3)
+    model, plain = fn.Stacked(BN_BLOCK, 3), fn.Stacked(BLOCK, 5)  # with and without state
     params, state, x = f64(model.init(KEY)), f64(model.init_state()), x64(6, D)
+    p_plain = f64(plain.init(KEY))
+
+    def infer(params, state, p_plain, x):
+        return model.apply(params, x, state=state, train=False)[0], plain.apply(p_plain, x)
+
     with torch.no_grad():
-        y, _ = fn.jit(model.apply)(params, x, state=state, train=False)
+        y, y_plain = fn.jit(infer)(params, state, p_plain, x)
     assert_close(y, model.apply(params, x, state=state, train=False)[0])
+    assert_close(y_plain, plain.apply(p_plain, x))
 
     def loss(p, s):
         y, new_state = model.apply(p, x, state=s, train=True)
