@@ -100,35 +100,52 @@ def test_only_the_final_state_used_still_gives_gradients_to_every_input():
     assert all(gr.abs().sum() > 0 for gr in grads)
 
 
-def test_a_second_derivative_through_the_hand_written_backward_is_refused_and_fused_false_gives_it():
-    """The saved activations are constants to a second derivative, so grad of grad, grad of vjp
-    and create_graph raise (instead of silently wrong numbers); first-order transforms work."""
-    _, xp, states, w_hh, b_hh, _, _ = _setup("gru", 4, 2, 3, 0, seed=2)
+def test_second_derivatives_through_the_hand_written_backward_equal_the_step_by_step_ones_and_a_third_is_refused():
+    """The backward is differentiable once (its saved activations are differentiable outputs):
+    grad of grad, grad of vjp and create_graph give the reference loop's second derivatives;
+    a third derivative raises by name instead of silently wrong numbers; first-order
+    transforms work as before."""
+    cell, xp, states, w_hh, b_hh, _, _ = _setup("gru", 4, 2, 3, 0, seed=2)
+    mask = torch.ones(4, 2, 1, dtype=torch.bool)
 
-    def loss(w):
-        ys, (h,) = recurrence("gru", xp, states, w, b_hh, reverse=True)
-        return ys.pow(3).sum() + h.sum()
+    def loss_of(fused):
+        def loss(w):
+            if fused:
+                ys, (h,) = recurrence("gru", xp, states, w, b_hh, reverse=True)
+            else:
+                ys, (h,) = _reference(cell, xp, states, w, b_hh, None, mask, True)
+            return ys.pow(3).sum() + h.sum()
+        return loss
 
-    def grad_of_vjp(w):
-        return torch.func.vjp(loss, w)[1](torch.ones((), dtype=F64))[0].sum()
+    def grad_of_grad(loss):
+        return fn.grad(lambda w: fn.grad(loss)(w).square().sum())
 
-    def create_graph(w):
-        w = w.clone().requires_grad_()
-        return torch.autograd.grad(loss(w), w, create_graph=True)
+    def grad_of_vjp(loss):
+        return fn.grad(lambda w: torch.func.vjp(loss, w)[1](torch.ones((), dtype=F64))[0].square().sum())
 
-    for second in (fn.grad(lambda w: fn.grad(loss)(w).sum()), fn.grad(grad_of_vjp), create_graph):
-        with pytest.raises(RuntimeError, match="fused=False"):
-            second(w_hh)
-    assert torch.func.jacrev(loss)(w_hh).shape == w_hh.shape
-    assert fn.vmap(fn.grad(loss))(torch.stack([w_hh, w_hh])).shape == (2, *w_hh.shape)
+    def create_graph(loss):
+        def f(w):
+            w = w.clone().requires_grad_()
+            (g,) = torch.autograd.grad(loss(w), w, create_graph=True)
+            return torch.autograd.grad(g.square().sum(), w)[0]
+        return f
 
-    # the step-by-step path gives second derivatives: a gradient penalty as nn.GRU computes it
+    for second in (grad_of_grad, grad_of_vjp, create_graph):
+        want = second(loss_of(False))(w_hh)
+        assert want.abs().max() > 0
+        assert_close(second(loss_of(True))(w_hh), want)
+    with pytest.raises(RuntimeError, match="third derivative.*fused=False"):
+        fn.grad(lambda w: grad_of_grad(loss_of(True))(w).sum())(w_hh)
+    assert torch.func.jacrev(loss_of(True))(w_hh).shape == w_hh.shape
+    assert fn.vmap(fn.grad(loss_of(True)))(torch.stack([w_hh, w_hh])).shape == (2, *w_hh.shape)
+
+    # both layer paths give a gradient penalty as nn.GRU computes it
     torch.manual_seed(0)
     theirs, x = nn.GRU(2, 3).double(), torch.randn(4, 2, 2, dtype=F64)
     params = fn.params_from_module(theirs)
-    ours = cells.GRU(2, 3, fused=False)
-    gp = fn.grad(lambda x: fn.grad(lambda x: ours.apply(params, x)[0].pow(3).sum())(x).square().sum())(x)
     xt = x.clone().requires_grad_()
     (dx,) = torch.autograd.grad(theirs(xt)[0].pow(3).sum(), xt, create_graph=True)
     (want,) = torch.autograd.grad(dx.square().sum(), xt)
-    assert_close(gp, want)
+    for ours in (cells.GRU(2, 3, fused=False), cells.GRU(2, 3)):
+        gp = fn.grad(lambda x: fn.grad(lambda x: ours.apply(params, x)[0].pow(3).sum())(x).square().sum())(x)
+        assert_close(gp, want)

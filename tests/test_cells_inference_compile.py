@@ -109,9 +109,9 @@ def test_a_compiled_gradient_wrt_the_input_or_one_weight_alone_equals_eager(kind
 @pytest.mark.parametrize("kind, dtype", [pytest.param("LSTM", torch.float32, marks=pytest.mark.slow),
                                          ("GRU", torch.float64)])
 def test_a_gradient_penalty_through_the_layers_equals_the_step_by_step_one_eager_and_compiled(kind, dtype):
-    """A second derivative (grad of grad): inside nested grads the layer steps the cell (its
-    hand-written backward cannot be differentiated; compiled, dynamo would take it as a
-    constant: silently partial gradients), so fused layers give fused=False's numbers."""
+    """A second derivative (grad of grad): eagerly through the fused recurrence's differentiable
+    backward; compiled, the layer steps the cell (dynamo would take the fused backward as a
+    constant: silently partial gradients). Both give fused=False's numbers."""
     layer, stepped = getattr(cells, kind)(3, 4), getattr(cells, kind)(3, 4, fused=False)
     params = fn.tree.map(lambda p: p.to(dtype), layer.init(random.key(0)))
     x = torch.randn(3, 2, 3, dtype=dtype)
@@ -129,8 +129,8 @@ def test_a_gradient_penalty_through_the_layers_equals_the_step_by_step_one_eager
 @pytest.mark.parametrize("kind", ["GRU", pytest.param("LSTM", marks=pytest.mark.slow)])
 def test_autograd_of_a_fn_grad_through_a_layer_gives_torchs_second_derivatives_eager_and_compiled(kind):
     """A penalty on an input gradient (fn.grad inside), differentiated by autograd outside
-    (meta-learning, .backward() of a penalty): the layer's own backward is differentiated, so
-    the layer steps the cell instead of its hand-written backward. Eager and fn.jit (inductor)
+    (meta-learning, .backward() of a penalty): the layer's own backward is differentiated
+    (eagerly the fused one, compiled the stepped cell's). Eager and fn.jit (inductor)
     give nn.GRU/nn.LSTM's create_graph=True gradients (the fused backward once silently
     dropped every term but weight_ih's)."""
     torch.manual_seed(0)

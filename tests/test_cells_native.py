@@ -197,10 +197,11 @@ def test_the_hand_written_recurrence_runs_where_the_native_kernel_does_not_apply
     assert_close(out, ref)
 
 
-def test_a_second_derivative_steps_the_cell_or_is_refused_by_name_when_unforeseeable():
-    """Nested fn.grad: the layer sees the second derivative coming and steps the cell (the
-    numbers of fused=False). Plain autograd with create_graph=True cannot be seen coming: the
-    native backward refuses it by name, never a silent constant."""
+def test_a_second_derivative_runs_on_cells_fused_foreseen_or_not():
+    """oneDNN's backward is not differentiable. Nested fn.grad: the layer sees the second
+    derivative coming and runs cells.fused instead (whose backward is; oneDNN's forward does
+    not run). Plain autograd with create_graph=True cannot be seen coming: the native backward
+    reruns the layer on cells.fused and differentiates that. Both give fused=False's numbers."""
     lstm = cells.LSTM(2, 3)
     params = lstm.init(random.key(0))
     x = torch.randn(4, 2, 2)
@@ -211,7 +212,15 @@ def test_a_second_derivative_steps_the_cell_or_is_refused_by_name_when_unforesee
             return sum(v.square().sum() for v in g.values())
         return f
     want = fn.grad(grad_norm(cells.LSTM(2, 3, fused=False)))(params)
-    assert_trees_close(fn.grad(grad_norm(lstm))(params), want)
-    p = {k: v.clone().requires_grad_() for k, v in params.items()}
-    with pytest.raises(RuntimeError, match="native \\(oneDNN\\) backward cannot be differentiated again.*fused=False"):
-        torch.autograd.grad(lstm.apply(p, x)[0].square().sum(), list(p.values()), create_graph=True)
+    with mock.patch.object(native, "_forward_op", wraps=native._forward_op) as spy:
+        assert_trees_close(fn.grad(grad_norm(lstm))(params), want)
+    assert spy.call_count == 0
+
+    def create_graph(layer):
+        p = {k: v.clone().requires_grad_() for k, v in params.items()}
+        g = torch.autograd.grad(layer.apply(p, x)[0].square().sum(), list(p.values()), create_graph=True)
+        return dict(zip(p, torch.autograd.grad(sum(v.square().sum() for v in g), list(p.values()))))
+    with mock.patch.object(native, "_forward_op", wraps=native._forward_op) as spy:
+        got = create_graph(lstm)
+    assert spy.call_count == 1  # the forward ran on oneDNN; its backward reran on cells.fused
+    assert_trees_close(got, want)
