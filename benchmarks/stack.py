@@ -7,6 +7,7 @@ rematerialization (``fn.checkpoint``) against storing activations.
   the first call (dynamo reset and inductor's caches off before each, so each compile is
   cold), ``ms`` the median step after warm-up. Goals (issue 15): compile time at 48 blocks
   <= 1.5x that at 4; step time <= 1.1x the unrolled Sequential's.
+- ``stack_train_16_wide``: the same with D=256, H=1024, batch 128.
 - ``remat_N``: bytes kept for the backward of one eager training step of N blocks (plain
   autograd): each storage counted once through ``saved_tensors_hooks`` on the CPU, peak
   ``max_memory_allocated`` on a GPU; ``fn.Stacked(..., remat=True)`` vs the Sequential.
@@ -27,8 +28,8 @@ SUITE = "stack"
 D, H, B = 64, 128, 32
 
 
-def _block():
-    return fn.Residual([fn.Linear(D, H), fn.relu, fn.Linear(H, D)])
+def _block(d: int = D, h: int = H):
+    return fn.Residual([fn.Linear(d, h), fn.relu, fn.Linear(h, d)])
 
 
 def _compiled(f):
@@ -37,11 +38,11 @@ def _compiled(f):
     return fn.jit(f, dynamic=False)
 
 
-def _case(n: int, train: bool, repeats: int) -> list[dict]:
-    stacked = fn.Stacked(_block(), n)
+def _case(n: int, train: bool, repeats: int, d: int = D, h: int = H, b: int = B, tag: str = "") -> list[dict]:
+    stacked = fn.Stacked(_block(d, h), n)
     seq = stacked.as_sequential()
     params = stacked.init(random.key(0))
-    x, target = torch.randn(B, D), torch.randn(B, D)
+    x, target = torch.randn(b, d), torch.randn(b, d)
     impls = {"Sequential": (seq, stacked.unstack(params)), "Stacked": (stacked, params)}
     out = {}
     for name, (model, p) in impls.items():
@@ -60,7 +61,7 @@ def _case(n: int, train: bool, repeats: int) -> list[dict]:
                     return f(p, x)
         compile_s = first_call(call)
         out[name] = (compile_s, timeit(call, warmup=3, repeats=repeats))
-    case = f"stack_{'train' if train else 'fwd'}_{n}"
+    case = f"stack_{'train' if train else 'fwd'}_{n}{tag}"
     base = out["Sequential"][1]
     return [row(SUITE, case, name, ms, base, compile_s=round(c, 2)) for name, (c, ms) in out.items()]
 
@@ -114,6 +115,8 @@ def run(quick: bool = False) -> list[dict]:
         for train in (False, True):
             for n in depths:
                 rows += _case(n, train, repeats)
+        if not quick:  # wider blocks: the arithmetic, not per-op overhead, dominates the step
+            rows += _case(16, True, 5, d=256, h=1024, b=128, tag="_wide")
     for n in (16, 64):
         rows += _remat(n)
     return rows
