@@ -216,3 +216,23 @@ def test_a_custom_parameter_is_initialized_checked_and_differentiated():
     p2 = inside.init(KEY)
     assert tree.paths(p2) == ["0.weight", "0.bias", "1.fc.weight", "1.fc.bias", "1.scale"]
     assert inside.apply(p2, torch.randn(5, 2)).shape == (5, 4)
+
+
+def test_call_passes_the_key_as_the_child_takes_it_and_rng_is_its_other_name():
+    @dataclass(frozen=True)
+    class NormDrop(fn.Module):
+        bn: fn.BatchNorm1d
+        drop: fn.Dropout
+
+        def apply(self, params, x, *, state, key=None, train=False):
+            y, state = self.call("bn", params, x, state, train=train)
+            return self.call("drop", params, y, state, rng=key, train=train)
+
+    block = NormDrop(fn.BatchNorm1d(4), fn.Dropout(0.5))
+    params, state, x, k = block.init(KEY), block.init_state(), torch.randn(8, 4), random.key(5)
+    y, new_state = block.apply(params, x, state=state, key=k, train=True)
+    bn_y, bn_state = fn.BatchNorm1d(4).apply(params["bn"], x, state=state["bn"], train=True)
+    assert torch.equal(y, fn.Dropout(0.5).apply({}, bn_y, key=k, train=True))
+    assert_trees_close(new_state, {"bn": bn_state})
+    with pytest.raises(TypeError, match="got both key= and rng="):
+        block.call("drop", params, x, new_state, key=k, rng=k, train=True)
