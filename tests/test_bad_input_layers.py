@@ -145,8 +145,9 @@ CONSTRUCTORS = {
                            | st.sampled_from([None, 0, True])}),
     "ELU": (fn.ELU, {}, {"alpha": bad_real()}),
     "Softplus": (fn.Softplus, {}, {"beta": bad_real() | st.sampled_from([0, 0.0]), "threshold": bad_real()}),
-    "Softmax": (fn.Softmax, {}, {"dim": bad_int()}),
-    "LogSoftmax": (fn.LogSoftmax, {}, {"dim": bad_int()}),
+    # dim=None is torch's default for these: its implicit choice of dim
+    "Softmax": (fn.Softmax, {}, {"dim": bad_int().filter(lambda v: v is not None)}),
+    "LogSoftmax": (fn.LogSoftmax, {}, {"dim": bad_int().filter(lambda v: v is not None)}),
 }
 
 CASES = [(name, arg) for name, (_, _, bad) in CONSTRUCTORS.items() for arg in bad]

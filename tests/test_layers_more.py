@@ -408,3 +408,14 @@ def test_embedding_refuses_an_index_out_of_range_by_name_eager_and_compiled():
     assert torch.equal(lookup(params, torch.tensor([4, 0])), params["weight"][[4, 0]])
     with pytest.raises(ValueError, match=r"Embedding: indices must be in \[0, 5\)"):
         lookup(params, torch.tensor([1, 7]))
+
+
+@pytest.mark.parametrize("ours, theirs", [(fn.Softmax, nn.Softmax), (fn.LogSoftmax, nn.LogSoftmax),
+                                          (fn.Softmin, nn.Softmin)], ids=["Softmax", "LogSoftmax", "Softmin"])
+@pytest.mark.parametrize("ndim", [0, 1, 2, 3, 4])
+def test_softmaxes_without_dim_take_torchs_implicit_dim(ours, theirs, ndim):
+    x = torch.randn(tuple([3, 4, 5, 6][:ndim]), dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch: "Implicit dimension choice ... has been deprecated"
+        expected = theirs()(x)
+    assert torch.equal(ours().apply({}, x), expected)

@@ -94,7 +94,7 @@ def glu(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 
 def _implicit_dim(ndim: int) -> int:
-    """torch's choice of dim for a softmax given none (``nn.Softmin()``): 0 for a 0-, 1- or 3-d
+    """torch's choice of dim for a softmax given none (``nn.Softmax()``): 0 for a 0-, 1- or 3-d
     input, else 1."""
     return 0 if ndim in (0, 1, 3) else 1
 
@@ -308,33 +308,10 @@ class Threshold(_Activation):
 
 
 @dataclass(frozen=True)
-class Softmax(_Activation):
-    dim: int = -1
-
-    def __post_init__(self):
-        U.ints(self, "dim", minimum=None)
-
-    def f(self, x):
-        self._dim_expected(x, self.dim)
-        return softmax(x, self.dim)
-
-
-@dataclass(frozen=True)
-class LogSoftmax(_Activation):
-    dim: int = -1
-
-    def __post_init__(self):
-        U.ints(self, "dim", minimum=None)
-
-    def f(self, x):
-        self._dim_expected(x, self.dim)
-        return log_softmax(x, self.dim)
-
-
-@dataclass(frozen=True)
-class Softmin(_Activation):
-    """``softmax(-x, dim)``. ``dim=None`` is torch's implicit choice for ``nn.Softmin()``: dim 0
-    of a 0-, 1- or 3-d input, else dim 1 (the same numbers as torch)."""
+class _AlongDim(_Activation):
+    """An activation along one dim. ``dim=None`` (torch's default for these modules) is torch's
+    implicit choice: dim 0 of a 0-, 1- or 3-d input, else dim 1, so ``nn.Softmax()`` ports with
+    the same numbers (torch also warns that the implicit choice is deprecated: pass ``dim``)."""
 
     dim: int | None = None
 
@@ -342,10 +319,30 @@ class Softmin(_Activation):
         if self.dim is not None:
             U.ints(self, "dim", minimum=None)
 
-    def f(self, x):
+    def _dim(self, x: torch.Tensor) -> int:
         dim = _implicit_dim(x.ndim) if self.dim is None else self.dim
         self._dim_expected(x, dim)
-        return softmin(x, dim)
+        return dim
+
+
+@dataclass(frozen=True)
+class Softmax(_AlongDim):
+    def f(self, x):
+        return softmax(x, self._dim(x))
+
+
+@dataclass(frozen=True)
+class LogSoftmax(_AlongDim):
+    def f(self, x):
+        return log_softmax(x, self._dim(x))
+
+
+@dataclass(frozen=True)
+class Softmin(_AlongDim):
+    """``softmax(-x, dim)``."""
+
+    def f(self, x):
+        return softmin(x, self._dim(x))
 
 
 @dataclass(frozen=True)
