@@ -22,7 +22,7 @@ How it runs (each route forced by what torch supports):
   outputs are kept (``[torch.ops.aten.mm.default]``: JAX's ``dots_saveable``), or a function
   ``(ctx, op, *args, **kwargs) -> torch.utils.checkpoint.CheckpointPolicy``.
 * **Inside torch.func transforms** (``fn.grad``, ``fn.vmap``), eager: torch.func refuses the
-  saved-tensor hooks torch's checkpoint is built on, so here it is an ``autograd.Function``
+  saved-tensor hooks torch's checkpoint is built on (pytorch/pytorch#122729), so here it is an ``autograd.Function``
   that keeps only the inputs and whose backward runs ``torch.func.vjp`` of ``f`` on them
   (differentiable again: grad of grad works; batched by a generated vmap rule). A ``policy``
   cannot be honoured there (it needs the same hooks): everything is recomputed, with a
