@@ -107,15 +107,13 @@ def _recomputed(f: Callable, args: tuple, kwargs: dict) -> Any:
             full[i] = t
         a, kw = T.unflatten(spec, full)
         out, s = T.flatten(f(*a, **kw))
-        if not all(o is None or isinstance(o, torch.Tensor) for o in out):
-            raise TypeError(f"checkpoint: f must return a pytree of tensors, got a leaf of type "
-                            f"{next(type(o).__name__ for o in out if not isinstance(o, torch.Tensor))}")
-        out_spec[:] = [s, [o is None for o in out]]
-        return [o for o in out if o is not None]
+        # leaves that are not tensors (None, numbers) are constants of f: kept from the forward
+        out_spec[:] = [s, [None if isinstance(o, torch.Tensor) else (o,) for o in out]]
+        return [o for o in out if isinstance(o, torch.Tensor)]
 
     out = iter(_Remat.apply(run, len(floats), *[leaves[i] for i in floats], *[leaves[i] for i in others]))
-    spec_out, nones = out_spec
-    return T.unflatten(spec_out, [None if none else next(out) for none in nones])
+    spec_out, constants = out_spec
+    return T.unflatten(spec_out, [next(out) if c is None else c[0] for c in constants])
 
 
 class _Remat(torch.autograd.Function):

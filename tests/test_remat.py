@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fnnet as fn
 from fnnet import random, tree
+from badinput import expect_clear_error
 from conftest import assert_close, assert_trees_close
 
 D = 16
@@ -118,6 +121,13 @@ def test_pytrees_in_and_out_and_non_float_tensors_pass_through():
 
     p = {"w": torch.randn(3, 3, dtype=torch.float64)}
     batch = {"x": torch.randn(2, 3, dtype=torch.float64), "idx": torch.arange(2)}
+
+    def total(x):  # leaves that are not tensors come back as f returned them, on either route
+        out = fn.checkpoint(lambda x: {"y": x * 2, "n": 3, "none": None})(x)
+        assert out["n"] == 3 and out["none"] is None
+        return out["y"].sum()
+    assert torch.equal(fn.grad(total)(torch.ones(2)), torch.full((2,), 2.0))  # torch.func route
+    assert total(torch.ones(2, requires_grad=True)) == 4.0  # plain autograd
     out = fn.checkpoint(f)(p, batch)
     assert torch.equal(out["idx"], torch.tensor([0, 2])) and torch.equal(out["h"], f(p, batch)["h"])
     g = fn.grad(lambda p: fn.checkpoint(f)(p, batch)["sum"])(p)
@@ -146,3 +156,12 @@ def test_compiled_with_inductor_under_plain_autograd_values_and_gradients_equal_
     value.backward()
     assert_close(value.detach(), loss_with(block)(PARAMS, X, K))
     assert_trees_close(tree.map(lambda p: p.grad, params), g_ref)
+
+
+@settings(max_examples=20)
+@given(f=st.sampled_from([3, None, "f", torch.ones(2)]),
+       policy=st.sampled_from(["dots", 3, [torch.tanh], [None], (torch.ops.aten.mm.default, "x")]))
+def test_bad_arguments_are_clear_errors(f, policy):
+    expect_clear_error(lambda: fn.checkpoint(f), match="checkpoint: f must be callable", suite="remat")
+    expect_clear_error(lambda: fn.checkpoint(block, policy=policy), match="checkpoint: policy must be",
+                       suite="remat")

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fnnet as fn
 from fnnet import random, tree
+from badinput import expect_clear_error
 from conftest import assert_close, assert_trees_close
 
 nn = torch.nn
@@ -199,3 +202,35 @@ def test_compiled_with_inductor_inference_and_training_equal_eager():
     assert_close(v_c, v)
     assert_trees_close(g_c, g, msg="grads")
     assert_trees_close(s_c, s_e, msg="state")
+
+
+BAD = [0, -3, 2.5, True, "4", None, torch.tensor(3)]
+
+
+@settings(max_examples=30)
+@given(n=st.sampled_from(BAD), flag=st.sampled_from([1, 0, "yes", None, 1.0]))
+def test_bad_hyperparameters_are_clear_errors(n, flag):
+    expect_clear_error(lambda: fn.Stacked(BLOCK, n), match="Stacked: n must be", suite="stack")
+    expect_clear_error(lambda: fn.Stacked(BLOCK, 2, remat=flag), match="Stacked: remat must be a bool",
+                       suite="stack")
+    expect_clear_error(lambda: fn.Stacked(BLOCK, 2, unroll=flag), match="Stacked: unroll must be a bool",
+                       suite="stack")
+
+
+@settings(max_examples=20)
+@given(n=st.integers(1, 4), other=st.integers(1, 5), width=st.integers(1, 9), rank=st.integers(1, 3))
+def test_params_and_inputs_that_do_not_fit_are_clear_errors(n, other, width, rank):
+    model = fn.Stacked([fn.Linear(D, D), fn.tanh], n)
+    if other != n:  # params of another depth
+        expect_clear_error(lambda: model.apply(fn.Stacked(model.block, other).init(KEY), torch.ones(2, D)),
+                           match=r"'0.weight' has shape", suite="stack")
+        expect_clear_error(lambda: model.stack(fn.Stacked(model.block, other).unstack(
+            fn.Stacked(model.block, other).init(KEY))), match="expected the keys", suite="stack")
+    if width != D:  # an input the block cannot take
+        expect_clear_error(lambda: model.apply(model.init(KEY), torch.ones(*[2] * (rank - 1), width)),
+                           match="Linear", suite="stack")
+    wide = fn.Stacked(fn.Linear(D, D + width), n)  # a block that changes the shape
+    expect_clear_error(lambda: wide.apply(wide.init(KEY), torch.ones(2, D)),
+                       match="the block must map its input to an output of the same", suite="stack")
+    expect_clear_error(lambda: fn.Stacked(BN_BLOCK, n).apply(fn.Stacked(BN_BLOCK, n).init(KEY), torch.ones(3, D)),
+                       match="pass state=model.init_state", suite="stack")
