@@ -141,7 +141,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(x, w, b, target, class_weight, probabilities, ignore_index, smoothing, classes, chunk):
-        return _forward_op(x, w, b, target, class_weight, probabilities, ignore_index, smoothing, classes, chunk)
+        with torch.no_grad():  # the op's autograd is this Function's backward
+            return _forward_op(x, w, b, target, class_weight, probabilities, ignore_index, smoothing, classes, chunk)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -154,7 +155,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad, _grad_lse):
         x, w, b, target, class_weight, lse = ctx.saved_tensors
         need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], b is not None and ctx.needs_input_grad[2])
-        dx, dw, db = _Backward.apply(grad, x, w, b, target, class_weight, lse, *ctx.args, *need)
+        args = (grad, x, w, b, target, class_weight, lse, *ctx.args, *need)
+        # compiled, the op itself (its autograd formula refuses a second derivative; dynamo
+        # cannot trace a Function inside a backward); eagerly, the op as a refusing Function
+        dx, dw, db = _backward_op(*args) if torch.compiler.is_compiling() else _Backward.apply(*args)
         return (dx if need[0] else None, dw if need[1] else None, db if need[2] else None,
                 None, None, None, None, None, None, None)
 
@@ -174,8 +178,15 @@ class _Backward(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        raise RuntimeError(f"losses.{NAME}: the chunked backward cannot be differentiated again (a second "
-                           "derivative); use losses.cross_entropy(F.linear(input, W, b), target) for that")
+        _refuse_second_derivative()
+
+
+def _refuse_second_derivative(*_):
+    raise RuntimeError(f"losses.{NAME}: the chunked backward cannot be differentiated again (a second "
+                       "derivative); use losses.cross_entropy(F.linear(input, W, b), target) for that")
+
+
+_backward_op.register_autograd(_refuse_second_derivative, setup_context=lambda ctx, inputs, output: None)
 
 
 # -- the public function: checks, shapes, reduction -------------------------------------------------
@@ -292,6 +303,12 @@ def linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, targe
         t = (target if batched else target.unsqueeze(0)).reshape(n, positions)
 
     from fnnet._values import _inside_vmap
+    if torch.compiler.is_compiling():
+        # dynamo reads a Function's inputs' requires_grad as they were before torch.func.grad
+        # marked them (torch 2.13: a gradient w.r.t. one of them alone came out zero); a view
+        # is a new tensor whose requires_grad it reads right (as cells.fused.fresh_views)
+        x, w = x.view(x.shape), w.view(w.shape)
+        b = None if b is None else b.view(b.shape)
     if _inside_vmap():
         per = _whole(x, w, b, t, weight, probabilities, ignore_index, label_smoothing, classes)
     else:
