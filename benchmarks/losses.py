@@ -5,31 +5,40 @@ Rows, all in the same run and on the same weights and interpolation weights:
 - classic: ``nn.Module`` + ``autograd.grad(create_graph=True)`` + ``backward()``, eager (the
   baseline), and every way of compiling it that we know of (each fails today: the row says how);
 - fnnet: ``fn.value_and_grad`` of a loss whose penalty takes the input gradient with
-  ``torch.func``, eager and under ``fn.jit`` (fullgraph);
-- what-ifs (full runs only): fnnet with other spellings of ReLU, of the same values and
-  gradients, whose backward has no derivative w.r.t. ``x`` at all, where ``F.relu``'s has a
-  zero one that the double backward pushes through every layer (four more 400x400 matmuls,
-  17% of the step's FLOPs): ``where(x <= 0, 0, x)``, and an ``autograd.Function`` whose
-  backward is ``threshold_backward`` on the detached output;
+  ``torch.func``, eager and under ``fn.jit`` (fullgraph), as the library runs it now: ``fn.relu``
+  (a backward with no derivative w.r.t. ``x``: ``fnnet/layers/_relu.py``) and the GEMM that
+  ``gemm=auto`` chose on this machine (``fnnet/layers/_gemm.py``; the ``gemm`` column);
+- before: the same with ``F.relu``, whose backward has a zero derivative w.r.t. ``x`` that the
+  double backward pushes through every layer (four more 400x400 matmuls, 17% of the step's
+  FLOPs), and torch's GEMM: the library as it was;
+- oneDNN forced: ``gemm=onednn``, eager (``fn.Linear``'s oneDNN Function) and ``fn.jit`` with
+  ``**jit_options()`` (the inductor pass that puts the compiled step's matmuls on oneDNN);
+- what-if (full runs only): ReLU as an ``autograd.Function`` whose backward is ``threshold_backward``
+  on the detached output (under ``fn.jit`` torch 2.13 differentiates its forward instead: the
+  same values here, but not a way to a custom derivative);
 - JAX, ``jit(value_and_grad)`` over ``vmap(grad(D))``, where ``jax`` is importable.
 
 Implementations are timed in interleaved rounds, so that load from other jobs on a shared
-machine falls on all of them alike; compile time is reported apart (``compile_s``).
+machine falls on all of them alike; compile time is reported apart (``compile_s``), medians and
+the fastest round (``min_ms``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import fnnet as fn
 import losses
 from fnnet import random
+from fnnet.layers import _gemm, linear
 
 from .common import first_call, row, sync
 
@@ -51,8 +60,22 @@ def _classic_step(D: nn.Module) -> Callable:
     return step
 
 
-def _where_relu(x: torch.Tensor) -> torch.Tensor:
-    return torch.where(x <= 0, 0.0, x)
+@contextlib.contextmanager
+def _gemm_mode(mode: str):
+    before = linear.get_gemm()
+    linear.set_gemm(mode)
+    try:
+        yield
+    finally:
+        linear.set_gemm(before)
+
+
+def _in_mode(mode: str, f: Callable) -> Callable:
+    """``f`` run with fnnet's GEMM set to ``mode`` (eager fn.Linear reads it at each call)."""
+    def run():
+        with _gemm_mode(mode):
+            return f()
+    return run
 
 
 class _ReLU(torch.autograd.Function):
@@ -76,8 +99,7 @@ class _ReLU(torch.autograd.Function):
         return torch.ops.aten.threshold_backward(g, y.detach(), 0)
 
 
-WHAT_IF_RELUS = {"ReLU as where(x <= 0, 0, x)": _where_relu,
-                 "ReLU as an autograd.Function": _ReLU.apply}
+WHAT_IF_RELUS = {"ReLU as an autograd.Function": _ReLU.apply}
 
 
 def _fnnet_step(act: Callable) -> Callable:
@@ -179,9 +201,13 @@ def run(quick: bool = False) -> list[dict]:
     D = D.to(device)
     params = fn.params_from_module(D)
     classic = _classic_step(D)
-    ours = _fnnet_step(fn.relu)
+    ours, before = _fnnet_step(fn.relu), _fnnet_step(F.relu)
+    with _gemm_mode("auto"):
+        chosen = "onednn" if _gemm.applies(torch.float32, device, batch, 400, 400) else "torch"
     fns = {"classic nn.Module + autograd.grad, eager": lambda: classic(real, fake, eps),
-           "fnnet torch.func, eager": lambda: ours(params, real, fake, key)}
+           "fnnet torch.func, eager": _in_mode("auto", lambda: ours(params, real, fake, key)),
+           "before: F.relu, gemm=torch, eager": _in_mode("torch", lambda: before(params, real, fake, key))}
+    gemm_of = {"fnnet torch.func, eager": chosen, "before: F.relu, gemm=torch, eager": "torch"}
     compile_s, failed = {}, []
 
     for name, f, ct, err in _compiled_classic_variants(D, classic, (real, fake, eps), device):
@@ -192,16 +218,37 @@ def run(quick: bool = False) -> list[dict]:
             failed.append((f"classic, {name}", err))
 
     torch._dynamo.reset()
-    ours_jit = fn.jit(ours)
-    compile_s["fnnet torch.func, fn.jit (fullgraph)"] = first_call(lambda: ours_jit(params, real, fake, key), device)
-    fns["fnnet torch.func, fn.jit (fullgraph)"] = lambda: ours_jit(params, real, fake, key)
+
+    def compiled(name: str, step: Callable, mode: str) -> None:
+        with _gemm_mode(mode):
+            j = fn.jit(step, **linear.jit_options())
+            compile_s[name] = first_call(lambda: j(params, real, fake, key), device)
+        fns[name] = _in_mode(mode, lambda: j(params, real, fake, key))
+        gemm_of[name] = "onednn" if mode == "onednn" or (mode == "auto" and chosen == "onednn") else "torch"
+
+    # each compiled row on a step of its own (fn.value_and_grad gives each its own code object),
+    # so that no row reuses another's compiled graph
+    compiled("fnnet torch.func, fn.jit (fullgraph)", ours, "auto")
+    compiled("before: F.relu, gemm=torch, fn.jit", before, "torch")
+    if chosen != "torch":
+        compiled("fn.relu alone: gemm=torch, fn.jit", _fnnet_step(fn.relu), "torch")
+    if device == "cpu" and _gemm._onednn_usable():
+        fns["gemm=onednn forced, eager"] = _in_mode("onednn", lambda: ours(params, real, fake, key))
+        gemm_of["gemm=onednn forced, eager"] = "onednn"
+        if chosen != "onednn":
+            compiled("gemm=onednn forced, fn.jit + jit_options()", _fnnet_step(fn.relu), "onednn")
+    for name, gemm in gemm_of.items():  # the rows that say oneDNN run on it, compiled ones too
+        if name in compile_s:
+            calls, raw = [], _gemm._raw
+            _gemm._raw = lambda *a, calls=calls, raw=raw: calls.append(1) or raw(*a)
+            try:
+                fns[name]()
+            finally:
+                _gemm._raw = raw
+            assert bool(calls) == (gemm == "onednn"), (name, gemm, len(calls))
     if not quick:
         for what, relu in WHAT_IF_RELUS.items():
-            alt = _fnnet_step(relu)
-            alt_jit = fn.jit(alt)
-            compile_s[f"what-if: {what}, fn.jit"] = first_call(lambda j=alt_jit: j(params, real, fake, key), device)
-            fns[f"what-if: {what}, eager"] = lambda e=alt: e(params, real, fake, key)
-            fns[f"what-if: {what}, fn.jit"] = lambda j=alt_jit: j(params, real, fake, key)
+            compiled(f"what-if: {what}, fn.jit", _fnnet_step(relu), "torch")
 
     jax_step = _jax_step(params, real, fake, eps) if device == "cpu" else None
     if jax_step is not None:
@@ -219,6 +266,7 @@ def run(quick: bool = False) -> list[dict]:
     case = f"WGAN-GP critic step, D 2-400-400-400-1, batch {batch}, {device}"
     base = statistics.median(ms["classic nn.Module + autograd.grad, eager"])
     rows = [row("losses", case, name, statistics.median(t), base, min_ms=round(min(t), 2),
+                **({"gemm": gemm_of[name]} if name in gemm_of else {}),
                 **({"compile_s": round(compile_s[name], 1)} if name in compile_s else {}))
             for name, t in ms.items()]
     rows += [row("losses", case, name, float("nan"), error=err) for name, err in failed]
