@@ -3,8 +3,8 @@
 ``linear_cross_entropy(input, linear_weight, target)`` is ``cross_entropy(input @ W.T + b,
 target)``, as ``torch.nn.functional.linear_cross_entropy`` (torch 2.13) defines it, but the
 ``[N, C]`` logits are never held whole: forward and backward each run over chunks of rows, and
-backward recomputes a chunk's logits from the saved ``input``, ``linear_weight`` and per-row
-log-sum-exp instead of keeping them. This is the loss of a language model's head, where ``C`` (a
+backward recomputes a chunk's logits from the saved ``input`` and ``linear_weight`` instead of
+keeping them. This is the loss of a language model's head, where ``C`` (a
 vocabulary) dwarfs everything else: what forward keeps for backward and what backward holds at
 once grow with ``N * D + C * D + chunk * C``, never with ``N * C``.
 
@@ -63,21 +63,19 @@ def _chunk_q(target, start, end, class_weight, probabilities: bool, ignore_index
 
 
 def _forward(x, w, b, target, class_weight, probabilities, ignore_index, smoothing, classes, chunk):
-    """(``loss`` ``[N, P]`` per position, ``lse`` ``[N, P]``: each position's log-sum-exp)."""
+    """``loss`` ``[N, P]``, per position."""
     n, positions = x.shape[0], w.shape[0] // classes
     loss = x.new_empty((n, positions))
-    lse = x.new_empty((n, positions))
     for start, end in _chunks(n, chunk):
         z = _chunk_logits(x[start:end], w, b, classes)
         logp = torch.log_softmax(z, 1)
-        lse[start:end] = torch.logsumexp(z, 1)
         q = _chunk_q(target, start, end, class_weight, probabilities, ignore_index, smoothing, classes, z)
         loss[start:end] = -(q * logp).sum(1)
         del z, logp, q
-    return loss, lse
+    return loss
 
 
-def _backward(grad, x, w, b, target, class_weight, lse, probabilities, ignore_index, smoothing, classes,
+def _backward(grad, x, w, b, target, class_weight, probabilities, ignore_index, smoothing, classes,
               chunk, need_x, need_w, need_b):
     """``(d input, d linear_weight, d linear_bias)`` for the per-position loss's cotangent ``grad``
     ``[N, P]``, recomputing each chunk's logits."""
@@ -88,7 +86,7 @@ def _backward(grad, x, w, b, target, class_weight, lse, probabilities, ignore_in
     for start, end in _chunks(n, chunk):
         z = _chunk_logits(x[start:end], w, b, classes)
         q = _chunk_q(target, start, end, class_weight, probabilities, ignore_index, smoothing, classes, z)
-        p = torch.exp(z - lse[start:end].unsqueeze(1))
+        p = torch.softmax(z, 1)  # from z itself: exp(z - saved log-sum-exp) loses digits at huge logits
         dz = (p * q.sum(1, keepdim=True) - q) * grad[start:end].unsqueeze(1)
         dz = dz.view(end - start, -1)
         del z, q, p
@@ -106,37 +104,36 @@ def _backward(grad, x, w, b, target, class_weight, lse, probabilities, ignore_in
 @torch.library.custom_op("losses::linear_cross_entropy", mutates_args=())
 def _forward_op(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, target: torch.Tensor,
                 class_weight: torch.Tensor | None, probabilities: bool, ignore_index: int, smoothing: float,
-                classes: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+                classes: int, chunk: int) -> torch.Tensor:
     with torch.no_grad():
         return _forward(x, w, b, target, class_weight, probabilities, ignore_index, smoothing, classes, chunk)
 
 
 @_forward_op.register_fake
 def _(x, w, b, target, class_weight, probabilities, ignore_index, smoothing, classes, chunk):
-    shape = (x.shape[0], w.shape[0] // classes)
-    return x.new_empty(shape), x.new_empty(shape)
+    return x.new_empty((x.shape[0], w.shape[0] // classes))
 
 
 @torch.library.custom_op("losses::linear_cross_entropy_backward", mutates_args=())
 def _backward_op(grad: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
-                 target: torch.Tensor, class_weight: torch.Tensor | None, lse: torch.Tensor, probabilities: bool,
+                 target: torch.Tensor, class_weight: torch.Tensor | None, probabilities: bool,
                  ignore_index: int, smoothing: float, classes: int, chunk: int, need_x: bool, need_w: bool,
                  need_b: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     with torch.no_grad():
-        return _backward(grad, x, w, b, target, class_weight, lse, probabilities, ignore_index, smoothing,
+        return _backward(grad, x, w, b, target, class_weight, probabilities, ignore_index, smoothing,
                          classes, chunk, need_x, need_w, need_b)
 
 
 @_backward_op.register_fake
-def _(grad, x, w, b, target, class_weight, lse, probabilities, ignore_index, smoothing, classes, chunk,
+def _(grad, x, w, b, target, class_weight, probabilities, ignore_index, smoothing, classes, chunk,
       need_x, need_w, need_b):
     return (torch.empty_like(x) if need_x else x.new_empty(0), torch.empty_like(w) if need_w else w.new_empty(0),
             w.new_empty(w.shape[0]) if need_b and b is not None else w.new_empty(0))
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """The two ops as one differentiable step: forward keeps the inputs and the per-position
-    log-sum-exp (not the logits); backward is the backward op. (An autograd.Function with
+    """The two ops as one differentiable step: forward keeps its inputs (not the logits);
+    backward is the backward op. (An autograd.Function with
     ``setup_context``, so that ``torch.func.grad`` can run it too.)"""
 
     @staticmethod
@@ -147,15 +144,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, w, b, target, class_weight, probabilities, ignore_index, smoothing, classes, chunk = inputs
-        ctx.save_for_backward(x, w, b, target, class_weight, output[1])
-        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(x, w, b, target, class_weight)
         ctx.args = (probabilities, ignore_index, smoothing, classes, chunk)
 
     @staticmethod
-    def backward(ctx, grad, _grad_lse):
-        x, w, b, target, class_weight, lse = ctx.saved_tensors
+    def backward(ctx, grad):
+        x, w, b, target, class_weight = ctx.saved_tensors
         need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], b is not None and ctx.needs_input_grad[2])
-        args = (grad, x, w, b, target, class_weight, lse, *ctx.args, *need)
+        args = (grad, x, w, b, target, class_weight, *ctx.args, *need)
         # compiled, the op itself (its autograd formula refuses a second derivative; dynamo
         # cannot trace a Function inside a backward); eagerly, the op as a refusing Function
         dx, dw, db = _backward_op(*args) if torch.compiler.is_compiling() else _Backward.apply(*args)
@@ -313,7 +309,7 @@ def linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, targe
         per = _whole(x, w, b, t, weight, probabilities, ignore_index, label_smoothing, classes)
     else:
         chunk = chunk_size or _default_chunk(n, input.shape[-1], classes * positions)
-        per, _ = _LinearCrossEntropy.apply(x, w, b, t, weight, probabilities, ignore_index, float(label_smoothing), classes,
+        per = _LinearCrossEntropy.apply(x, w, b, t, weight, probabilities, ignore_index, float(label_smoothing), classes,
                              chunk)
     out = per.reshape(((n,) if batched else ()) + out_features)
     if reduction == "none":
