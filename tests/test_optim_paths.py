@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from badinput import expect_clear_error
 from conftest import assert_trees_close
 
 import fnnet as fn
@@ -372,3 +373,13 @@ def test_a_pretrained_frozen_embedding_stays_unchanged_under_adamw_weight_decay_
     assert not torch.equal(optim.apply_updates(params, u)["0"]["weight"], vectors)
     with pytest.raises(ValueError, match=r"freeze: the model marks \['0\.weight'\] frozen"):
         opt.init({"1": params["1"]})
+
+
+@pytest.mark.parametrize("make", [lambda: optim.adam(1e-3), lambda: optim.sgd(0.1, momentum=0.9),
+                                  lambda: optim.nadam(1e-3)], ids=["adam", "sgd", "nadam"])
+def test_a_gradient_of_another_dtype_than_its_param_is_named_by_path(make):
+    params = {"a": {"w": torch.zeros(2, dtype=torch.float64)}, "b": torch.zeros(3)}
+    opt = make()
+    state = opt.init(params)
+    grads = {"b": torch.ones(3), "a": {"w": torch.ones(2)}}  # a.w float32 against a float64 param
+    expect_clear_error(lambda: opt.update(grads, state, params), match=r"'a\.w' is torch\.float32, its param is torch\.float64")

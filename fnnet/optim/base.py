@@ -146,6 +146,8 @@ def optimizer(hyperparams: dict[str, Any], slots: Callable[[list], dict[str, lis
         spec, cols = T.match(*trees, names=tuple(names), what=f"{name} update")
         flat_g = cols[0]
         flat_p = cols[1] if params is not None else [None] * len(flat_g)
+        if params is not None:
+            _same_dtypes(name, spec, flat_g, flat_p)
         slot_lists = dict(zip(slot_names, cols[-len(slot_names):] if slot_names else []))
         hp = state["hyperparams"]
         if not flat_g:  # no leaves (a param group or a masked selection left empty): only the count moves
@@ -175,6 +177,16 @@ def optimizer(hyperparams: dict[str, Any], slots: Callable[[list], dict[str, lis
         return T.unflatten(spec, updates), new_state
 
     return GradientTransformation(init, update)
+
+
+def _same_dtypes(name: str, spec: Any, grads: list, params: list) -> None:
+    """A gradient has its param's dtype (autograd guarantees it for ``p.grad``): a float32
+    gradient of a float64 param would otherwise fail deep inside a ``_foreach`` kernel."""
+    for i, (g, p) in enumerate(zip(grads, params)):
+        if isinstance(g, torch.Tensor) and isinstance(p, torch.Tensor) and g.dtype != p.dtype:
+            path = T.paths(T.unflatten(spec, list(range(len(grads)))))[i]
+            raise ValueError(f"{name} update: the gradient at {path!r} is {g.dtype}, its param is {p.dtype}: "
+                             f"gradients must have their params' dtype")
 
 
 def set_hyperparams(state: Any, group: str | int | None = None, **values: Any) -> Any:
