@@ -1,17 +1,20 @@
 """The GEMM under a float32 CPU dense layer: torch's (``F.linear``, BLAS: MKL on x86) or
 oneDNN's (``torch.ops.mkldnn._linear_pointwise``, the kernel inductor's CPU fusions call).
 
-Why: which library multiplies fastest depends on the CPU. MKL takes a generic code path on
-some x86 CPUs (measured on AMD EPYC: ``benchmarks/dense.py``), where oneDNN's JIT kernels run
-the same matmul much faster; on others the two are level. So the choice is measured, once
-per process, on the machine itself, never read from the CPU's vendor.
+Why: which library multiplies fastest depends on the CPU and the shape. BLAS (MKL) takes a
+generic code path on some x86 CPUs, where oneDNN's JIT kernels can run the same matmul faster;
+elsewhere the two are level, and for small matmuls oneDNN's per-call cost loses
+(``benchmarks/dense.py``). So the choice is measured, once per process, on the machine itself,
+never read from the CPU's vendor.
 
 Choice (:func:`set_gemm`, or the environment variable ``FNNET_GEMM`` read at import):
 
 - ``"torch"``: always ``F.linear``: ``nn.Linear``'s numbers bit for bit.
 - ``"onednn"``: oneDNN wherever it applies (below).
 - ``"auto"`` (default): oneDNN where it applies and a probe matmul timed once per process
-  (:func:`onednn_measured_faster`) ran faster on it than on torch's GEMM by a clear margin.
+  (:func:`onednn_measured_faster`) ran faster on it than on torch's GEMM by a clear margin
+  (``MARGIN``). Two processes on a loaded machine may measure differently and so differ at
+  float32 rounding; set ``FNNET_GEMM`` to pin the choice.
 
 It applies only to float32 tensors on the CPU, with oneDNN built and enabled
 (``torch.backends.mkldnn``), and to matmuls of at least ``MIN_WORK`` multiply-adds (rows x in x
@@ -87,7 +90,13 @@ def _raw(a: torch.Tensor, bt: torch.Tensor, bias: torch.Tensor | None) -> torch.
     oneDNN refuses a zero-sized matmul: that one is ``F.linear`` (zeros, or the bias)."""
     if a.shape[0] == 0 or a.shape[1] == 0 or bt.shape[0] == 0:
         return torch.nn.functional.linear(a, bt, bias)
-    return torch.ops.mkldnn._linear_pointwise(a.contiguous(), bt.contiguous(), bias, "none", [], "")
+    return torch.ops.mkldnn._linear_pointwise(_plain(a), _plain(bt), bias, "none", [], "")
+
+
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when it is row- or column-major (oneDNN reads a transpose in place, faster
+    than copying it), else a contiguous copy."""
+    return t if t.is_contiguous() or t.t().is_contiguous() else t.contiguous()
 
 
 @functools.cache
@@ -252,7 +261,9 @@ def _pass():
 def jit_options() -> dict:
     """Keyword arguments for ``fn.jit`` (or ``torch.compile``) that put the compiled function's
     qualifying matmuls on oneDNN when it is chosen here (:func:`onednn_chosen`); ``{}`` when it is
-    not. ``fn.jit(step, **jit_options())``."""
+    not. ``fn.jit(step, **jit_options())``; not together with ``mode=`` (torch.compile takes
+    ``options`` or ``mode``, not both). The pass rewrites every qualifying matmul of the compiled
+    graph, whichever layer it came from."""
     if not onednn_chosen() or not _compat.HAS_CUSTOM_GRAPH_PASS:
         return {}
     return {"options": {"post_grad_custom_post_pass": _pass()}}
