@@ -134,9 +134,9 @@ def test_float64_and_torch_mode_take_the_default_path_bit_for_bit(onednn):
 
 
 def test_jvp_forward_ad_vmap_and_jacrev_on_the_onednn_path(onednn):
-    layer, params, tmod = twin(6, 4, True)
+    layer, params, _ = twin(6, 4, True)
     x, t = randn(0, 5, 6), randn(1, 5, 6)
-    ref = lambda x: nn.functional.linear(x, params["weight"], params["bias"])  # noqa: E731
+    ref = lambda x: nn.functional.linear(x, params["weight"], params["bias"])
     onednn.clear()
     y, dy = fn.jvp(lambda x: layer(params, x), (x,), (t,))
     assert onednn
@@ -291,7 +291,7 @@ def test_relu_second_derivative_jvp_vmap_and_compiled():
     y, dy = fn.jvp(fn.relu, (x,), (t,))
     assert torch.equal(y, torch.relu(x)) and torch.equal(dy, torch.where(x > 0, t, 0.0))
     assert torch.equal(fn.vmap(fn.relu)(x), torch.relu(x))
-    f = lambda x: fn.value_and_grad(lambda x: (fn.relu(x) ** 2).sum())(x)  # noqa: E731
+    f = lambda x: fn.value_and_grad(lambda x: (fn.relu(x) ** 2).sum())(x)
     for a, e in zip(fn.jit(f)(x), f(x)):
         assert torch.equal(a, e)
     assert torch.equal(fn.jit(fn.vmap(fn.relu))(x), torch.relu(x))
