@@ -87,7 +87,10 @@ def _backward(grad, x, w, b, target, class_weight, probabilities, ignore_index, 
         z = _chunk_logits(x[start:end], w, b, classes)
         q = _chunk_q(target, start, end, class_weight, probabilities, ignore_index, smoothing, classes, z)
         p = torch.softmax(z, 1)  # from z itself: exp(z - saved log-sum-exp) loses digits at huge logits
-        dz = (p * q.sum(1, keepdim=True) - q) * grad[start:end].unsqueeze(1)
+        g = grad[start:end]
+        if not probabilities:  # an ignored position has no gradient, even where the mean is 0 / 0
+            g = torch.where(target[start:end] != ignore_index, g, 0)
+        dz = (p * q.sum(1, keepdim=True) - q) * g.unsqueeze(1)
         dz = dz.view(end - start, -1)
         del z, q, p
         if need_x:
