@@ -318,9 +318,9 @@ def test_fn_jit_inductor_gives_eager_values_and_gradients():
     compiled = fn.jit(step)
     args = _compiled_case()
     (v1, g1), (v0, g0) = compiled(*args), step(*args)
-    torch.testing.assert_close(v1, v0, rtol=0, atol=0)
+    torch.testing.assert_close(v1, v0, **TOL[torch.float32])  # inductor sums the mean in its own order
     for a, e in zip(g1, g0):
-        torch.testing.assert_close(a, e, rtol=0, atol=0)
+        torch.testing.assert_close(a, e, **TOL[torch.float32])
     torch.testing.assert_close(v0, _reference(*args[:2], args[3], linear_bias=args[2], label_smoothing=0.1,
                                               weight=torch.linspace(0.5, 2.0, 6)), **TOL[torch.float32])
     bad = args[3].clone()
@@ -336,7 +336,7 @@ def test_fn_jit_gradient_wrt_one_argument_alone_is_not_zero(argnum):
     args = _compiled_case()
     got, expected = fn.jit(step)(*args), step(*args)
     assert expected.abs().sum() > 0
-    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    torch.testing.assert_close(got, expected, **TOL[torch.float32])
 
 
 @pytest.mark.slow
@@ -352,7 +352,7 @@ def test_compiled_backward_of_probability_targets_equals_eager():
         return loss.detach(), x.grad, w.grad, b.grad
 
     for a, e in zip(torch.compile(run)(x, w, b), run(x, w, b)):
-        torch.testing.assert_close(a, e, rtol=0, atol=0)
+        torch.testing.assert_close(a, e, **TOL[torch.float32])
 
 
 # -- bad input ------------------------------------------------------------------------------------
