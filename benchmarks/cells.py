@@ -11,6 +11,14 @@ T=4096 LSTM with peak memory (CPU: peak RSS of a fresh process running one step;
 LSTM written with ``jax.lax.scan`` under ``jax.jit(value_and_grad)``. On CUDA also H=256,
 B=64 against cuDNN. ``--quick``: LSTM/GRU/RNN at T=64 only, eager and compiled.
 
+A WGAN-GP critic step through an LSTM critic (I=8, H=64, B=64, T=32; a second derivative):
+the baseline is ``nn.LSTM`` with ``torch.autograd.grad(create_graph=True)``; against it the
+layer eagerly (``cells.fused``'s differentiable backward), with ``fused=False`` (the cell
+stepped by ``fnnet.scan``, differentiated by autograd), and under ``fn.jit`` (where a second
+derivative steps the cell: ``cells.fused.steps_the_cell``). ``torch.compile`` of the
+``nn.LSTM`` step is not timed: its ``autograd.grad`` inside the compiled function breaks the
+graph, and a compiled backward cannot be differentiated again.
+
 Implementations of a case are timed in interleaved rounds (median per implementation), so
 load from other jobs drifts over all of them alike; compile time is the first call minus a
 steady one, with inductor's FX graph cache off (its kernel cache may still be warm: the
@@ -103,6 +111,51 @@ def _case(kind: str, T: int, compile_: bool, repeats: int, i: int = I, h: int = 
     if kind == "LSTM" and not kw:
         rows += _jax_row(desc, T, i, h, b, base, repeats)
     return rows
+
+
+def _gradient_penalty(compile_: bool, repeats: int, T: int = 32, b: int = 64, i: int = 8, h: int = 64) -> list[dict]:
+    """The critic step of WGAN-GP through an LSTM critic (see the module doc)."""
+    torch.manual_seed(0)
+    native = nn.LSTM(i, h).to(DEVICE)
+    head = torch.randn(h, device=DEVICE, requires_grad=True)
+    real, fake = torch.randn(T, b, i, device=DEVICE), torch.randn(T, b, i, device=DEVICE)
+    mix = torch.rand(1, b, 1, device=DEVICE)
+    x_hat = mix * real + (1 - mix) * fake
+    params = {"lstm": {k: v.detach() for k, v in fn.params_from_module(native).items()}, "head": head.detach()}
+
+    def torch_step():
+        xr = x_hat.clone().requires_grad_()
+        (gx,) = torch.autograd.grad((native(xr)[0][-1] @ head).sum(), xr, create_graph=True)
+        penalty = (gx.square().sum((0, 2)).sqrt() - 1).square().mean()
+        loss = (native(fake)[0][-1] @ head).mean() - (native(real)[0][-1] @ head).mean() + 10 * penalty
+        return torch.autograd.grad(loss, [*native.parameters(), head])
+
+    def gp_step(layer):
+        def critic(p, x):
+            return layer.apply(p["lstm"], x)[0][-1] @ p["head"]
+
+        def loss(p):
+            gx = fn.grad(lambda x: critic(p, x).sum())(x_hat)
+            penalty = (gx.square().sum((0, 2)).sqrt() - 1).square().mean()
+            return critic(p, fake).mean() - critic(p, real).mean() + 10 * penalty
+        return fn.value_and_grad(loss)
+
+    fast, stepped = gp_step(cells.LSTM(i, h)), gp_step(cells.LSTM(i, h, fused=False))
+    fns = {"nn.LSTM autograd.grad(create_graph=True)": torch_step, "fnnet eager": lambda: fast(params),
+           "fnnet eager fused=False": lambda: stepped(params)}
+    extra = {}
+    if compile_:
+        torch._dynamo.reset()
+        compiled = fn.jit(fast, dynamic=False)
+        with torch._inductor.config.patch(fx_graph_cache=False):
+            first = first_call(lambda: compiled(params), device=DEVICE)
+        steady = timeit(lambda: compiled(params), warmup=0, repeats=1, device=DEVICE) / 1e3
+        fns["fnnet fn.jit (steps the cell)"] = lambda: compiled(params)
+        extra["fnnet fn.jit (steps the cell)"] = {"compile_s": round(max(first - steady, 0.0), 1)}
+    ms = _interleaved(fns, repeats)
+    desc = f"WGAN-GP critic step, LSTM critic I={i} H={h} B={b} T={T}"
+    base = ms["nn.LSTM autograd.grad(create_graph=True)"]
+    return [row("cells", desc, name, t, base, **extra.get(name, {})) for name, t in ms.items()]
 
 
 def _compile_times() -> list[dict]:
@@ -251,6 +304,7 @@ def run(quick: bool = False) -> list[dict]:
     for kind in ("LSTM", "GRU", "RNN"):
         rows += _case(kind, 256, compile_=True, repeats=repeats)
     rows += _case("LSTM", 64, compile_=True, repeats=repeats, num_layers=2, bidirectional=True)
+    rows += _gradient_penalty(compile_=True, repeats=repeats)
     rows += _compile_times()
     rows += _scan_inference(1024) + _scan_inference(16)  # the long one first, as above
     rows += _scan_training(16) + _scan_training(64) + _scan_training(256)

@@ -25,6 +25,7 @@ EXAMPLES = {
     "sentiment": "Embedding + 2-layer BiLSTM + dropout on Rotten Tomatoes sentences",
     "gan": "the course's GAN on 8 Gaussians",
     "wgan_gp": "WGAN-GP on 8 Gaussians: gradient penalty, 5 critic steps, mode coverage",
+    "seq_wgan_gp": "WGAN-GP on sine waves: LSTM generator and critic, penalty through the LSTM",
     "autoencoder": "784-256-64-20 autoencoder on the digits",
     "vae": "784-256-64-20 VAE on the digits: reconstructions and samples",
 }

@@ -23,10 +23,11 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (example, extra kwargs, how many step functions it compiles)
-CASES = [(name, {}, {"char_rnn": 3, "gan": 2, "wgan_gp": 2, "digits_mlp": 2}.get(name, 1)) for name in EXAMPLES]
+CASES = [(name, {}, {"char_rnn": 3, "gan": 2, "wgan_gp": 2, "seq_wgan_gp": 2, "digits_mlp": 2}.get(name, 1))
+         for name in EXAMPLES]
 CASES += [("digits_cnn", {"arch": "inception"}, 1), ("digits_cnn", {"arch": "residual"}, 1)]
 CASES += [("sentiment", {"arch": "transformer"}, 1)]
-TINY = {"names": {"MAX_LEN": 6}, "sentiment": {"MAX_LEN": 6}}
+TINY = {"names": {"MAX_LEN": 6}, "sentiment": {"MAX_LEN": 6}, "seq_wgan_gp": {"T": 6}}
 IDS = [name + "".join(f"-{v}" for v in kw.values()) for name, kw, _ in CASES]
 
 
@@ -161,6 +162,8 @@ def _check(name: str, kwargs: dict, r: dict) -> None:
         assert r["modes"] >= 1
     elif name == "wgan_gp":
         assert r["modes"] == 8
+    elif name == "seq_wgan_gp":
+        assert r["passed"], (r["frequency_w1"], r["autocorrelation_gap"])
     elif name == "autoencoder":
         assert r["test_mse"] < 0.5 * r["baseline_mse"]
     elif name == "vae":
