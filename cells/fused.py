@@ -28,6 +28,17 @@ Two ways to run, one math:
   optimizer - is compiled and fused as usual). torch.compile cannot yet ``vmap`` an
   ``autograd.Function``; under a compiled ``vmap`` (an ensemble) the layers step the cell.
 
+Second derivatives (a gradient penalty, ``create_graph=True``, autograd of a ``fn.grad``
+result), eagerly: the saved activations are differentiable outputs of the Function, and when
+its backward finds itself differentiated (:func:`_differentiated_again`) it runs as a second
+Function, ``_RecurrenceBackward`` (the same loop), whose own backward is one op,
+``cells::recurrence_double_backward``: it reruns the backward loop under autograd and
+differentiates it. Gradient reaching the saved activations flows back through the first
+Function's backward as their cotangents (``dextra``). A third derivative is refused by name.
+Compiled, torch 2.13 differentiates an autograd.Function's backward as a constant (zeros,
+silently), so there, and for a third derivative or under ``jvp``/``vmap``, the layers step
+the cell instead (:func:`steps_the_cell`).
+
 The op-by-op path (``cells.cell`` cells stepped by ``fnnet.scan``, ``fused=False`` on the
 layers) is the reference these loops are tested against.
 
