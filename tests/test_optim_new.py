@@ -340,7 +340,7 @@ NEW_CONSTRUCTORS = {
                             "maximize": bad_flag()}),
     "radam": (optim.radam, {"lr": bad_nonneg(), "eps": bad_nonneg(), "weight_decay": bad_nonneg(),
                             "decoupled_weight_decay": bad_flag(), "maximize": bad_flag()}),
-    "adadelta": (optim.adadelta, {"lr": bad_nonneg(), "rho": bad_beta().filter(lambda v: v != 1.0),
+    "adadelta": (optim.adadelta, {"lr": bad_nonneg(), "rho": bad_beta().filter(lambda v: not (isinstance(v, (int, float)) and v == 1.0)),
                                   "eps": bad_nonneg(), "weight_decay": bad_nonneg(), "maximize": bad_flag()}),
     "adafactor": (optim.adafactor, {
         "lr": bad_nonneg(), "beta2_decay": bad_real() | st.floats(min_value=1e-300, allow_nan=False),
