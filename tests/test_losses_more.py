@@ -353,8 +353,12 @@ MODULE_LOSSES = {
     "CosineEmbeddingLoss": "cosine_embedding", "SoftMarginLoss": "soft_margin",
     "MultiLabelSoftMarginLoss": "multilabel_soft_margin", "MultiMarginLoss": "multi_margin",
     "MultiLabelMarginLoss": "multilabel_margin", "GaussianNLLLoss": "gaussian_nll",
-    "PoissonNLLLoss": "poisson_nll", "CTCLoss": "ctc",
+    "PoissonNLLLoss": "poisson_nll", "CTCLoss": "ctc", "LinearCrossEntropyLoss": "linear_cross_entropy",
 }
+
+# loss modules with parameters (nn.LinearCrossEntropyLoss's internal Linear): the constructor's
+# arguments are not the loss's, so each has its own replay below, the module's params copied
+MODULES_WITH_PARAMS = {"LinearCrossEntropyLoss"}
 
 
 def _run(call, args):
@@ -366,7 +370,7 @@ def _run(call, args):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("module", sorted(MODULE_LOSSES))
+@pytest.mark.parametrize("module", sorted(set(MODULE_LOSSES) - MODULES_WITH_PARAMS))
 def test_every_module_db_sample_of_a_loss_module_matches(module, dtype):
     """Outputs and input gradients of every sample PyTorch's ModuleInfo database has for the
     loss modules, fnnet's loss called with the module's constructor kwargs."""
@@ -386,6 +390,60 @@ def test_every_module_db_sample_of_a_loss_module_matches(module, dtype):
                 where = f"{module} sample {sample.desc!r} training={training}"
                 for a, b in zip((ours[0], *ours[1]), (theirs[0], *theirs[1])):
                     torch.testing.assert_close(a, b, **_tol(dtype), equal_nan=True,
+                                               msg=lambda m, w=where: f"{w}: {m}")
+                matched += 1
+    assert matched > 0
+    print(f"module_db {module} {dtype}: {matched} samples match")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, pytest.param(torch.float32, marks=pytest.mark.slow)])
+def test_every_module_db_sample_of_linear_cross_entropy_loss_matches(dtype):
+    """nn.LinearCrossEntropyLoss(in_features, num_classes, out_features=, bias=, weight=, ...):
+    its params (``fn.params_from_module``: ``{"linear": {"weight": [C * prod(out_features), D],
+    "bias": [C * prod(out_features)]}}``, as fn.Linear's) reshaped to ``[C, *out_features, D]``
+    and passed to ``losses.linear_cross_entropy`` with the module's keyword arguments (torch's
+    ``options.batch_chunk_size``, where a sample sets one, as ``chunk_size``): outputs and the
+    gradients w.r.t. the input and every param equal the module's (which runs torch's chunked
+    path where the sample gives ``options``). A loss has no training mode, and module_db's eval
+    samples are the training ones drawn again: each is replayed once (float32 with ``-m slow``)."""
+    module = "LinearCrossEntropyLoss"
+    infos = infos_named(module)
+    assert infos, f"module_db has no {module}"
+    matched = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for info in infos:
+            for training, sample in samples(info, dtype):
+                if not training:
+                    continue
+                ctor, fwd = sample.constructor_input, sample.forward_input
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(1)  # torch's initial weights: the same every run
+                    torch_loss = info.module_cls(*ctor.args, **ctor.kwargs)
+                names = [n for n, _ in torch_loss.named_parameters()]
+                params = fn.params_from_module(torch_loss)["linear"]
+                assert names == [f"linear.{k}" for k in params], names
+                kw = ctor.kwargs
+                classes, out = ctor.args[1], tuple(kw.get("out_features", ()))
+                options = kw.get("options")
+
+                def ours(input, target, w, b=None, kw=kw, classes=classes, out=out, options=options):
+                    return losses.linear_cross_entropy(
+                        input, w.reshape(classes, *out, w.shape[-1]), target,
+                        linear_bias=None if b is None else b.reshape(classes, *out), weight=kw.get("weight"),
+                        reduction=kw.get("reduction", "mean"), ignore_index=kw.get("ignore_index"),
+                        label_smoothing=kw.get("label_smoothing", 0.0),
+                        chunk_size=None if options is None else options.batch_chunk_size)
+
+                def theirs(input, target, *p, m=torch_loss, names=names):
+                    return torch.func.functional_call(m, dict(zip(names, p)), (input, target))
+
+                args = (*fwd.args, *(t.detach().requires_grad_() for t in params.values()))
+                a, b = _run(ours, copy_inputs(args)), _run(theirs, copy_inputs(args))
+                where = f"{module} sample {sample.desc!r} {kw} training={training}"
+                assert len(a[1]) == len(b[1]) == len(args) - 1  # the input and every param
+                for x, y in zip((a[0], *a[1]), (b[0], *b[1])):
+                    torch.testing.assert_close(x, y, **_tol(dtype), equal_nan=True,
                                                msg=lambda m, w=where: f"{w}: {m}")
                 matched += 1
     assert matched > 0

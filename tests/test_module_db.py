@@ -33,7 +33,6 @@ EXPECTED_MISSING = {
     **{name: "lazy modules infer their sizes from the first input, which init(key) does not see" for name in [
         "LazyConv1d", "LazyConv2d", "LazyConv3d", "LazyConvTranspose1d", "LazyConvTranspose2d",
         "LazyConvTranspose3d"]},
-    "LinearCrossEntropyLoss": "a loss fused with its Linear layer: no twin in losses yet",
 }
 
 # twins that do not pass yet, and why: each xfails strictly, so a fix fails the test until it is taken out
