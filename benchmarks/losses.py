@@ -7,7 +7,8 @@ Rows, all in the same run and on the same weights and interpolation weights:
 - fnnet: ``fn.value_and_grad`` of a loss whose penalty takes the input gradient with
   ``torch.func``, eager and under ``fn.jit`` (fullgraph), as the library runs it now: ``fn.relu``
   (a backward with no derivative w.r.t. ``x``: ``fnnet/layers/_relu.py``) and the GEMM that
-  ``gemm=auto`` chose on this machine (``fnnet/layers/_gemm.py``; the ``gemm`` column);
+  ``gemm=auto`` chose on this machine for compiled code (``fnnet/layers/_gemm.py``; the ``gemm``
+  column; eager, ``auto`` keeps torch's GEMM inside ``torch.func`` transforms);
 - before: the same with ``F.relu``, whose backward has a zero derivative w.r.t. ``x`` that the
   double backward pushes through every layer (four more 400x400 matmuls, 17% of the step's
   FLOPs), and torch's GEMM: the library as it was;
@@ -185,7 +186,8 @@ def run(quick: bool = False) -> list[dict]:
     fns = {"classic nn.Module + autograd.grad, eager": lambda: classic(real, fake, eps),
            "fnnet torch.func, eager": _in_mode("auto", lambda: ours(params, real, fake, key)),
            "before: F.relu, gemm=torch, eager": _in_mode("torch", lambda: before(params, real, fake, key))}
-    gemm_of = {"fnnet torch.func, eager": chosen, "before: F.relu, gemm=torch, eager": "torch"}
+    # eager, "auto" keeps torch's GEMM inside torch.func transforms (fnnet/layers/_gemm.py: applies)
+    gemm_of = {"fnnet torch.func, eager": "torch", "before: F.relu, gemm=torch, eager": "torch"}
     compile_s, failed = {}, []
 
     for name, f, ct, err in _compiled_classic_variants(D, classic, (real, fake, eps), device):

@@ -202,7 +202,8 @@ def test_set_gemm_and_the_environment_variable_choose(onednn, monkeypatch):
 
 def test_the_choice_logic(monkeypatch):
     """oneDNN only for float32 CPU matmuls of at least MIN_WORK multiply-adds, when chosen: "onednn"
-    always, "auto" when the probe measured it faster, "torch" never, nor without oneDNN."""
+    always, "auto" when the probe measured it faster and no torch.func transform is active, "torch"
+    never, nor without oneDNN."""
     cpu, big = torch.device("cpu"), (512, 400, 400)
     probe = _gemm.onednn_measured_faster.__wrapped__  # the measurement itself, uncached
     for mode, usable, measured, expected in [("onednn", True, False, True), ("auto", True, True, True),
@@ -213,7 +214,13 @@ def test_the_choice_logic(monkeypatch):
         monkeypatch.setattr(_gemm, "onednn_measured_faster", lambda measured=measured: measured)
         assert _gemm.applies(torch.float32, cpu, *big) is expected, (mode, usable, measured)
     monkeypatch.setattr(_gemm, "_onednn_usable", lambda: True)
+    monkeypatch.setattr(_gemm, "_mode", "auto")
+    monkeypatch.setattr(_gemm, "onednn_measured_faster", lambda: True)
+    inside = fn.grad(lambda x: x.sum() * _gemm.applies(torch.float32, cpu, *big))(torch.ones(2))
+    assert torch.equal(inside, torch.zeros(2)), "auto: not inside a torch.func transform"
     monkeypatch.setattr(_gemm, "_mode", "onednn")
+    inside = fn.grad(lambda x: x.sum() * _gemm.applies(torch.float32, cpu, *big))(torch.ones(2))
+    assert torch.equal(inside, torch.ones(2)), "onednn: inside transforms too"
     assert not _gemm.applies(torch.float64, cpu, *big)
     assert not _gemm.applies(torch.bfloat16, cpu, *big)
     assert not _gemm.applies(torch.float32, torch.device("cuda"), *big)

@@ -130,10 +130,16 @@ def onednn_chosen() -> bool:
 
 
 def applies(dtype: torch.dtype, device: torch.device, rows: int, inner: int, outer: int) -> bool:
-    """Whether a ``[rows, inner] @ [inner, outer]`` matmul runs on oneDNN: float32, CPU, at least
-    ``MIN_WORK`` multiply-adds (none of the three empty), and oneDNN chosen (:func:`onednn_chosen`)."""
+    """Whether an eager ``[rows, inner] @ [inner, outer]`` matmul runs on oneDNN: float32, CPU, at
+    least ``MIN_WORK`` multiply-adds (none of the three empty), and oneDNN chosen
+    (:func:`onednn_chosen`). Under ``"auto"``, not inside a ``torch.func`` transform (``fn.grad``,
+    ``fn.vmap``, ...): there every application of the Function, forward and backward, runs through
+    functorch's Python dispatch once per transform level, a fixed cost per call that outweighed
+    the faster kernel at every size measured (``benchmarks/dense.py``, ``benchmarks/losses.py``);
+    ``"onednn"`` uses it there too. Compiled code has neither cost: see :func:`jit_options`."""
     return (dtype == torch.float32 and torch.device(device).type == "cpu" and min(rows, inner, outer) > 0
-            and rows * inner * outer >= MIN_WORK and onednn_chosen())
+            and rows * inner * outer >= MIN_WORK and onednn_chosen()
+            and (_mode == "onednn" or torch._C._functorch.maybe_current_level() is None))
 
 
 class _Gemm(torch.autograd.Function):
