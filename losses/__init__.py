@@ -16,7 +16,7 @@ from .vae import gaussian_kl
 __all__ = [
     "accuracy", "binary_accuracy", "binary_cross_entropy", "binary_cross_entropy_with_logits",
     "cosine_embedding", "cross_entropy", "ctc", "discriminator_loss", "gaussian_kl", "gaussian_nll",
-    "generator_loss", "gradient_penalty", "hinge_embedding", "huber", "interpolate", "kl_div", "l1", "linear_cross_entropy",
-    "margin_ranking", "mse", "multi_margin", "multilabel_margin", "multilabel_soft_margin", "nll",
-    "poisson_nll", "r1_penalty", "safe_norm", "smooth_l1", "soft_margin",
+    "generator_loss", "gradient_penalty", "hinge_embedding", "huber", "interpolate", "kl_div", "l1",
+    "linear_cross_entropy", "margin_ranking", "mse", "multi_margin", "multilabel_margin", "multilabel_soft_margin",
+    "nll", "poisson_nll", "r1_penalty", "safe_norm", "smooth_l1", "soft_margin",
 ]

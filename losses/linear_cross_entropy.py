@@ -312,8 +312,8 @@ def linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, targe
         per = _whole(x, w, b, t, weight, probabilities, ignore_index, label_smoothing, classes)
     else:
         chunk = chunk_size or _default_chunk(n, input.shape[-1], classes * positions)
-        per = _LinearCrossEntropy.apply(x, w, b, t, weight, probabilities, ignore_index, float(label_smoothing), classes,
-                             chunk)
+        per = _LinearCrossEntropy.apply(x, w, b, t, weight, probabilities, ignore_index, float(label_smoothing),
+                                        classes, chunk)
     out = per.reshape(((n,) if batched else ()) + out_features)
     if reduction == "none":
         return out

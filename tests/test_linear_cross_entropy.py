@@ -249,9 +249,9 @@ def test_the_default_chunk_holds_about_the_inputs_numbers():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="measures CUDA's peak memory; no CUDA device here")
 def test_cuda_peak_memory_of_forward_and_backward_is_far_below_the_logits():
-    n, d, c = 4096, 256, 32768  # logits: 512 MiB in float32
+    n, d, c = 8192, 128, 32768  # logits: 1 GiB in float32; input 4 MiB, linear_weight (and its gradient) 16 MiB
     x = torch.randn(n, d, device="cuda", requires_grad=True)
-    w = torch.randn(c, d, device="cuda", requires_grad=True) / 16
+    w = (torch.randn(c, d, device="cuda") / 16).requires_grad_()
     t = torch.randint(0, c, (n,), device="cuda")
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
