@@ -64,7 +64,7 @@ def _case(n: int, train: bool, repeats: int, d: int = D, h: int = H, b: int = B,
         out[name] = (first_call(call), call)
     # steps timed in turns, so that load from other processes hits both alike
     times: dict = {name: [] for name in out}
-    for name, (_, call) in out.items():
+    for _, call in out.values():
         timeit(call, warmup=3, repeats=1)
     for _ in range(repeats):
         for name, (_, call) in out.items():
@@ -101,7 +101,7 @@ def _remat(n: int) -> list[dict]:
         p = fn.tree.map(lambda v: v.to(device).requires_grad_(), model.init(random.key(0)))
         x = torch.randn(256, D, device=device)
 
-        def step(model=model, p=p):
+        def step(model=model, p=p, x=x):
             loss = model.apply(p, x).square().mean()
             if not torch.cuda.is_available():
                 return loss  # the hooks counted what the backward would read

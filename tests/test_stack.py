@@ -41,7 +41,7 @@ def test_init_is_n_separate_inits_with_split_keys_and_the_sequentials_init():
     params = model.init(KEY)
     assert tree.map(lambda v: tuple(v.shape), params) == tree.map(lambda v: (5, *v.shape), BLOCK.init(KEY))
     for i, k in enumerate(random.split(KEY, 5)):
-        assert_trees_close(tree.map(lambda v: v[i], params), BLOCK.init(k))
+        assert_trees_close(tree.map(lambda v, i=i: v[i], params), BLOCK.init(k))
     assert_trees_close(model.unstack(params), model.as_sequential().init(KEY))
     assert_trees_close(model.stack(model.unstack(params)), params)
     assert fn.param_shapes(model) == tree.map(lambda v: v.shape, params)
