@@ -10,8 +10,10 @@ once grow with ``N * D + C * D + chunk * C``, never with ``N * C``.
 
 The chunked forward and backward are two ops the compiler does not trace into
 (``losses::linear_cross_entropy`` and its backward, registered with ``torch.library``): a
-compiled graph calls them as they run eagerly, so compiled values and gradients are eager's,
-and the compiler cannot undo the recomputation by keeping the logits.
+compiled graph calls them as they run eagerly (the reduction around them is the compiler's, equal
+at rounding level), and the compiler cannot undo the recomputation by keeping the logits. Each
+chunk is computed in the input's dtype, as torch's reference path (``options=None``) computes
+the whole logits.
 
 The math, for one position ``r`` with logits ``z`` over ``C`` classes and ``logp = log_softmax(z)``:
 ``loss_r = -sum_c q_rc logp_rc``, where ``q_r`` is the weighted, smoothed target distribution
@@ -136,8 +138,8 @@ def _(grad, x, w, b, target, class_weight, probabilities, ignore_index, smoothin
 
 class _LinearCrossEntropy(torch.autograd.Function):
     """The two ops as one differentiable step: forward keeps its inputs (not the logits);
-    backward is the backward op. (An autograd.Function with
-    ``setup_context``, so that ``torch.func.grad`` can run it too.)"""
+    backward is the backward op. An autograd.Function with ``setup_context``, because
+    ``torch.func.grad`` cannot run a custom op's own autograd formula."""
 
     @staticmethod
     def forward(x, w, b, target, class_weight, probabilities, ignore_index, smoothing, classes, chunk):
