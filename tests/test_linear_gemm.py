@@ -69,8 +69,8 @@ def test_onednn_linear_matches_nn_linear_values_and_grads(onednn, i, o, bias, ba
     assert_trees_close(gp, fn.interop.nest({n: p.grad for n, p in tmod.named_parameters()}))
 
 
-def critic_and_batch(width=24, batch=16, dtype=torch.float32):
-    widths = [3, width, width, 1]
+def critic_and_batch(width=24, batch=16, dtype=torch.float32, hidden=2):
+    widths = [3, *[width] * hidden, 1]
     critic = fn.Sequential(*[m for a, b in itertools.pairwise(widths) for m in (fn.Linear(a, b), fn.relu)][:-1])
     params = fn.tree.map(lambda p: p.to(dtype), critic.init(fn.random.key(1)))
     real, fake = randn(2, batch, 3, dtype=dtype), randn(3, batch, 3, dtype=dtype)
@@ -165,7 +165,7 @@ def test_jvp_forward_ad_vmap_and_jacrev_on_the_onednn_path(onednn):
 def test_compiled_critic_step_with_the_onednn_pass_equals_eager(onednn):
     """fn.jit (default inductor) of a WGAN-GP critic step, the pass from jit_options() putting its
     matmuls on oneDNN: loss and gradients equal eager's (with torch's GEMM) to float32 rounding."""
-    critic, params, real, fake = critic_and_batch()
+    critic, params, real, fake = critic_and_batch(hidden=1)  # one hidden layer: a shorter compile
     step, key = critic_step(critic), fn.random.key(0)
     options = linear.jit_options()
     assert options, "oneDNN is chosen: the pass is offered"
@@ -173,7 +173,7 @@ def test_compiled_critic_step_with_the_onednn_pass_equals_eager(onednn):
     loss_c, grads_c = compiled(params, real, fake, key)
     onednn.clear()
     loss_c, grads_c = compiled(params, real, fake, key)
-    assert len(onednn) >= 9, "the compiled step's matmuls run on oneDNN"
+    assert len(onednn) >= 6, "the compiled step's matmuls run on oneDNN"
     linear.set_gemm("torch")
     loss_e, grads_e = step(params, real, fake, key)
     assert_close(loss_c, loss_e)
