@@ -20,6 +20,7 @@ from fnnet import random
 N, C = 4, 3
 G = torch.Generator().manual_seed(0)
 X = torch.randn(N, C, generator=G, dtype=torch.float64)        # predictions / logits
+LCE_W = torch.randn(5, C, generator=G, dtype=torch.float64)    # linear_cross_entropy: 5 classes over X's C features
 P = torch.sigmoid(X)                                            # probabilities
 T = torch.randn(N, C, generator=G, dtype=torch.float64)         # a real-valued target
 BITS = (T > 0).to(torch.float64)
@@ -147,6 +148,18 @@ def _mean_critic(params, x):
 # name: (function, valid keyword arguments, {argument: strategy of invalid values}, regex of the error)
 
 CASES = {
+    "linear_cross_entropy": (
+        losses.linear_cross_entropy, dict(input=X, linear_weight=LCE_W, target=torch.tensor([0, 4, 1, 2])),
+        {"input": bad_float_input(X) | of_shape(st.sampled_from([(N, 2), (N, 1, C), (), (0,)])),
+         "linear_weight": bad_float_input(LCE_W) | retyped(LCE_W, [torch.float32])
+         | of_shape(st.sampled_from([(5, 2), (C,), (0, C), (5, 1)])),
+         "target": bad_indices((N,), 5),
+         "linear_bias": of_shape(st.sampled_from([(4,), (1,), (5, 1), ()])) | st.sampled_from([1.0, [0.0] * 5])
+         | retyped(torch.zeros(5, dtype=torch.float64), [torch.float32, torch.int64]),
+         "weight": bad_weight((N, 5)), "ignore_index": NOT_AN_INT.filter(lambda v: v is not None),
+         "label_smoothing": bad_nonneg() | st.just(1.5),
+         "chunk_size": NOT_AN_INT.filter(lambda v: v is not None) | st.sampled_from([0, -1]),
+         "reduction": REDUCTION}),
     "mse": (losses.mse, dict(input=X, target=T),
             {"input": bad_float_input(X), "target": bad_value_target(T), "reduction": REDUCTION,
              "weight": bad_value_target(T, same_dtype=True).filter(lambda w: w is not None)}),
