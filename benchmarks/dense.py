@@ -10,7 +10,9 @@ for torch, ``fn.grad`` for fnnet). Rows:
 - ``fn.Linear, gemm=torch``: ``F.linear``, torch's GEMM (BLAS; MKL on x86);
 - ``fn.Linear, gemm=onednn``: oneDNN's GEMM where the matmul is at least ``MIN_WORK``
   multiply-adds (the small case stays on torch's by that rule, so its row shows the rule's cost);
-- ``fn.Linear, gemm=auto``: what this machine's probe chose (``chosen`` column);
+- ``fn.Linear, gemm=auto``: what this machine's probe chose for the forward (``chosen`` column);
+  inside ``fn.grad`` ``auto`` keeps torch's GEMM (the eager Function's functorch dispatch costs
+  more than the kernel saves), so its forward+backward row is torch's whatever ``chosen`` says;
 - ``oneDNN kernel alone`` (forward only): ``_linear_pointwise`` without fnnet, whatever the size:
   what the ``MIN_WORK`` rule turns down for small matmuls.
 
