@@ -13,8 +13,9 @@ amounts ``l, r``:
 - constant (Zero/ConstantPad): any input with at least ``n`` dims; a crop leaves a size ``>= 0``
   (``s + min(l, 0) + min(r, 0) >= 0``);
 - reflect: ``[N, C, *n]`` or ``[C, *n]``, non-empty except the batch; ``l, r < s`` (a reflection
-  does not repeat the edge, so it has ``s - 1`` values to give) and the output non-empty;
-- replicate: ``[N, C, *n]`` or ``[C, *n]``, non-empty except the batch; the output non-empty;
+  does not repeat the edge, so it has ``s - 1`` values to give), an output size ``>= 0``, and
+  ``>= 1`` in at least one padded dim (torch's rule: a crop may empty the others);
+- replicate: ``[N, C, *n]`` or ``[C, *n]``, non-empty except the batch; output sizes as reflect's;
 - circular: ``[N, C, *n]`` or ``[C, *n]``; torch crops first, then wraps what is left around, at
   most once: ``core = s + min(l, 0) + min(r, 0) >= 0`` and ``l, r <= core``. (torch 2.13 itself
   refuses some of the rest with a memory-overlap error and returns uninitialized memory for others,
@@ -65,7 +66,7 @@ class _Pad(Module):
         n, name = self.n, type(self).__name__
         dims = ", ".join("*" * n)
         if self.mode == "constant":
-            expect(self, isinstance(x, torch.Tensor) and x.ndim >= n, f"an input with at least {n} dims "
+            expect(self, isinstance(x, torch.Tensor) and x.ndim >= n, f"input with at least {n} dims "
                    f"(the last {n} padded), e.g. [N, C, {dims}]", x)
         else:
             expect(self, isinstance(x, torch.Tensor) and x.ndim in (n + 1, n + 2),
@@ -73,16 +74,17 @@ class _Pad(Module):
             if self.mode != "circular":
                 kept = x.shape[1:] if x.ndim == n + 2 else x.shape
                 expect(self, all(s > 0 for s in kept), f"non-empty dims except the batch (mode {self.mode!r})", x)
+        outs = []
         for i in range(n):  # padding pairs run from the last dim back
             s, (lo, hi) = x.shape[x.ndim - 1 - i], self.padding[2 * i:2 * i + 2]
-            out = s + lo + hi
+            outs.append(s + lo + hi)
             if self.mode == "constant":
                 ok, why = s + min(lo, 0) + min(hi, 0) >= 0, "crops more than the dim holds"
             elif self.mode == "reflect":
-                ok, why = lo < s and hi < s and out >= 1, (
-                    "must be smaller than the dim (a reflection has size - 1 values to give) and leave it non-empty")
+                ok, why = lo < s and hi < s and outs[-1] >= 0, (
+                    "must be smaller than the dim (a reflection has size - 1 values to give) and leave a size >= 0")
             elif self.mode == "replicate":
-                ok, why = out >= 1, "must leave the dim non-empty"
+                ok, why = outs[-1] >= 0, "must leave a size >= 0"
             else:  # torch crops first, then wraps what is left around
                 core = s + min(lo, 0) + min(hi, 0)
                 ok, why = core >= 0 and max(lo, hi) <= core, (
@@ -90,6 +92,9 @@ class _Pad(Module):
             if not ok:
                 raise ValueError(f"{name}(padding={self.padding}): padding ({lo}, {hi}) of dim {x.ndim - 1 - i} "
                                  f"(size {s}) of input {list(x.shape)} {why}")
+        if self.mode in ("reflect", "replicate") and max(outs) < 1:  # torch: some padded dim non-empty
+            raise ValueError(f"{name}(padding={self.padding}): input {list(x.shape)} is too small: the padded "
+                             f"dims would all be empty (sizes {outs[::-1]})")
 
     def apply(self, params, input, *, key=None, train=False):
         """``input: [N, C, *]`` or ``[C, *]`` (constant modes: any rank >= n) -> each of the

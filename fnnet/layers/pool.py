@@ -14,13 +14,22 @@ FractionalMaxPool is random (Graham's pseudo-random pooling regions): ``apply`` 
 samples, ``[N, C, n]`` uniform on [0, 1), from ``key=`` (fnnet.random), in train and eval alike
 as torch does; ``_random_samples=`` at construction gives them explicitly instead (torch's
 argument: the same samples give torch's output exactly).
+
+Compiled, an average (and power-average) pool whose ceil-mode last window overhangs the padded
+input, counting padding (``count_include_pad``, no ``divisor_override``), is computed as a sum
+over each window divided by the window's clipped size (:func:`avg_pool`): inductor's backward of
+that case divides by the full kernel instead (wrong gradients, pytorch/pytorch#198119; pinned by
+a test). Likewise a compiled fractional max pool and 3d adaptive max pool take their values at
+their indices (a gather, :func:`max_at_indices`): torch's CPU backward of those ops reads the
+indices as contiguous, and inductor may save them in another layout (wrong gradients,
+pytorch/pytorch#197888; pinned by a test). Eager runs torch's ops as they are.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -61,6 +70,53 @@ def pooled_size(size: int, kernel: int, stride: int, padding: int, dilation: int
     return out
 
 
+def _overhangs(x: torch.Tensor, kernel: tuple, stride: tuple, padding: tuple) -> bool:
+    """Whether a ceil-mode last window runs past the padded input along some dim."""
+    n = len(kernel)
+    for i in range(n):
+        size = x.shape[x.ndim - n + i]
+        out = pooled_size(size, kernel[i], stride[i], padding[i], 1, True)
+        if (out - 1) * stride[i] - padding[i] + kernel[i] > size + padding[i]:
+            return True
+    return False
+
+
+def avg_pool(x: torch.Tensor, kernel: tuple, stride: tuple | None, padding: tuple, ceil_mode: bool,
+             count_include_pad: bool, divisor_override: int | None = None) -> torch.Tensor:
+    """``F.avg_pool{n}d`` (``n = len(kernel)``); under compile, where inductor's backward is wrong
+    (a ceil-mode window overhanging the padded input, counting padding, no divisor_override:
+    pytorch/pytorch#198119), the same numbers as a sum over each window (divisor 1, whose backward
+    is right) divided by the window clipped to the padded input, as torch's eager kernel divides."""
+    n, stride = len(kernel), stride or kernel
+    if not (torch.compiler.is_compiling() and ceil_mode and count_include_pad and divisor_override is None
+            and _overhangs(x, kernel, stride, padding)):
+        extra = () if n == 1 else (divisor_override,)
+        return _AVG[n](x, kernel, stride, padding, ceil_mode, count_include_pad, *extra)
+    if n == 1:  # avg_pool1d has no divisor_override: pool [*, 1, L] in 2d
+        total = F.avg_pool2d(x.unsqueeze(-2), (1, *kernel), (1, *stride), (0, *padding), True, True, 1).squeeze(-2)
+    else:
+        total = _AVG[n](x, kernel, stride, padding, True, True, 1)
+    counts = 1
+    for i in range(n):
+        size, out, k, s, p = x.shape[x.ndim - n + i], total.shape[total.ndim - n + i], kernel[i], stride[i], padding[i]
+        clipped = [min(o * s - p + k, size + p) - (o * s - p) for o in range(out)]
+        shape = [1] * n
+        shape[i] = out
+        counts = counts * torch.tensor(clipped, dtype=x.dtype, device=x.device).reshape(shape)
+    return total / counts
+
+
+def max_at_indices(pool, x: torch.Tensor, n: int, return_indices: bool):
+    """``pool(x)`` of a max pool that returns indices (flat within each plane of the last ``n``
+    dims); under compile its values are gathered from ``x`` at the indices, so the gradient is a
+    scatter to them rather than the op's own backward (wrong under inductor: pytorch/pytorch#197888)."""
+    if not torch.compiler.is_compiling():
+        return pool(x, return_indices)
+    _, indices = pool(x.detach(), True)
+    y = x.flatten(-n).gather(-1, indices.flatten(-n)).view_as(indices)
+    return (y, indices) if return_indices else y
+
+
 class _Window(Module):
     """A sliding window: ``kernel_size``, ``stride`` (``None``: the kernel), ``padding`` and
     ``dilation`` (where the family has them), ``ceil_mode``."""
@@ -94,10 +150,24 @@ class _Window(Module):
         dilation = self.dilation if self.dilated else (1,) * n
         for i in range(n):
             size, k, d, p = x.shape[x.ndim - n + i], self.kernel_size[i], dilation[i], padding[i]
-            if pooled_size(size, k, stride[i], p, d, self.ceil_mode) < 1 or (self.kernel_fits_input and size < k):
+            out = pooled_size(size, k, stride[i], p, d, self.ceil_mode)
+            if out < 1 or (self.kernel_fits_input and size < k):
                 padded = "" if self.kernel_fits_input else f" (padded: {size + 2 * p})"
                 raise ValueError(f"{self!r}: input {list(x.shape)} is too small: spatial dim {i} of size {size}"
                                  f"{padded} is smaller than the window ({d * (k - 1) + 1})")
+            if d > 1:  # dilated taps may all fall in the padding
+                self._check_windows_meet_input(x, i, size, out, k, stride[i], p, d)
+
+    def _check_windows_meet_input(self, x, i, size, out, k, s, p, d) -> None:
+        """Each window holds at least one input element: torch gives a window of padding only
+        ``-inf`` and an index outside the input, to which its backward then writes."""
+        for o in range(out):
+            start = o * s - p
+            first = 0 if start >= 0 else -(start // d)  # the first tap at or after 0: ceil(-start / d)
+            if not (first < k and start + first * d < size):
+                raise ValueError(f"{self!r}: input {list(x.shape)}: window {o} of spatial dim {i} (size {size}) "
+                                 f"holds no input element, its dilated taps {start}, {start + d}, ... all fall in "
+                                 f"the padding (torch returns -inf there, with an index outside the input)")
 
 
 # -- max ---------------------------------------------------------------------------------------
@@ -164,9 +234,8 @@ class _AvgPool(_Window):
         """``input: [N, C, *n]`` or ``[C, *n]`` -> the windows' means (``count_include_pad``:
         padded zeros count; ``divisor_override``: divide by it instead)."""
         self._check_apply(input)
-        extra = () if self.n == 1 else (self.divisor_override,)
-        return _AVG[self.n](input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                            self.count_include_pad, *extra)
+        return avg_pool(input, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad,
+                        getattr(self, "divisor_override", None))
 
 
 @dataclass(frozen=True)
@@ -217,8 +286,13 @@ class _LPPool(_Window):
     def apply(self, params, input, *, key=None, train=False):
         """``input: [N, C, *n]`` or ``[C, *n]`` -> each window's p-norm."""
         self._check_apply(input)
-        kernel = self.kernel_size[0] if self.n == 1 else self.kernel_size  # lp_pool1d multiplies by it
-        return _LP[self.n](input, self.norm_type, kernel, self.stride, self.ceil_mode)
+        p, k, stride = self.norm_type, self.kernel_size, self.stride or self.kernel_size
+        if torch.compiler.is_compiling() and self.ceil_mode and not math.isinf(p) and _overhangs(
+                input, k, stride, (0,) * self.n):  # torch's formula, over avg_pool's workaround
+            out = avg_pool(input.pow(p), k, stride, (0,) * self.n, True, True)
+            return (torch.sign(out) * F.relu(torch.abs(out))).mul(math.prod(k)).pow(1.0 / p)
+        kernel = k[0] if self.n == 1 else k  # lp_pool1d multiplies by it
+        return _LP[self.n](input, p, kernel, self.stride, self.ceil_mode)
 
 
 @dataclass(frozen=True)
@@ -238,7 +312,10 @@ class LPPool3d(_LPPool):
     """input: ``[N, C, D, H, W]`` or ``[C, D, H, W]``."""
 
     n = 3
-    kernel_fits_input = True  # it runs avg_pool3d
+
+    @property
+    def kernel_fits_input(self) -> bool:  # torch runs avg_pool3d (max_pool3d for p = +-inf)
+        return not math.isinf(self.norm_type)
 
 
 # -- adaptive ----------------------------------------------------------------------------------
@@ -273,7 +350,10 @@ class _AdaptiveMaxPool(_Adaptive):
     def apply(self, params, input, *, key=None, train=False):
         """``input: [N, C, *n]`` or ``[C, *n]`` -> ``[N, C, *output_size]`` (and indices)."""
         _check_input(self, input, self.n)
-        return _ADAPTIVE_MAX[self.n](input, self.output_size, self.return_indices)
+        pool = _ADAPTIVE_MAX[self.n]
+        if self.n < 3:  # inductor lowers these itself
+            return pool(input, self.output_size, self.return_indices)
+        return max_at_indices(lambda x, r: pool(x, self.output_size, r), input, 3, self.return_indices)
 
 
 @dataclass(frozen=True)
@@ -327,7 +407,7 @@ class _FractionalMaxPool(Module):
     output_size: Any = None
     output_ratio: Any = None
     return_indices: bool = False
-    _random_samples: torch.Tensor | None = None
+    _random_samples: torch.Tensor | None = field(default=None, repr=False)  # a tensor: kept out of messages
 
     n: ClassVar[int] = 2
 
@@ -390,13 +470,13 @@ class _FractionalMaxPool(Module):
         expect(self, x.is_floating_point(), "a floating-point input", x)
         out = self._output_size(x)
         for i in range(n):
-            size = x.shape[x.ndim - n + i]
-            if out[i] + self.kernel_size[i] - 1 > size:
+            size, need = x.shape[x.ndim - n + i], out[i] + self.kernel_size[i] - 1 + (n == 3)  # torch's 3d: one more
+            if size < need:
                 raise ValueError(f"{self!r}: input {list(x.shape)} is too small: output size {out[i]} with kernel "
-                                 f"{self.kernel_size[i]} needs spatial dim {i} of size >= "
-                                 f"{out[i] + self.kernel_size[i] - 1}, got {size}")
-        return _FRACTIONAL[n](x, self.kernel_size, out, None, self.return_indices,
-                              _random_samples=self._samples(x, key))
+                                 f"{self.kernel_size[i]} needs spatial dim {i} of size >= {need}, got {size}")
+        samples = self._samples(x, key)
+        return max_at_indices(lambda x, r: _FRACTIONAL[n](x, self.kernel_size, out, None, r, _random_samples=samples),
+                              x, n, self.return_indices)
 
 
 @dataclass(frozen=True)
