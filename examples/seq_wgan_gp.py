@@ -12,9 +12,9 @@ compiled (``--compile`` compiles both; ``--no-compile`` neither).
 
 Data: ``sin(2 pi f t / T + phase)`` over T = 24 steps, frequency ``f`` uniform in [1, 3]
 cycles per sequence and phase uniform, drawn fresh from the seed (the sine example's waves,
-with random frequency as well). The generator reads one noise vector per sequence at every
-step (an LSTM, then a linear read-out squashed by tanh); the critic reads the sequence and
-scores its last output.
+with random frequency as well). The generator reads, at every step, one noise vector per
+sequence and the time ``t / T`` (an LSTM, then a linear read-out squashed by tanh); the critic
+reads the sequence and scores its last output.
 
 The quality bar, measured on 2,000 generated and 2,000 real sequences: the distribution of
 each sequence's dominant frequency (the peak of its zero-padded spectrum, in cycles per
@@ -59,12 +59,14 @@ def waves(key, n, device="cpu"):
 
 @dataclass(frozen=True)
 class Generator(fn.Module):
-    lstm: cells.LSTM = cells.LSTM(NOISE, HIDDEN, batch_first=True)
+    lstm: cells.LSTM = cells.LSTM(NOISE + 1, HIDDEN, batch_first=True)
     head: fn.Linear = fn.Linear(HIDDEN, 1)
 
     def apply(self, params, z, *, key=None, train=False):
-        """z ``[B, NOISE]`` (one noise vector per sequence, read at every step) -> ``[B, T, 1]``."""
-        out, _ = self.lstm.apply(params["lstm"], z.unsqueeze(1).expand(-1, T, -1))
+        """z ``[B, NOISE]`` -> ``[B, T, 1]``. Each step reads the sequence's noise vector and the
+        time ``t / T``: a clock, so that the LSTM need not learn to oscillate on its own."""
+        clock = (torch.arange(T, dtype=z.dtype, device=z.device) / T).expand(z.shape[0], T).unsqueeze(-1)
+        out, _ = self.lstm.apply(params["lstm"], torch.cat([z.unsqueeze(1).expand(-1, T, -1), clock], -1))
         return torch.tanh(self.head.apply(params["head"], out))
 
 
