@@ -356,8 +356,9 @@ def _run_double_backward(kind, reverse, grads, w_hh, b_hh, w_hr, mask, saved, co
     the forward's own (hand-written) backward as their cotangents."""
     weights = [w for w in (w_hh, b_hh, w_hr) if w is not None]
     inputs = [t.detach().requires_grad_() for t in (*grads, *weights, *saved)]
-    g, w, s = inputs[:len(grads)], iter(inputs[len(grads):len(grads) + len(weights)]), inputs[len(grads) + len(weights):]
-    w_hh, b_hh, w_hr = next(w), (next(w) if b_hh is not None else None), (next(w) if w_hr is not None else None)
+    n = len(grads)
+    g, s = inputs[:n], inputs[n + len(weights):]
+    w_hh, b_hh, w_hr = _weight_grads(b_hh, w_hr, inputs[n:n + len(weights)])  # (the weights, in that order)
     with torch.enable_grad():
         outs = _run_backward(kind, reverse, g, w_hh, b_hh, w_hr, mask, s)
     pairs = [(o, c) for o, c in zip(outs, cotangents) if c is not None and o.requires_grad]
@@ -463,11 +464,15 @@ class _Recurrence(torch.autograd.Function):
         n = len(states)
         ctx.save_for_backward(w_hh, b_hh, w_hr, mask, output[0], *states, *output[1 + n:])
         ctx.kind, ctx.reverse, ctx.n = kind, reverse, n
+        if torch.compiler.is_compiling():  # compiled, no second derivative comes here (see recurrence)
+            ctx.mark_non_differentiable(*output[1 + n:])
         ctx.set_materialize_grads(False)  # no zero-filled gradients for the saved outputs
 
     @staticmethod
     def backward(ctx, dys, *d_outputs):
         w_hh, b_hh, w_hr, mask, *saved = ctx.saved_tensors
+        if torch.compiler.is_compiling():  # (the compiled Function fills zeros for the saved outputs)
+            d_outputs = d_outputs[:ctx.n]
         grads = _full_grads([dys, *d_outputs], saved, ctx.n)
         if torch.compiler.is_compiling():
             # grad mode as it is: differentiated again, the op refuses (its autograd formula
@@ -677,6 +682,11 @@ def recurrence(kind: str, xp: Tensor, states: tuple, w_hh: Tensor, b_hh: Tensor 
     if xp.ndim != 3 or xp.shape[0] < 1:
         raise ValueError(f"recurrence: expected xp of shape [T, B, G*H] with T >= 1, got {list(xp.shape)}")
     n = len(states)
+    if torch.compiler.is_compiling() and second_derivative_ahead((w_hh, b_hh, w_hr)):
+        raise RuntimeError(
+            "cells.fused.recurrence: a compiled second derivative through the fused recurrence would be "
+            "silently wrong (torch differentiates a compiled autograd.Function's backward as a constant); "
+            "the layers step the cell there (fused=False gives it)")
     xp, w_hh, b_hh, w_hr, *states = fresh_views(xp, w_hh, b_hh, w_hr, *states)
     out = _Recurrence.apply(kind, reverse, mask, xp, w_hh, b_hh, w_hr, *states, *[None] * (2 - n))
     return out[0], tuple(out[1:1 + n])
