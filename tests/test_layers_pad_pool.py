@@ -166,13 +166,11 @@ def window_of_padding_only(args: dict, sizes: tuple) -> bool:
     k, s = (args["kernel_size"],) * n if isinstance(args["kernel_size"], int) else args["kernel_size"], args["stride"]
     s = k if s is None else (s,) * n if isinstance(s, int) else s
     p, d = args["padding"], args["dilation"]
-    for size, kk, ss in zip(sizes, k, s):
-        if p > kk // 2:
-            return False  # refused at construction anyway
-        out = fn.layers.pool.pooled_size(size, kk, ss, p, d, args["ceil_mode"])
-        if any(all(not 0 <= o * ss - p + j * d < size for j in range(kk)) for o in range(max(out, 0))):
-            return True
-    return False
+    outs = [fn.layers.pool.pooled_size(size, kk, ss, p, d, args["ceil_mode"]) for size, kk, ss in zip(sizes, k, s)]
+    if any(p > kk // 2 for kk in k) or min(outs) < 1:
+        return False  # refused before any window is looked at, by torch too
+    return any(all(not 0 <= o * ss - p + j * d < size for j in range(kk))
+               for size, kk, ss, out in zip(sizes, k, s, outs) for o in range(out))
 
 
 @pytest.mark.parametrize("family", ["MaxPool", "AvgPool", "LPPool"])
@@ -200,6 +198,9 @@ def test_window_pools_accept_torchs_exact_arguments():
     assert fn.LPPool2d(2, 3, 1, True).norm_type == 2
     assert fn.MaxPool1d(2, 2, ceil_mode=True).apply({}, torch.zeros(1, 1, 1)).shape == (1, 1, 1)
     assert fn.MaxPool1d(2, 2, 1, ceil_mode=True).apply({}, torch.zeros(1, 1, 4)).shape == (1, 1, 3)
+    x = randn(0, 2, 3, 4, 4, 4)
+    for layer in (fn.MaxPool3d(2), fn.AvgPool3d(2), fn.LPPool3d(2, 2), fn.AdaptiveAvgPool3d(2), fn.AdaptiveMaxPool3d(2)):
+        assert torch.equal(layer({}, input=x), layer.apply({}, x))  # forward's input under torch's keyword
 
 
 # -- adaptive pools ------------------------------------------------------------------------------
@@ -314,17 +315,18 @@ def test_conv_transpose_takes_output_size_by_torchs_keyword():
 def test_pad_and_pools_compile_to_eagers_values_and_gradients():
     """One compiled (inductor) pass through a reflection pad, a fractional max pool drawing from a
     key, a power-average pool and a 3d average pool whose ceil-mode windows overhang (inductor's
-    own backward is wrong there: pool.avg_pool works around it) and a transposed 3d convolution
-    (inductor lays the fractional pool's saved indices out so that torch's backward misreads
-    them: pool.max_at_indices works around it): the values and the input and param gradients
-    are eager's."""
+    own backward is wrong there: pool.avg_pool works around it), a transposed 3d convolution and
+    a 3d adaptive max pool (inductor lays the max pools' saved indices out so that torch's
+    backward misreads them: pool.max_at_indices works around it): the values and the input and
+    param gradients are eager's."""
     pad, frac = fn.ReflectionPad2d((1, 2, 0, 1)), fn.FractionalMaxPool2d(2, output_size=(5, 4))
     lp, avg = fn.LPPool2d(2, 2, ceil_mode=True), fn.AvgPool3d(2, 2, ceil_mode=True)  # windows overhang
-    up = fn.ConvTranspose3d(1, 2, 2, stride=2, dilation=1)
+    up, top = fn.ConvTranspose3d(1, 2, 2, stride=2, dilation=1), fn.AdaptiveMaxPool3d((3, 2, None))
 
     def loss(p, x, key):
         y = lp.apply({}, frac.apply({}, pad.apply({}, x), key=key))  # [2, 3, 3, 2]
         z = up.apply(p, avg.apply({}, y.unsqueeze(1)), output_size=(5, 4, 3))  # from [2, 1, 2, 2, 1]
+        z = top.apply({}, z)  # [2, 2, 3, 2, 3]
         return (z * z.detach().sin()).sum()
 
     params = up.init(random.key(1))
