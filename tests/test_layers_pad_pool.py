@@ -31,11 +31,15 @@ def outputs(y) -> tuple:
 
 
 def torch_result(tmod_fn, x, *args):
-    """``(outputs, None)`` of torch's forward, or ``(None, the exception)`` it raised."""
+    """``(outputs, None)`` of torch's forward, or ``(None, the exception)`` it raised; an output
+    with a negative size (torch's reflection pad of an empty batch can make one) counts as refused."""
     try:
-        return outputs(tmod_fn()(x, *args)), None
+        y = outputs(tmod_fn()(x, *args))
     except Exception as e:  # torch's own errors: RuntimeError, ValueError, NotImplementedError
         return None, e
+    if any(size < 0 for t in y for size in t.shape):
+        return None, ValueError(f"torch returned a tensor of shape {list(y[0].shape)}")
+    return y, None
 
 
 def check_parity(twins, x, dtype, seed, *args, params_from_torch=False):
