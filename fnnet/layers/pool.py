@@ -160,8 +160,10 @@ class _Window(Module):
 
     def _check_windows_meet_input(self, x, i, size, out, k, s, p, d) -> None:
         """Each window holds at least one input element: torch gives a window of padding only
-        ``-inf`` and an index outside the input, to which its backward then writes."""
-        for o in range(out):
+        ``-inf`` and an index outside the input, to which its backward then writes. (A window
+        that starts inside the input holds its first tap: only those starting in the padding,
+        ``o * s < p`` or ``o * s >= size + p``, are looked at.)"""
+        for o in (*range(min(out, -(-p // s))), *range(max(0, -(-(size + p) // s)), out)):
             start = o * s - p
             first = 0 if start >= 0 else -(start // d)  # the first tap at or after 0: ceil(-start / d)
             if not (first < k and start + first * d < size):
