@@ -21,8 +21,9 @@ each sequence's dominant frequency (the peak of its zero-padded spectrum, in cyc
 sequence) must lie within 0.25 of the real one in Wasserstein-1 distance (a generator that
 collapses to the middle frequency, 2, scores 0.5; noise scores about 1), and the mean
 autocorrelation at lags 1-6 within 0.15 of the real one (largest difference). Defaults
-(300 generator steps, batch 64, hidden 32, Adam 1e-3 with betas (0.5, 0.9), penalty weight
-10): see the printout for the values at seed 0.
+(600 generator steps, each after 5 critic steps; batch 64, hidden 32, Adam 1e-3 with betas
+(0.5, 0.9), penalty weight 10) at seed 0 reach 0.037 and 0.055 (after 200 steps: 0.73 and
+0.59, one frequency too few) in about four minutes on a shared 2-core CPU (140 s of CPU time).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from fnnet import optim, random
 
 from . import common
 
-STEPS = 300          # generator steps
+STEPS = 600          # generator steps
 CRITIC_STEPS = 5
 T, BATCH, NOISE, HIDDEN, LAMBDA = 24, 64, 8, 32, 10.0
 F_MIN, F_MAX = 1.0, 3.0     # cycles per sequence
