@@ -18,9 +18,10 @@ reads the sequence and scores its last output.
 
 The quality bar, measured on 2,000 generated and 2,000 real sequences: the distribution of
 each sequence's dominant frequency (the peak of its zero-padded spectrum, in cycles per
-sequence) must lie within 0.25 of the real one in Wasserstein-1 distance (a generator that
-collapses to the middle frequency, 2, scores 0.5; noise scores about 1), and the mean
-autocorrelation at lags 1-6 within 0.15 of the real one (largest difference). Defaults
+sequence) must lie within 0.25 of the real one in Wasserstein-1 distance, and the mean
+autocorrelation at lags 1-6 within 0.15 of the real one (largest difference). For scale:
+two independent real sets score 0.017 and 0.014; waves all of the middle frequency, 2, score
+0.46 and 0.37; white noise 4.6 and 0.91. Defaults
 (600 generator steps, each after 5 critic steps; batch 64, hidden 32, Adam 1e-3 with betas
 (0.5, 0.9), penalty weight 10) at seed 0 reach 0.037 and 0.055 (after 200 steps: 0.73 and
 0.59, one frequency too few) in about four minutes on a shared 2-core CPU (140 s of CPU time).
