@@ -142,6 +142,10 @@ def test_padding_layers_store_torchs_amounts_and_pad_as_documented():
 
 # -- sliding-window pools ------------------------------------------------------------------------
 
+# torch's lp_pool has p = +-inf (the max / min of |x|) from 2.13 on; 2.11 computes x^inf
+TORCH_LP_POOL_HAS_INF = float(torch.nn.functional.lp_pool1d(torch.full((1, 1, 2), 2.0), float("inf"), 2)) == 2.0
+
+
 @st.composite
 def window(draw, family: str, n: int):
     """Hyperparameters of ``family`` drawn past torch's limits (padding up to the kernel, inputs
@@ -151,7 +155,8 @@ def window(draw, family: str, n: int):
     if family == "LPPool":
         if n == 1:  # torch's lp_pool1d multiplies by kernel_size: a 1-tuple fails there (fnnet takes it)
             k = draw(st.integers(1, 3))
-        return {"norm_type": draw(st.sampled_from([1, 1.5, 2.0, 3, float("inf")])), "kernel_size": k,
+        norms = [1, 1.5, 2.0, 3] + ([float("inf"), float("-inf")] if TORCH_LP_POOL_HAS_INF else [])
+        return {"norm_type": draw(st.sampled_from(norms)), "kernel_size": k,
                 "stride": stride, "ceil_mode": draw(st.booleans())}
     args = {"kernel_size": k, "stride": stride, "padding": draw(st.integers(0, 2)), "ceil_mode": draw(st.booleans())}
     if family == "MaxPool":
@@ -207,6 +212,16 @@ def test_window_pools_accept_torchs_exact_arguments():
     x = randn(0, 2, 3, 4, 4, 4)
     for layer in (fn.MaxPool3d(2), fn.AvgPool3d(2), fn.LPPool3d(2, 2), fn.AdaptiveAvgPool3d(2), fn.AdaptiveMaxPool3d(2)):
         assert torch.equal(layer({}, input=x), layer.apply({}, x))  # forward's input under torch's keyword
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_lp_pool_of_infinite_order_is_the_max_or_min_of_the_magnitudes(n):
+    """On every torch (2.11's own lp_pool has no such case)."""
+    x, max_pool = randn(n, 2, 3, *[5] * n), getattr(torch.nn.functional, f"max_pool{n}d")
+    top = getattr(fn, f"LPPool{n}d")(float("inf"), 2, ceil_mode=True).apply({}, x)
+    bottom = getattr(fn, f"LPPool{n}d")(float("-inf"), 2, ceil_mode=True).apply({}, x)
+    assert torch.equal(top, max_pool(x.abs(), 2, ceil_mode=True))
+    assert torch.equal(bottom, -max_pool(-x.abs(), 2, ceil_mode=True))
 
 
 # -- adaptive pools ------------------------------------------------------------------------------

@@ -289,7 +289,10 @@ class _LPPool(_Window):
         """``input: [N, C, *n]`` or ``[C, *n]`` -> each window's p-norm."""
         self._check_apply(input)
         p, k, stride = self.norm_type, self.kernel_size, self.stride or self.kernel_size
-        if torch.compiler.is_compiling() and self.ceil_mode and not math.isinf(p) and _overhangs(
+        if math.isinf(p):  # the max (p = -inf: the min) of |x|, as torch 2.13 (2.11's lp_pool takes x^inf)
+            y = _MAX[self.n](input.abs() if p > 0 else -input.abs(), k, stride, 0, 1, self.ceil_mode)
+            return y if p > 0 else -y
+        if torch.compiler.is_compiling() and self.ceil_mode and _overhangs(
                 input, k, stride, (0,) * self.n):  # torch's formula, over avg_pool's workaround
             out = avg_pool(input.pow(p), k, stride, (0,) * self.n, True, True)
             return (torch.sign(out) * F.relu(torch.abs(out))).mul(math.prod(k)).pow(1.0 / p)
@@ -316,7 +319,7 @@ class LPPool3d(_LPPool):
     n = 3
 
     @property
-    def kernel_fits_input(self) -> bool:  # torch runs avg_pool3d (max_pool3d for p = +-inf)
+    def kernel_fits_input(self) -> bool:  # avg_pool3d's rule (p = +-inf runs max_pool3d)
         return not math.isinf(self.norm_type)
 
 
