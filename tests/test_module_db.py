@@ -13,7 +13,6 @@ the reason, and a test holds that list exact: a new twin must be taken out of it
 
 from __future__ import annotations
 
-import inspect
 import warnings
 
 import pytest
@@ -37,8 +36,6 @@ EXPECTED_MISSING = {
 
 # twins that do not pass yet, and why: each xfails strictly, so a fix fails the test until it is taken out
 KNOWN_FAILURES: dict = {}
-if "input" not in inspect.signature(fn.Linear.apply).parameters:  # (being added: then its samples run plainly)
-    KNOWN_FAILURES["samples", "Linear"] = "Linear.apply takes no input= keyword (module_db's first sample passes it)"
 
 
 def _param(kind: str, name: str, *values, marks=(), **kw):

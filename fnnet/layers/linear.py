@@ -42,23 +42,23 @@ class Linear(Module):
             p["bias"] = I.torch_default_bias(kb, (self.out_features,), self.in_features)
         return p
 
-    def apply(self, params, x, *, key=None, train=False):
-        expect(self, isinstance(x, torch.Tensor) and x.ndim >= 1 and x.shape[-1] == self.in_features,
-               f"input [..., {self.in_features}]", x)
+    def apply(self, params, input, *, key=None, train=False):
+        expect(self, isinstance(input, torch.Tensor) and input.ndim >= 1 and input.shape[-1] == self.in_features,
+               f"input [..., {self.in_features}]", input)
         w, b = params["weight"], params["bias"] if self.bias else None
         # eager float32 CPU: oneDNN's GEMM where it is chosen (_gemm); compiled, F.linear, whose
         # matmuls fn.jit(..., **_gemm.jit_options()) moves to oneDNN after differentiation
-        if (not torch.compiler.is_compiling() and w.dtype == x.dtype and (b is None or b.dtype == x.dtype)
-                and _gemm.applies(x.dtype, x.device, x.numel() // self.in_features if self.in_features else 0,
-                                  self.in_features, self.out_features)):
-            return _gemm.linear(x, w, b)
-        return F.linear(x, w, b)
+        rows = input.numel() // self.in_features if self.in_features else 0
+        if (not torch.compiler.is_compiling() and w.dtype == input.dtype and (b is None or b.dtype == input.dtype)
+                and _gemm.applies(input.dtype, input.device, rows, self.in_features, self.out_features)):
+            return _gemm.linear(input, w, b)
+        return F.linear(input, w, b)
 
 
 @dataclass(frozen=True)
 class Identity(Module):
-    def apply(self, params, x, *, key=None, train=False):
-        return x
+    def apply(self, params, input, *, key=None, train=False):
+        return input
 
 
 @dataclass(frozen=True)
@@ -71,16 +71,16 @@ class Flatten(Module):
     def __post_init__(self):
         U.ints(self, "start_dim", "end_dim", minimum=None)
 
-    def apply(self, params, x, *, key=None, train=False):
-        if isinstance(x, torch.Tensor):
-            n = max(x.ndim, 1)
+    def apply(self, params, input, *, key=None, train=False):
+        if isinstance(input, torch.Tensor):
+            n = max(input.ndim, 1)
             start, end = self.start_dim % n if -n <= self.start_dim < n else None, \
                 self.end_dim % n if -n <= self.end_dim < n else None
             ok = start is not None and end is not None and start <= end
         else:
             ok = False
-        expect(self, ok, f"input with dims {self.start_dim}..{self.end_dim} (start before end)", x)
-        return torch.flatten(x, self.start_dim, self.end_dim)
+        expect(self, ok, f"input with dims {self.start_dim}..{self.end_dim} (start before end)", input)
+        return torch.flatten(input, self.start_dim, self.end_dim)
 
 
 @dataclass(frozen=True)
@@ -101,11 +101,11 @@ class Unflatten(Module):
                              f"got {size!r}")
         object.__setattr__(self, "unflattened_size", tuple(size))
 
-    def apply(self, params, x, *, key=None, train=False):
-        ok = isinstance(x, torch.Tensor) and -x.ndim <= self.dim < x.ndim
+    def apply(self, params, input, *, key=None, train=False):
+        ok = isinstance(input, torch.Tensor) and -input.ndim <= self.dim < input.ndim
         if ok:
             known = math.prod(s for s in self.unflattened_size if s != -1)
-            n = x.shape[self.dim]
+            n = input.shape[self.dim]
             ok = n % known == 0 if -1 in self.unflattened_size else n == known
-        expect(self, ok, f"input whose dim {self.dim} splits into {list(self.unflattened_size)}", x)
-        return x.unflatten(self.dim, self.unflattened_size)
+        expect(self, ok, f"input whose dim {self.dim} splits into {list(self.unflattened_size)}", input)
+        return input.unflatten(self.dim, self.unflattened_size)
