@@ -94,12 +94,12 @@ def assume_constant_result(fn: Callable) -> Callable:
     return wrapper
 
 
-# Before torch 2.13, after a recompile dynamo turns an int it read from a module's field (a
-# Linear's in_features, when one step function meets two models) into a symbolic int, and
-# then cannot format it into an error message the layers build (BUILD_STRING on a SymInt): the
-# compile fails. fn.jit compiles there with ints specialized, as 2.13 treats module fields
-# (another value recompiles; the values computed are the same).
-SPECIALIZE_INTS = parse_torch_version(torch.__version__) < (2, 13)
+# After a recompile, dynamo turns an int it read from a module's field (a Linear's in_features,
+# when one step function meets two models) into a symbolic int, and then cannot format it into
+# an error message the layers build (BUILD_STRING on a SymInt): the compile fails. fn.jit
+# compiles with ints specialized (another value recompiles; the values computed are the same).
+# Believed fixed in 2.13 once; measured there again (tests/test_compat.py): on every torch.
+SPECIALIZE_INTS = True
 
 # oneDNN's linear (``torch.ops.mkldnn._linear_pointwise``, the op inductor's CPU fusions emit) is in
 # every CPU build since torch 2.0 with the same schema; a build without oneDNN (or another backend)

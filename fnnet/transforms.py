@@ -156,14 +156,16 @@ def _fresh_code(fun: Callable) -> Callable:
 
 def _static_config(args: tuple, kwargs: dict) -> Any:
     """What dynamo specializes a compiled function on, short of tensor shapes: the pytree
-    structure, each non-tensor leaf (hashable ones by value, others by identity; ints and floats
-    by type, as dynamo makes a changing number dynamic) and each tensor's dtype, device and
-    ``requires_grad``."""
+    structure, each non-tensor leaf (hashable ones by value, others by identity; ints by value, as
+    fn.jit specializes them; floats by type, as dynamo makes a changing float dynamic) and each
+    tensor's dtype, device and ``requires_grad``."""
     leaves, spec = torch.utils._pytree.tree_flatten((args, kwargs))
     key: list[Any] = [spec]
     for x in leaves:
         if isinstance(x, torch.Tensor):
             key.append((x.dtype, x.device, x.requires_grad))
+        elif isinstance(x, int) and not isinstance(x, bool) and _compat.SPECIALIZE_INTS:
+            key.append((int, x))
         elif isinstance(x, (int, float)) and not isinstance(x, bool):
             key.append(type(x))
         else:

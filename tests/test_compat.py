@@ -126,15 +126,15 @@ def test_constant_folded_calls_take_modules_on_every_supported_torch(monkeypatch
 
 
 def test_one_compiled_step_meets_layers_of_other_widths(monkeypatch):
-    """One fn.jit step applied to Linear(3, 2), then Linear(4, 2), Linear(5, 2): on torch
-    <= 2.12 dynamo made the second width a symbolic int and failed formatting the layer's
-    input message; fn.jit specializes ints there (SPECIALIZE_INTS), and the values are eager's."""
+    """One fn.jit step applied to Linear(3, 2), then Linear(4, 2), Linear(5, 2): dynamo makes
+    the second width a symbolic int and fails formatting the layer's input message (torch 2.11
+    and 2.13 alike); fn.jit specializes ints (SPECIALIZE_INTS), and the values are eager's."""
     import torch
 
     import fnnet as fn
     from fnnet import _compat, random
 
-    monkeypatch.setattr(_compat, "SPECIALIZE_INTS", True)  # the old torch's path, on any torch
+    assert _compat.SPECIALIZE_INTS
     step = fn.jit(lambda m, p, x: m.apply(p, x).square().sum(), backend="eager")
     for width in (3, 4, 5):
         m = fn.Linear(width, 2)
