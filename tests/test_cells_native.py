@@ -179,11 +179,13 @@ def test_the_hand_written_recurrence_runs_where_the_native_kernel_does_not_apply
             stacked = fn.tree.stack([params, params])
             out = fn.vmap(lambda p: layer.apply(p, x)[0])(stacked)[1]
         elif case == "onednn disabled":
-            torch.backends.mkldnn.enabled = False  # (its flags() context also toggles TF32 and warns)
+            # the flag's own setter: its flags() context also toggles TF32 and warns, and the
+            # attribute refuses once torch.testing._internal (module_db) has frozen global flags
+            torch._C._set_mkldnn_enabled(False)
             try:
                 out = layer.apply(params, x)[0]
             finally:
-                torch.backends.mkldnn.enabled = True
+                torch._C._set_mkldnn_enabled(True)
         else:
             out = layer.apply(params, x, lengths=lengths)[0]
     assert spy.call_count == 0

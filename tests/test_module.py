@@ -102,7 +102,7 @@ def test_a_layer_given_the_wrong_params_says_which_and_what_shape_it_expected():
     (fn.BatchNorm2d(4), torch.ones(2, 3, 5, 5), r"BatchNorm2d\(num_features=4.*4 channels.*got \[2, 3, 5, 5\]"),
     (fn.LayerNorm(6), torch.ones(2, 5), r"LayerNorm.*expected input \[\.\.\., 6\], got \[2, 5\]"),
     (fn.Embedding(10, 3), torch.ones(4), r"Embedding.*integer indices"),
-    (fn.MaxPool2d(2), torch.ones(5), r"MaxPool2d.*2 spatial dims.*got \[5\]"),
+    (fn.MaxPool2d(2), torch.ones(5), r"MaxPool2d.*expected input \[N, C, \*, \*\] or unbatched \[C, \*, \*\], got \[5\]"),
 ])
 def test_a_wrong_input_size_names_the_layer_and_the_expected_shape(layer, x, expected):
     params = layer.init(KEY)
