@@ -166,6 +166,8 @@ def test_a_third_derivative_steps_the_cell():
         fn.grad(lambda xp: fn.grad(lambda xp: fn.grad(loss)(xp).square().sum())(xp).sum())(xp)
 
 
+@pytest.mark.slow  # minutes of inductor on 2 cores; make test's compiled GP through the layers is
+# test_cells_inference_compile's gradient-penalty case
 def test_a_compiled_gradient_penalty_step_equals_eager_under_inductor():
     """fn.jit (default inductor backend, fullgraph) of a WGAN-GP critic step through an LSTM
     with lengths: values and gradients equal the eager step (which runs the fused double
