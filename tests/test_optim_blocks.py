@@ -6,7 +6,6 @@ bookkeeping (skips, counts, accumulation, slow weights); the optax-style chain u
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -50,7 +49,7 @@ def _reference(rule, grads: list[dict]) -> list[dict]:
     slots = {path: {} for path in T.paths(grads[0])}
     out = []
     for t, g in enumerate(grads, 1):
-        out.append(T.map_with_path(lambda path, x: rule(t, x, slots[path]), g))
+        out.append(T.map_with_path(lambda path, x, t=t: rule(t, x, slots[path]), g))
     return out
 
 
@@ -58,7 +57,7 @@ def _assert_steps_close(got: list[dict], want: list[dict], **tol) -> None:
     for i, (a, b) in enumerate(zip(got, want, strict=True)):
         if tol:
             for path, x, y in zip(T.paths(a), T.leaves(a), T.leaves(T.map(lambda v, w: w, a, b))):
-                torch.testing.assert_close(x, y, **tol, msg=lambda m: f"step {i + 1} {path}\n{m}")
+                torch.testing.assert_close(x, y, **tol, msg=lambda m, i=i, path=path: f"step {i + 1} {path}\n{m}")
         else:
             assert_trees_close(a, b, msg=f"step {i + 1}")
 
@@ -170,7 +169,7 @@ def test_scale_by_learning_rate_multiplies_by_minus_lr_or_its_schedule(lr, sched
     sign = -1.0 if flip_sign else 1.0
     grads = _grads(seed)
     opt = optim.scale_by_learning_rate(schedule if scheduled else lr, flip_sign=flip_sign)
-    want = [T.map(lambda g: sign * (schedule(i) if scheduled else lr) * g, gi) for i, gi in enumerate(grads)]
+    want = [T.map(lambda g, i=i: sign * (schedule(i) if scheduled else lr) * g, gi) for i, gi in enumerate(grads)]
     _assert_steps_close(_updates(opt, grads), want)
     assert optim.scale_by_learning_rate(None).init(_params()) == {}   # optax: None is the identity
 
@@ -363,8 +362,8 @@ def test_lookahead_follows_optax_fast_and_slow_params(k, alpha, reset_state, see
         u, fast_state = fast_opt.update(g, fast_state, fast)
         sync = step % k == k - 1
         diff = T.map(lambda f, x, s: f + x - s, fast, u, slow)
-        slow = T.map(lambda s, d: s + alpha * sync * d, slow, diff)
-        fast = T.map(lambda f, x, d: f + x - sync * (1 - alpha) * d, fast, u, diff)
+        slow = T.map(lambda s, d, sync=sync: s + alpha * sync * d, slow, diff)
+        fast = T.map(lambda f, x, d, sync=sync: f + x - sync * (1 - alpha) * d, fast, u, diff)
         if reset_state and sync:
             fast_state = fast_opt.init(params)
         v, state = opt.update(g, state, params)

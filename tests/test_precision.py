@@ -116,7 +116,7 @@ def _scaler_run(make_torch_opt, make_opt, steps=12, **scaler_kw):
         scaler.step(topt)
         scaler.update()
 
-        grads = fn.grad(lambda p: F.mse_loss(model.apply(p, x), y) * state["scale"])(params)
+        grads = fn.grad(lambda p, x=x, y=y, s=state["scale"]: F.mse_loss(model.apply(p, x), y) * s)(params)
         updates, state = opt.update(grads, state, params)
         params = optim.apply_updates(params, updates)
 

@@ -18,7 +18,7 @@ from ..module import Module
 from . import _util as U
 from ._util import expect
 
-from ._relu import relu  # noqa: E402  (a backward whose own derivative is cheap: _relu.py)
+from ._relu import relu  # (a backward whose own derivative is cheap: _relu.py)
 relu6 = F.relu6
 sigmoid = torch.sigmoid
 tanh = torch.tanh

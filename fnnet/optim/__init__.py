@@ -109,7 +109,8 @@ from .wrappers import MultiSteps, apply_if_finite, lookahead, masked
 __all__ = [
     "LBFGS", "GradientTransformation", "adagrad", "adam", "adamax", "adamw", "add_decayed_weights",
     "apply_updates", "asgd", "chain", "clip_by_global_norm", "clip_by_value", "constant",
-    "cosine_annealing_lr", "dynamic_loss_scale", "exponential_lr", "freeze", "frozen_paths", "identity", "lbfgs", "linear_lr",
+    "cosine_annealing_lr", "dynamic_loss_scale", "exponential_lr", "freeze", "frozen_paths", "identity",
+    "lbfgs", "linear_lr",
     "multi_transform",
     "one_cycle_lr", "optimizer", "reduce_on_plateau", "rmsprop", "rprop", "scale", "scale_by_schedule",
     "set_hyperparams", "set_to_zero", "sgd", "step_lr",

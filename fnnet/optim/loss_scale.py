@@ -17,8 +17,6 @@ State: ``{"scale": float32 [], "growth_tracker": int32 [], "inner": inner state}
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from .. import tree as T

@@ -66,7 +66,7 @@ def masked(inner: GradientTransformation, mask: Mask) -> GradientTransformation:
     def update(grads, state, params=None, **extra):
         _check_state("masked", state, ("inner_state",))
         if params is not None:  # paired by path, in the grads' order
-            spec, (flat_g, flat_p) = T.match(grads, params, names=("grads", "params"), what="masked update")
+            spec, (_, flat_p) = T.match(grads, params, names=("grads", "params"), what="masked update")
             params = T.unflatten(spec, flat_p)
         keep = leaf_mask(mask, params if params is not None else grads, "masked")
         sub, inner_state = inner.update(pick(grads, keep), state["inner_state"],
