@@ -77,6 +77,8 @@ def check_dtypes(layer: Module, x: torch.Tensor, weights: dict, states: dict) ->
 
 @dataclass(frozen=True)
 class _Cell(fn.Module):
+    _fnnet_input_dtype_check = False  # dtypes checked by check_dtypes, in nn.RNN's words
+
     input_size: int
     hidden_size: int
     bias: bool = True

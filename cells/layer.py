@@ -86,6 +86,8 @@ def _(lengths, T, layer):
 
 @dataclass(frozen=True)
 class _RNNBase(fn.Module):
+    _fnnet_input_dtype_check = False  # dtypes checked by check_dtypes, in nn.RNN's words
+
     input_size: int
     hidden_size: int
     num_layers: int = 1

@@ -165,6 +165,8 @@ class Recurrent(fn.Module):
     """A sequence layer running ``cell`` over time (see the module docstring for the protocol,
     shapes and params): ``out, final_state = layer.apply(params, x, state, lengths=...)``."""
 
+    _fnnet_input_dtype_check = False  # dtypes checked by the cell protocol's checks
+
     cell: Any
     num_layers: int = 1
     bidirectional: bool = False

@@ -129,6 +129,8 @@ def _checked(apply: Callable) -> Callable:
         state = kwargs.get("state")
         if state is not None and self.stateful:
             _check_state(self, state)
+        if type(self)._fnnet_input_dtype_check:
+            _check_input_dtypes(self, params, inputs, kwargs.get("input"))
         local.inside = True
         try:
             return apply(self, params, *inputs, **kwargs)
@@ -175,6 +177,37 @@ def _rng_as_key(module: Module, kwargs: dict) -> dict:
 def _key_kwarg(module: Module, key: Any) -> dict:
     """The PRNG key as the keyword ``module``'s apply takes it: ``rng=`` or ``key=``."""
     return {"rng": key} if _takes_rng(module) else {"key": key}
+
+
+def _first_float(tree: Any) -> torch.Tensor | None:
+    """The first floating leaf of a params tree, depth first (None if there is none)."""
+    if isinstance(tree, torch.Tensor):
+        return tree if tree.is_floating_point() else None
+    if isinstance(tree, dict):
+        for v in tree.values():
+            leaf = _first_float(v)
+            if leaf is not None:
+                return leaf
+    return None
+
+
+def _check_input_dtypes(module: Module, params: Any, inputs: tuple, keyword_input: Any) -> None:
+    """A floating input (the first, or ``input=``) of another dtype than the module's floating
+    params is a TypeError naming the module, at its outermost call: float64 data into a float32
+    model otherwise fails deep inside a torch kernel, or inside a compiled graph. Only a model
+    whose floating params share one dtype is checked (a model mixing dtypes casts for itself);
+    further inputs (attention's key and value) are the layers' own checks, by name."""
+    x = inputs[0] if inputs else keyword_input
+    if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
+        return
+    leaf = _first_float(params)
+    if leaf is None or x.dtype == leaf.dtype:
+        return
+    dtypes = {v.dtype for v in _leaves(params).values() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    if len(dtypes) == 1:
+        raise TypeError(f"{_describe(module)}: the input is {x.dtype} but the params are {leaf.dtype}: cast "
+                        f"one to the other (x.to({leaf.dtype}) or fn.tree.astype(params, {x.dtype})), or "
+                        f"run the model under fn.MixedPrecision")
 
 
 def _check_call(module: Module, params: Any, state: Any) -> None:
@@ -513,6 +546,7 @@ class Module:
 
 
 Module._fnnet_apply = Module.apply
+Module._fnnet_input_dtype_check = True  # False where a module checks (or casts) input dtypes itself
 
 
 @_compat.assume_constant_result  # dynamo cannot trace children() (dataclass introspection)

@@ -75,6 +75,8 @@ class MixedPrecision(Module):
     """``model`` run under ``policy``: the same params tree as ``model`` (stored in
     ``policy.param_dtype``), applied in ``policy.compute_dtype``; see the module docstring."""
 
+    _fnnet_input_dtype_check = False  # it casts the inputs itself
+
     model: Any
     policy: Policy
 

@@ -158,8 +158,8 @@ def test_is_causal_is_a_hint_that_reaches_sdpa_and_needs_the_mask():
     for kwargs in ({"need_weights": False}, {"need_weights": True}, {"need_weights": False, "key_padding_mask": pad}):
         both(layer, torch_twin(layer, torch.float64), (x, x, x), {**kwargs, "attn_mask": causal, "is_causal": True},
              torch.float64)
-    expect_clear_error(lambda: layer.apply(layer.init(random.key(0)), x, x, x, is_causal=True),
-                       match="is_causal.*attn_mask")
+    params = fn.tree.astype(layer.init(random.key(0)), torch.float64)
+    expect_clear_error(lambda: layer.apply(params, x, x, x, is_causal=True), match="is_causal.*attn_mask")
 
 
 def test_eval_under_no_grad_equals_torchs_native_fast_path():

@@ -16,6 +16,7 @@ import cells
 import fnnet as fn
 import fnnet.module as M
 from fnnet import random, tree
+from badinput import expect_clear_error
 
 nn = torch.nn
 KEY = random.key(0)
@@ -216,3 +217,25 @@ def test_check_params_and_apply_give_the_same_message():
     with pytest.raises(fn.ParamsError) as by_apply:
         model.apply(params, torch.ones(2))
     assert str(by_check.value) == str(by_apply.value)
+
+
+def test_an_input_of_another_dtype_than_the_params_is_named_at_the_outermost_call():
+    model = fn.Sequential(fn.Linear(3, 4), fn.relu, fn.Linear(4, 1))
+    params = model.init(random.key(0))                  # float32
+    x = torch.randn(2, 3, dtype=torch.float64)
+    expect_clear_error(lambda: model.apply(params, x), match=r"Sequential: the input is torch.float64 but the params "
+                                                             r"are torch.float32")
+    expect_clear_error(lambda: fn.Linear(3, 4).apply(params["0"], input=x), match=r"Linear\(.*\): the input is")
+    with pytest.raises(TypeError, match="the input is torch.float64 but the params are torch.float32"):
+        fn.jit(model.apply)(params, x)                     # before compiling, as itself
+    assert model.apply(fn.tree.astype(params, torch.float64), x).dtype == torch.float64
+    emb = fn.Embedding(5, 2)                                 # integer inputs are not checked
+    assert emb.apply(emb.init(random.key(1)), torch.tensor([1, 2])).shape == (2, 2)
+
+
+def test_a_model_mixing_param_dtypes_on_purpose_is_not_second_guessed():
+    layer = fn.Linear(3, 2)
+    params = layer.init(random.key(2))
+    mixed = {"weight": params["weight"], "bias": params["bias"].double()}
+    with pytest.raises(RuntimeError):  # torch's own error: the model asked for it
+        layer.apply(mixed, torch.randn(1, 3, dtype=torch.float64))
