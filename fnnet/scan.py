@@ -114,11 +114,10 @@ def scan(f: Callable[[Any, Any], tuple[Any, Any]], carry: Any, xs: Any = None, r
     steps = n if unroll is True else max(int(unroll), 1)  # False: one step per body
     if steps >= n or not _op_applies():
         return _loop(f, carry, flat, spec, n, reverse)
-    if not torch.is_grad_enabled():
-        return _traced_once(f, carry, flat, spec, n, reverse, steps)
     # Gradients may be needed: torch's scan op cannot be trusted with them (see the module
     # doc). The first step, run as the loop runs it, tells: if nothing it returns requires
-    # grad, neither will any later step, and the rest goes to the op.
+    # grad, neither will any later step, and the rest goes to the op; it also tells whether f
+    # returns ys at all.
     first, rest = ([x[n - 1:] for x in flat], [x[:n - 1] for x in flat]) if reverse else \
         ([x[:1] for x in flat], [x[1:] for x in flat])
     carry, y_first = _loop(f, carry, first, spec, 1, reverse)
@@ -127,7 +126,7 @@ def scan(f: Callable[[Any, Any], tuple[Any, Any]], carry: Any, xs: Any = None, r
     elif steps >= n - 1:
         carry, y_rest = _loop(f, carry, rest, spec, n - 1, reverse)
     else:
-        carry, y_rest = _traced_once(f, carry, rest, spec, n - 1, reverse, steps)
+        carry, y_rest = _traced_once(f, carry, rest, spec, n - 1, reverse, steps, y_first is not None)
     if y_first is None:
         return carry, None
     return carry, T.map(lambda a, b: torch.cat([b, a] if reverse else [a, b]), y_first, y_rest)
@@ -182,9 +181,11 @@ def _loop(f, carry, flat, spec, n, reverse):
     return carry, T.map(lambda *y: torch.stack(y), *ys)
 
 
-def _traced_once(f, carry, flat, spec, n, reverse, k):
+def _traced_once(f, carry, flat, spec, n, reverse, k, has_ys):
     """torch's scan op (no gradients): a body of ``k`` steps traced once, over ``n // k``
-    blocks; the ``n % k`` steps the loop reaches last run unrolled after it."""
+    blocks; the ``n % k`` steps the loop reaches last run unrolled after it. Without ys
+    (``has_ys`` False) the body gives a ``[0]`` placeholder, dropped: inductor fails on the op
+    with no ys ("getitem is not an OpOverload", torch 2.13)."""
     if not T.leaves(carry):
         raise ValueError("scan: under fn.jit the carry needs at least one tensor")
     if spec is None:  # length only: a [n, 0] placeholder to scan over
@@ -208,12 +209,14 @@ def _traced_once(f, carry, flat, spec, n, reverse, k):
             y = None if not _has_tensors(ys[0]) else T.map(lambda *a: torch.stack(a), *ys)
         # the op refuses outputs that alias its inputs (a carry passed through, a slice of x);
         # aliasing cannot be asked while tracing, so every output is a copy (fused by inductor)
-        return T.map(torch.clone, c), (() if y is None else T.map(torch.clone, y))
+        if not has_ys:
+            return T.map(torch.clone, c), T.leaves(c)[0].new_zeros(0)
+        return T.map(torch.clone, c), T.map(torch.clone, y)
 
     xs_blocks = [x.unflatten(0, (blocks, k)) for x in blocked] if k > 1 else blocked
     # the op also refuses initial carry leaves that alias each other (e.g. ``(h0, h0)``)
     carry, ys = _scan_hop(body, T.map(torch.clone, carry), xs_blocks, reverse=reverse)
-    ys = (T.map(lambda y: y.flatten(0, 1), ys) if k > 1 else ys) if _has_tensors(ys) else None
+    ys = (T.map(lambda y: y.flatten(0, 1), ys) if k > 1 else ys) if has_ys else None
     if rest:
         carry, ys_left = _loop(f, carry, left, spec, rest, reverse)
         if ys is not None:

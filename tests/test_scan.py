@@ -370,3 +370,20 @@ def test_unroll_must_be_a_bool_or_a_positive_int():
     for bad in (0, -1, 1.5):
         with pytest.raises(ValueError, match="unroll must be"):
             scan(lambda c, x: (c, x), torch.zeros(()), torch.ones(3), unroll=bad)
+
+
+def test_compiled_inference_without_ys_gives_none_as_eager():
+    """f returning y=None under fn.jit without gradients: torch's op with no ys failed in
+    inductor ("getitem is not an OpOverload"); the body gives a placeholder, dropped."""
+    def f(c, x):
+        return torch.tanh(c + x), None
+
+    def run(c, xs):
+        with torch.no_grad():
+            return fn.scan(f, c, xs)
+
+    c, xs = torch.zeros(3), torch.randn(6, 3)
+    carry, ys = fn.jit(run)(c, xs)
+    want, none = run(c, xs)
+    assert ys is None and none is None
+    torch.testing.assert_close(carry, want)
