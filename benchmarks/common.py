@@ -7,6 +7,7 @@ compile time is measured apart from steady-state time.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from typing import Any
@@ -51,3 +52,15 @@ def row(suite: str, case: str, impl: str, ms: float, baseline_ms: float | None =
         r["ratio"] = round(ms / baseline_ms, 3)
     r.update(extra)
     return r
+
+
+@contextlib.contextmanager
+def gemm_mode(mode: str):
+    """``fnnet.layers.linear.set_gemm(mode)`` for the block, the previous choice restored after."""
+    from fnnet.layers import linear
+    before = linear.get_gemm()
+    linear.set_gemm(mode)
+    try:
+        yield
+    finally:
+        linear.set_gemm(before)

@@ -22,35 +22,26 @@ other processes on a shared machine falls on all of them alike; medians over the
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
 
 import torch
 
 import fnnet as fn
-from fnnet.layers import _gemm, linear
+from fnnet.layers import _gemm
 
-from .common import row
+from .common import gemm_mode, row
 
 SUITE = "dense"
 SHAPES = {"small 32x64->64": (32, 64, 64), "medium 512x400->400": (512, 400, 400),
           "large 2048x1024->1024": (2048, 1024, 1024)}
 
 
-@contextlib.contextmanager
-def gemm(mode: str):
-    before = linear.get_gemm()
-    linear.set_gemm(mode)
-    try:
-        yield
-    finally:
-        linear.set_gemm(before)
 
 
 def _in_mode(mode: str, f):
     def run():
-        with gemm(mode):
+        with gemm_mode(mode):
             return f()
     return run
 
@@ -100,7 +91,7 @@ def _case(name: str, rows_: int, i: int, o: int, quick: bool) -> list[dict]:
         w, b = params["weight"], params["bias"]
         forward["oneDNN kernel alone"] = lambda: _gemm._raw(x, w, b)
 
-    with gemm("onednn"):  # the same numbers, or the timings compare different work
+    with gemm_mode("onednn"):  # the same numbers, or the timings compare different work
         torch.testing.assert_close(layer(params, x), torch_forward(), rtol=1e-5, atol=1e-4)
     chosen = "onednn" if _gemm.applies(torch.float32, x.device, rows_, i, o) else "torch"
     out = []
@@ -115,7 +106,7 @@ def _case(name: str, rows_: int, i: int, o: int, quick: bool) -> list[dict]:
 
 
 def run(quick: bool = False) -> list[dict]:
-    with gemm("auto"):
+    with gemm_mode("auto"):
         _gemm.onednn_measured_faster()  # the probe, once, before anything is timed
     rows_ = []
     for name, shape in SHAPES.items():

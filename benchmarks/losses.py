@@ -28,7 +28,6 @@ the fastest round (``min_ms``).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import statistics
 import time
@@ -43,7 +42,7 @@ import losses
 from fnnet import random
 from fnnet.layers import _gemm, linear
 
-from .common import first_call, row, sync
+from .common import gemm_mode, first_call, row, sync
 
 LAMBDA = 10.0
 WIDTHS = [2, 400, 400, 400, 1]
@@ -63,20 +62,12 @@ def _classic_step(D: nn.Module) -> Callable:
     return step
 
 
-@contextlib.contextmanager
-def _gemm_mode(mode: str):
-    before = linear.get_gemm()
-    linear.set_gemm(mode)
-    try:
-        yield
-    finally:
-        linear.set_gemm(before)
 
 
 def _in_mode(mode: str, f: Callable) -> Callable:
     """``f`` run with fnnet's GEMM set to ``mode`` (eager fn.Linear reads it at each call)."""
     def run():
-        with _gemm_mode(mode):
+        with gemm_mode(mode):
             return f()
     return run
 
@@ -181,7 +172,7 @@ def run(quick: bool = False) -> list[dict]:
     params = fn.params_from_module(D)
     classic = _classic_step(D)
     ours, before = _fnnet_step(fn.relu), _fnnet_step(F.relu)
-    with _gemm_mode("auto"):
+    with gemm_mode("auto"):
         chosen = "onednn" if _gemm.applies(torch.float32, device, batch, 400, 400) else "torch"
     fns = {"classic nn.Module + autograd.grad, eager": lambda: classic(real, fake, eps),
            "fnnet torch.func, eager": _in_mode("auto", lambda: ours(params, real, fake, key)),
@@ -200,7 +191,7 @@ def run(quick: bool = False) -> list[dict]:
     torch._dynamo.reset()
 
     def compiled(name: str, step: Callable, mode: str) -> None:
-        with _gemm_mode(mode):
+        with gemm_mode(mode):
             j = fn.jit(step, **linear.jit_options())
             compile_s[name] = first_call(lambda: j(params, real, fake, key), device)
         fns[name] = _in_mode(mode, lambda: j(params, real, fake, key))

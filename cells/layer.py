@@ -84,6 +84,31 @@ def _(lengths, T, layer):
     return torch.empty_like(lengths)
 
 
+def lengths_tensor(owner: Any, compiled_name: str, lengths: Any, T: int, batch: int,
+                   unbatched: bool) -> torch.Tensor:
+    """``lengths`` as a ``[B]`` integer tensor, checked as ``pack_padded_sequence`` checks it
+    (every length in ``[1, T]``), errors naming ``owner``; under ``torch.compile`` the value
+    check is an op of the graph (``cells::checked_lengths``, naming ``compiled_name``), so a
+    compiled call with a bad length raises too. One check for every sequence layer."""
+    if not isinstance(lengths, torch.Tensor):
+        try:
+            lengths = torch.as_tensor(lengths)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(f"{owner!r}: lengths must be a 1-D integer tensor (or list of ints), got "
+                            f"{type(lengths).__name__}: {e}") from None
+    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+        raise ValueError(f"{owner!r}: lengths must be an integer tensor, got {lengths.dtype}")
+    want = () if unbatched else (batch,)
+    if tuple(lengths.shape) != want:
+        raise ValueError(f"{owner!r}: lengths must have shape {list(want)} (one per sequence), "
+                         f"got {list(lengths.shape)}")
+    lengths = lengths.reshape(batch)
+    if torch.compiler.is_compiling():
+        return checked_lengths(lengths, T, compiled_name)
+    check_length_values(lengths, T, repr(owner))
+    return lengths
+
+
 @dataclass(frozen=True)
 class _RNNBase(fn.Module):
     _fnnet_input_dtype_check = False  # dtypes checked by check_dtypes, in nn.RNN's words
@@ -199,27 +224,9 @@ class _RNNBase(fn.Module):
         return states
 
     def _check_lengths(self, lengths: Any, T: int, batch: int, unbatched: bool) -> torch.Tensor:
-        """``lengths`` as a ``[B]`` integer tensor, checked as ``pack_padded_sequence`` checks it
-        (every length in ``[1, T]``); under ``torch.compile`` the value check is an op of the
-        graph (``cells::checked_lengths``), so a compiled call with a bad length raises too."""
-        if not isinstance(lengths, torch.Tensor):
-            try:
-                lengths = torch.as_tensor(lengths)
-            except (TypeError, ValueError, RuntimeError) as e:
-                raise TypeError(f"{self!r}: lengths must be a 1-D integer tensor (or list of ints), got "
-                                f"{type(lengths).__name__}: {e}") from None
-        if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
-            raise ValueError(f"{self!r}: lengths must be an integer tensor, got {lengths.dtype}")
-        want = () if unbatched else (batch,)
-        if tuple(lengths.shape) != want:
-            raise ValueError(f"{self!r}: lengths must have shape {list(want)} (one per sequence), "
-                             f"got {list(lengths.shape)}")
-        lengths = lengths.reshape(batch)
-        if torch.compiler.is_compiling():  # (dynamo cannot trace a dataclass repr: a short name)
-            name = f"{type(self).__name__}({self.input_size}, {self.hidden_size}, ...)"
-            return checked_lengths(lengths, T, name)
-        check_length_values(lengths, T, repr(self))
-        return lengths
+        # (dynamo cannot trace a dataclass repr: compiled, a short name)
+        return lengths_tensor(self, f"{type(self).__name__}({self.input_size}, {self.hidden_size}, ...)",
+                              lengths, T, batch, unbatched)
 
     def _run_direction(self, weights: tuple, x: torch.Tensor, state: Any, mask: torch.Tensor | None,
                        reverse: bool) -> tuple[Any, torch.Tensor]:

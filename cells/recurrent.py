@@ -78,7 +78,7 @@ from fnnet.layers._util import expect
 from fnnet.scan import scan
 
 from .cell import check_bool, check_dtypes, check_int, check_tensor
-from .layer import check_length_values, checked_lengths
+from .layer import lengths_tensor
 
 __all__ = ["Recurrent", "output_of"]
 
@@ -297,25 +297,8 @@ class Recurrent(fn.Module):
                                  f"on {x.device}")
 
     def _check_lengths(self, lengths: Any, T: int, batch: int, unbatched: bool) -> torch.Tensor:
-        """``lengths`` as a ``[B]`` integer tensor in ``[1, T]`` (as ``cells.LSTM`` checks it; in a
-        compiled call the value check is the op ``cells::checked_lengths``)."""
-        if not isinstance(lengths, torch.Tensor):
-            try:
-                lengths = torch.as_tensor(lengths)
-            except (TypeError, ValueError, RuntimeError) as e:
-                raise TypeError(f"{self!r}: lengths must be a 1-D integer tensor (or list of ints), got "
-                                f"{type(lengths).__name__}: {e}") from None
-        if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
-            raise ValueError(f"{self!r}: lengths must be an integer tensor, got {lengths.dtype}")
-        want = () if unbatched else (batch,)
-        if tuple(lengths.shape) != want:
-            raise ValueError(f"{self!r}: lengths must have shape {list(want)} (one per sequence), "
-                             f"got {list(lengths.shape)}")
-        lengths = lengths.reshape(batch)
-        if torch.compiler.is_compiling():  # (dynamo cannot trace a dataclass repr: a short name)
-            return checked_lengths(lengths, T, f"Recurrent({type(self.cell).__name__}(...), ...)")
-        check_length_values(lengths, T, repr(self))
-        return lengths
+        # (dynamo cannot trace a dataclass repr: compiled, a short name)
+        return lengths_tensor(self, f"Recurrent({type(self.cell).__name__}(...), ...)", lengths, T, batch, unbatched)
 
     def _step(self, cell: Any, params: Any) -> Any:
         """``cell.apply`` for one step, its new state and output checked against the protocol."""
