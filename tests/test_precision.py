@@ -171,3 +171,14 @@ def test_dynamic_loss_scale_arguments_are_checked_as_grad_scaler_would():
     expect_clear_error(lambda: optim.dynamic_loss_scale(inner, backoff_factor=1.5), match="backoff_factor")
     expect_clear_error(lambda: optim.dynamic_loss_scale(inner, growth_interval=0), match="growth_interval")
     expect_clear_error(lambda: optim.dynamic_loss_scale("adam"), match="inner must be a GradientTransformation")
+
+
+def test_half_gradients_are_unscaled_in_float32_as_grad_scaler_does():
+    """At a scale of 2**25 the reciprocal is 0 in float16: unscaling must multiply in float32
+    (GradScaler's kernel), or every float16 gradient would silently become 0."""
+    params = {"w": torch.zeros(3, dtype=torch.float16)}
+    opt = optim.dynamic_loss_scale(optim.sgd(1.0), init_scale=2.0 ** 25)
+    state = opt.init(params)
+    grads = {"w": torch.full((3,), 2.0 ** 15, dtype=torch.float16)}   # a gradient of 2**-10, scaled
+    updates, state = opt.update(grads, state, params)
+    assert torch.equal(updates["w"], torch.full((3,), -(2.0 ** -10), dtype=torch.float16))
