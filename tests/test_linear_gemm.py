@@ -180,6 +180,72 @@ def test_compiled_critic_step_with_the_onednn_pass_equals_eager(onednn):
     assert_trees_close(grads_c, grads_e)
 
 
+def test_compiled_auto_puts_each_matmul_class_measured_faster_on_onednn(monkeypatch):
+    """gemm="auto" under fn.jit: the pass times each big matmul's class (sizes, which operands are
+    stored transposed, bias or not) while compiling (real tensors under inductor's fake mode) and
+    rewrites the classes answered faster, only those. The answers are pinned here (oneDNN for
+    matmuls whose b is a transposed weight, x @ W^T): values and gradients (params and input: the
+    three layouts of a dense layer's matmuls) equal eager's."""
+    calls, raw = [], _gemm._raw
+    monkeypatch.setattr(_gemm, "MIN_WORK", 0)
+    monkeypatch.setattr(_gemm, "_raw", lambda a, bt, bias: calls.append(bt.is_contiguous()) or raw(a, bt, bias))
+    monkeypatch.setattr(_gemm, "_measured", {})
+    measure, asked = _gemm._measure_class, []
+
+    def answer(rows, inner, outer, a_transposed, b_transposed, bias, rounds):
+        assert measure(rows, inner, outer, a_transposed, b_transposed, bias, rounds=1) in (True, False)
+        asked.append(b_transposed)
+        return b_transposed
+
+    monkeypatch.setattr(_gemm, "_measure_class", answer)
+    before = _gemm.get_gemm()
+    linear.set_gemm("auto")
+    try:
+        layer, params, _ = twin(8, 16, True)
+        x = randn(0, 12, 8)
+        step = fn.value_and_grad(lambda p, x: (fn.relu(layer(p, x)) ** 2).sum(), argnums=(0, 1))
+        torch._dynamo.reset()
+        with torch._inductor.config.patch(fx_graph_cache=False), \
+                torch._functorch.config.patch(enable_autograd_cache=False):  # the pass runs, not a cached graph
+            compiled = fn.jit(step, **linear.jit_options())
+            compiled(params, x)
+        calls.clear()
+        value_c, grads_c = compiled(params, x)
+        linear.set_gemm("torch")
+        value_e, grads_e = step(params, x)
+    finally:
+        linear.set_gemm(before)
+    assert sorted(asked) == [False, False, True], "three classes: x @ W^T, g @ W, g^T @ x"
+    assert len(set(_gemm.measured())) == len(asked), "each class measured once"
+    assert calls == [True], "only the class answered faster runs on oneDNN (bt contiguous: b = W^T)"
+    assert_close(value_c, value_e)
+    assert_trees_close(grads_c, grads_e)
+
+
+def test_per_class_measurement_is_cached_and_keyed_by_mode(monkeypatch):
+    """onednn_faster_for times a class once per process (also under a fake mode, as inside
+    inductor's pass) and gives a bool; the pass's cache key changes with the mode, so that a graph
+    compiled under "onednn" is not reused under "auto"."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    monkeypatch.setattr(_gemm, "_measured", {})
+    with FakeTensorMode():
+        first = _gemm.onednn_faster_for(16, 8, 8, True, False, True, rounds=1)
+    assert first in (True, False)
+    assert _gemm.measured() == {(16, 8, 8, True, False, True): first}
+    monkeypatch.setattr(_gemm, "_measure_class", lambda *a, **k: pytest.fail("measured twice"))
+    assert _gemm.onednn_faster_for(16, 8, 8, True, False, True) is first
+    before = _gemm.get_gemm()
+    try:
+        uuids = []
+        for mode in ("auto", "onednn"):
+            linear.set_gemm(mode)
+            uuids.append(linear.jit_options()["options"]["post_grad_custom_post_pass"].uuid())
+    finally:
+        linear.set_gemm(before)
+    assert uuids[0] != uuids[1]
+
+
 def test_set_gemm_and_the_environment_variable_choose(onednn, monkeypatch):
     layer, params, _ = twin(8, 8, True)
     x = randn(0, 4, 8)

@@ -11,10 +11,15 @@ Choice (:func:`set_gemm`, or the environment variable ``FNNET_GEMM`` read at imp
 
 - ``"torch"``: always ``F.linear``: ``nn.Linear``'s numbers bit for bit.
 - ``"onednn"``: oneDNN wherever it applies (below).
-- ``"auto"`` (default): oneDNN where it applies and a probe matmul timed once per process
-  (:func:`onednn_measured_faster`) ran faster on it than on torch's GEMM by a clear margin
-  (``MARGIN``). Two processes on a loaded machine may measure differently and so differ at
-  float32 rounding; set ``FNNET_GEMM`` to pin the choice.
+- ``"auto"`` (default): oneDNN where it applies and it was measured faster here. Eager, one
+  probe matmul timed once per process (:func:`onednn_measured_faster`, by the margin ``MARGIN``);
+  compiled, each matmul's own class (its sizes, which operands are transposed, bias or not),
+  timed once per process when a graph first meets it (:func:`onednn_faster_for`, by the margin
+  ``PASS_MARGIN``): the two GEMMs differ by layout (oneDNN ahead on ``x @ W^T`` and ``g @ W``,
+  level on a weight gradient's ``g^T @ x`` on one CPU), so one probe cannot speak for every
+  matmul of a step. Inductor caches the compiled code on disk, so a machine keeps the first
+  choices it measured for a graph. Two processes on a loaded machine may measure differently and
+  so differ at float32 rounding; set ``FNNET_GEMM`` to pin the choice.
 
 It applies only to float32 tensors on the CPU, with oneDNN built and enabled
 (``torch.backends.mkldnn``), and to matmuls of at least ``MIN_WORK`` multiply-adds (rows x in x
@@ -32,7 +37,8 @@ Two ways in, the same GEMM:
   ``autograd.Function`` inside ``torch.func.grad`` is not differentiated right twice: see
   ``tests/test_linear_gemm.py``), and :func:`jit_options` gives ``fn.jit`` an inductor pass that
   swaps each qualifying float32 CPU ``mm``/``addmm`` of the differentiated graph (forward,
-  backward, double backward alike) for oneDNN's kernel: ``fn.jit(step, **jit_options())``.
+  backward, double backward alike) for oneDNN's kernel, under ``"auto"`` those of a class measured
+  faster on it: ``fn.jit(step, **jit_options())``.
 """
 
 from __future__ import annotations
@@ -45,13 +51,15 @@ import torch
 
 from .. import _compat
 
-__all__ = ["MODES", "set_gemm", "get_gemm", "applies", "onednn_chosen", "onednn_measured_faster", "linear",
-           "jit_options"]
+__all__ = ["MODES", "set_gemm", "get_gemm", "applies", "onednn_chosen", "onednn_measured_faster",
+           "onednn_faster_for", "linear", "jit_options"]
 
 MODES = ("auto", "torch", "onednn")
 ENV = "FNNET_GEMM"
 MIN_WORK = 1 << 24  # rows * in * out: smaller matmuls stay on torch's GEMM (oneDNN's per-call cost dominates)
 MARGIN = 0.8        # "auto" takes oneDNN only when its probe time is below this share of torch's
+PASS_MARGIN = 0.95  # compiled "auto": a matmul class goes to oneDNN when its time is below this share of torch's
+MEASURE_WORK = 1 << 28  # a class is timed on at most this many multiply-adds (fewer rows), to bound compile time
 
 
 def _check_mode(mode, where: str) -> str:
@@ -99,27 +107,73 @@ def _plain(t: torch.Tensor) -> torch.Tensor:
     return t if t.is_contiguous() or t.t().is_contiguous() else t.contiguous()
 
 
-@functools.cache
-def onednn_measured_faster(rows: int = 512, inner: int = 384, outer: int = 384, rounds: int = 16) -> bool:
-    """Whether oneDNN's GEMM beat torch's on a ``[rows, inner] @ [inner, outer]`` float32 probe,
-    timed here by the margin ``MARGIN``: the fastest of ``rounds`` single calls of each, the two
-    interleaved (load from other processes only ever adds time, so the fastest call is the one
-    nearest the kernel's own speed). Measured once per process, in milliseconds."""
-    if not _onednn_usable():
-        return False
-    g = torch.Generator().manual_seed(0)
-    x, w = torch.randn(rows, inner, generator=g), torch.randn(outer, inner, generator=g)
-    b = torch.randn(outer, generator=g)
-    kernels = {"torch": lambda: torch.nn.functional.linear(x, w, b), "onednn": lambda: _raw(x, w, b)}
+def _fastest(kernels: dict, rounds: int) -> dict:
+    """The fastest of ``rounds`` single calls of each kernel (seconds), the kernels interleaved,
+    after two warm-up rounds (oneDNN builds its kernel on the first call): load from other
+    processes only ever adds time, so the fastest call is the one nearest the kernel's own speed."""
     best = dict.fromkeys(kernels, float("inf"))
     with torch.no_grad():
         for r in range(rounds + 2):
             for name, f in kernels.items():
                 t0 = time.perf_counter()
                 f()
-                if r >= 2:  # two rounds warm up (oneDNN builds its kernel on the first call)
+                if r >= 2:
                     best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
+@functools.cache
+def onednn_measured_faster(rows: int = 512, inner: int = 384, outer: int = 384, rounds: int = 16) -> bool:
+    """Whether oneDNN's GEMM beat torch's on a ``[rows, inner] @ [inner, outer]`` float32 probe,
+    timed here by the margin ``MARGIN`` (:func:`_fastest`). Measured once per process: the eager
+    choice under ``"auto"``."""
+    if not _onednn_usable():
+        return False
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(rows, inner, generator=g), torch.randn(outer, inner, generator=g)
+    b = torch.randn(outer, generator=g)
+    best = _fastest({"torch": lambda: torch.nn.functional.linear(x, w, b), "onednn": lambda: _raw(x, w, b)}, rounds)
     return best["onednn"] < MARGIN * best["torch"]
+
+
+_measured: dict[tuple, bool] = {}  # onednn_faster_for's answers in this process, by matmul class
+
+
+def onednn_faster_for(rows: int, inner: int, outer: int, a_transposed: bool = False, b_transposed: bool = False,
+                      bias: bool = False, rounds: int = 8) -> bool:
+    """Whether the compiled graph's kernel on oneDNN (``fnnet::onednn_mm``) beat torch's
+    (``mm``, or ``addmm`` with a bias ``[outer]``) on a float32 ``[rows, inner] @ [inner, outer]``
+    whose ``a`` / ``b`` are stored transposed (column-major) or not, by the margin
+    ``PASS_MARGIN`` (:func:`_fastest`). Timed once per process and class, on at most
+    ``MEASURE_WORK`` multiply-adds (the rows cut down): ~0.1 s per class."""
+    key = (rows, inner, outer, a_transposed, b_transposed, bias)
+    if key not in _measured:
+        _measured[key] = _onednn_usable() and _measure_class(*key, rounds=rounds)
+    return _measured[key]
+
+
+def measured() -> dict[tuple, bool]:
+    """A copy of this process's per-class answers: ``(rows, inner, outer, a_transposed,
+    b_transposed, bias) -> oneDNN faster``."""
+    return dict(_measured)
+
+
+def _measure_class(rows, inner, outer, a_transposed, b_transposed, bias, rounds):
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    rows = max(1, min(rows, MEASURE_WORK // max(1, inner * outer)))
+    with unset_fake_temporarily():  # called from inductor's pass, under its fake mode: real tensors here
+        g = torch.Generator().manual_seed(0)
+
+        def matrix(n, m, transposed):
+            return torch.randn(m, n, generator=g).t() if transposed else torch.randn(n, m, generator=g)
+
+        a, b = matrix(rows, inner, a_transposed), matrix(inner, outer, b_transposed)
+        c = torch.randn(outer, generator=g) if bias else None
+        kernels = {"torch": (lambda: torch.addmm(c, a, b)) if bias else (lambda: torch.mm(a, b)),
+                   "onednn": lambda: torch.ops.fnnet.onednn_mm(a, b, c)}
+        best = _fastest(kernels, rounds)
+    return best["onednn"] < PASS_MARGIN * best["torch"]
 
 
 def onednn_chosen() -> bool:
@@ -215,9 +269,15 @@ def _(a, b, bias):
     return a.new_empty(a.shape[0], b.shape[1])
 
 
+def _transposed(t: torch.Tensor) -> bool:
+    """Whether a 2-d ``t`` is stored column-major (a transpose of a contiguous tensor)."""
+    return t.ndim == 2 and not t.is_contiguous() and t.t().is_contiguous()
+
+
 def _rewrite(graph) -> None:
     """Replace each qualifying float32 CPU ``mm(a, b)`` / ``addmm(bias[N], a, b)`` (beta = alpha
-    = 1) of an inductor post-grad graph by ``fnnet::onednn_mm``."""
+    = 1) of an inductor post-grad graph by ``fnnet::onednn_mm``: all of them under ``"onednn"``,
+    under ``"auto"`` those of a class measured faster on it (:func:`onednn_faster_for`)."""
     aten = torch.ops.aten
     for node in list(graph.nodes):
         if node.op != "call_function" or node.target not in (aten.mm.default, aten.addmm.default):
@@ -243,6 +303,9 @@ def _rewrite(graph) -> None:
             continue
         if rows * inner * outer < MIN_WORK:
             continue
+        if _mode != "onednn" and not onednn_faster_for(rows, inner, outer, _transposed(aval), _transposed(bmeta),
+                                                       bias is not None):
+            continue
         with graph.inserting_before(node):
             new = graph.call_function(torch.ops.fnnet.onednn_mm.default, (a, b, bias))
         new.meta.update(node.meta)
@@ -259,17 +322,19 @@ def _pass():
             _rewrite(graph)
 
         def uuid(self):
-            return get_hash_for_files((__file__,))
+            # what the rewrite depends on: this file, the mode and the size floor (tests lower it)
+            return get_hash_for_files((__file__,), extra=f"{_mode}-{MIN_WORK}")
 
     return OneDNNGemmPass()
 
 
 def jit_options() -> dict:
     """Keyword arguments for ``fn.jit`` (or ``torch.compile``) that put the compiled function's
-    qualifying matmuls on oneDNN when it is chosen here (:func:`onednn_chosen`); ``{}`` when it is
-    not. ``fn.jit(step, **jit_options())``; not together with ``mode=`` (torch.compile takes
-    ``options`` or ``mode``, not both). The pass rewrites every qualifying matmul of the compiled
-    graph, whichever layer it came from."""
-    if not onednn_chosen() or not _compat.HAS_CUSTOM_GRAPH_PASS:
+    qualifying matmuls on oneDNN: under ``"onednn"`` all of them, under ``"auto"`` those measured
+    faster here (:func:`onednn_faster_for`, timed while compiling); ``{}`` under ``"torch"`` or
+    without oneDNN. ``fn.jit(step, **jit_options())``; not together with ``mode=`` (torch.compile
+    takes ``options`` or ``mode``, not both). The pass rewrites every qualifying matmul of the
+    compiled graph, whichever layer it came from."""
+    if _mode == "torch" or not _onednn_usable() or not _compat.HAS_CUSTOM_GRAPH_PASS:
         return {}
     return {"options": {"post_grad_custom_post_pass": _pass()}}
