@@ -31,28 +31,28 @@ import torch
 import torch.nn.functional as F
 
 import fnnet as fn
-from fnnet import random
+from fnnet import _check, random
 from fnnet.layers._util import expect, param
 from fnnet.module import Module
 
 
+# Constructor checks: fnnet._check in torch.nn.RNNBase's words (users match them): an ``int``
+# itself (not a bool, not a numpy int) for a size, a bool for a switch.
+
 def check_int(layer: str, name: str, value: Any, minimum: int = 1) -> None:
     """A constructor size, checked as torch.nn's ``RNNBase`` checks it: an ``int`` (not a bool)
     of at least ``minimum``; ``TypeError`` / ``ValueError`` naming the layer."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{layer}: {name} should be of type int, got {type(value).__name__} ({value!r})")
-    if value < minimum:
-        raise ValueError(f"{layer}: {name} must be at least {minimum}, got {value}")
+    _check.integer(layer, name, value, minimum, exact=True, words={
+        TypeError: "{name} should be of type int, got {got}",
+        ValueError: f"{{name}} must be at least {minimum}, got {{got}}"})
 
 
 def check_bool(layer: str, name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{layer}: {name} should be a bool, got {type(value).__name__} ({value!r})")
+    _check.flag(layer, name, value, words={TypeError: "{name} should be a bool, got {got}"})
 
 
 def check_tensor(layer: Module, name: str, value: Any) -> None:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{layer!r}: {name} must be a tensor, got {type(value).__name__}")
+    _check.tensor(layer, name, value)
 
 
 def check_dtypes(layer: Module, x: torch.Tensor, weights: dict, states: dict) -> None:
@@ -184,8 +184,8 @@ class _Cell(fn.Module):
 
 
 def check_nonlinearity(layer: str, value: Any) -> None:
-    if not isinstance(value, str) or value not in ("tanh", "relu"):
-        raise ValueError(f"{layer}: unknown nonlinearity {value!r}; select from 'tanh' or 'relu'")
+    _check.choice(layer, "nonlinearity", value, ("tanh", "relu"), wrong_kind=ValueError,
+                  words={ValueError: "unknown nonlinearity {value!r}; select from 'tanh' or 'relu'"})
 
 
 @dataclass(frozen=True)

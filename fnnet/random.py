@@ -24,12 +24,13 @@ are checked for their values only where that is possible (eager, outside ``vmap`
 from __future__ import annotations
 
 import math
-import numbers
-import operator
 import struct
 from collections.abc import Sequence
 
 import torch
+
+from . import _check
+from ._check import describe as _describe
 
 __all__ = [
     "key", "split", "fold_in", "bits", "uniform", "normal", "bernoulli", "randint",
@@ -48,43 +49,17 @@ Shape = Sequence[int] | int
 
 def _int(who: str, name: str, v: object, lo: int | None = None, hi: int | None = None) -> int:
     """``v`` as a Python int, ``lo <= v < hi`` when given: ints, numpy integers and 0-d
-    integer tensors pass; bools, floats, strings and other tensors do not."""
-    if isinstance(v, torch.SymInt):  # a dynamic size under torch.compile
-        return v
-    if isinstance(v, bool) or (isinstance(v, torch.Tensor) and (
-            v.ndim or v.is_floating_point() or v.is_complex() or v.dtype == torch.bool)):
-        raise TypeError(f"random.{who}: {name} must be an integer, got {_describe(v)}")
-    try:
-        v = operator.index(v)
-    except TypeError:
-        raise TypeError(f"random.{who}: {name} must be an integer, got {_describe(v)}") from None
-    if (lo is not None and v < lo) or (hi is not None and v >= hi):
-        want = f">= {lo}" if hi is None else f"in [{lo}, {hi})"
-        raise ValueError(f"random.{who}: {name} must be {want}, got {v}")
-    return v
-
-
-def _describe(v: object) -> str:
-    if isinstance(v, torch.Tensor):
-        return f"a {v.dtype} tensor of shape {list(v.shape)}"
-    return f"{type(v).__name__} {v!r}"
-
-
-def _to_float(v: numbers.Real) -> float:
-    try:
-        return float(v)
-    except OverflowError:  # an int beyond float's range
-        return math.inf if v > 0 else -math.inf
+    integer tensors pass (a ``SymInt``, a dynamic size under compile, as is); bools, floats,
+    strings and other tensors do not."""
+    return _check.integer(f"random.{who}", name, v, lo, hi, tensors=True)
 
 
 def _number(who: str, name: str, v: object) -> float:
-    """A finite Python number (int or float, not bool)."""
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise TypeError(f"random.{who}: {name} must be a float or a tensor, got {_describe(v)}")
-    v = _to_float(v)
-    if not math.isfinite(v):
-        raise ValueError(f"random.{who}: {name} must be finite, got {v}")
-    return v
+    """A finite Python number (int or float, not bool), as a float."""
+    return _check.real(f"random.{who}", name, v, words=_NUMBER_WORDS)
+
+
+_NUMBER_WORDS = {TypeError: "{name} must be a float or a tensor, got {got}"}  # tensors are taken elsewhere
 
 
 def _shape(shape: Shape, who: str = "bits") -> tuple[int, ...]:
@@ -455,10 +430,8 @@ def truncated_normal(k: torch.Tensor, lower: float, upper: float, shape: Shape =
     represented in ``dtype``."""
     _check_key(k, "truncated_normal")
     shape, dtype = _shape(shape, "truncated_normal"), _float_dtype("truncated_normal", dtype)
-    for v, n in ((lower, "lower"), (upper, "upper")):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real):
-            raise TypeError(f"random.truncated_normal: {n} must be a float, got {_describe(v)}")
-    lower, upper = _to_float(lower), _to_float(upper)
+    lower, upper = (_check.real("random.truncated_normal", n, v, finite=False)
+                    for v, n in ((lower, "lower"), (upper, "upper")))
     if math.isnan(lower) or math.isnan(upper) or not lower < upper:
         raise ValueError(f"random.truncated_normal: need lower < upper, got {lower}, {upper}")
     lo_d, hi_d = _strictly_inside(lower, upper, dtype)

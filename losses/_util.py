@@ -2,17 +2,17 @@
 
 Every loss checks its arguments before the arithmetic, so a mistake is a ``ValueError`` /
 ``TypeError`` naming the loss and the argument, not a silent broadcast and not an error from
-deep inside torch. Checks of *values* (class indices in range, a variance >= 0) read the data:
+deep inside torch (hyperparameters through ``fnnet._check``, with ``losses.<name>`` as
+owner). Checks of *values* (class indices in range, a variance >= 0) read the data:
 they run eagerly, run inside a compiled graph as an op of the graph (:func:`checked_values`),
 and are skipped under ``vmap`` (a batched tensor has no single value to test).
 """
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
+
+from fnnet import _check
 
 # checks of values: one mechanism for the whole library, re-exported for the losses
 from fnnet._values import check_range as check_range
@@ -23,15 +23,12 @@ REDUCTIONS = ("mean", "sum", "none")
 
 
 def check_reduction(name: str, reduction: str, allowed: tuple = REDUCTIONS) -> None:
-    if not isinstance(reduction, str) or reduction not in allowed:
-        raise ValueError(f"losses.{name}: reduction must be one of {allowed}, got {reduction!r}")
+    _check.choice(f"losses.{name}", "reduction", reduction, allowed, wrong_kind=ValueError)
 
 
 def tensor(name: str, x, what: str) -> torch.Tensor:
     """``x`` itself, after checking that it is a tensor."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"losses.{name}: {what} must be a tensor, got {type(x).__name__}")
-    return x
+    return _check.tensor(f"losses.{name}", what, x)
 
 
 def float_input(name: str, x, what: str = "input") -> torch.Tensor:
@@ -88,27 +85,17 @@ def float_weight(name: str, input: torch.Tensor, weight, what: str = "weight") -
 
 def number(name: str, value, what: str, *, low: float | None = None, strict: bool = False,
            integer: bool = False) -> float:
-    """A finite real hyperparameter (an ``int`` if ``integer``), ``>= low`` (``> low`` if
-    ``strict``). bool is refused: ``margin=True`` is a mistake, not 1."""
-    kind = numbers.Integral if integer else numbers.Real
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise TypeError(f"losses.{name}: {what} must be {'an int' if integer else 'a real number'}, "
-                        f"got {type(value).__name__}: {value!r}")
-    try:
-        finite = math.isfinite(value)
-    except OverflowError:  # an int past float's range
-        finite = False
-    if not finite:
-        raise ValueError(f"losses.{name}: {what} must be finite, got {value}")
-    if low is not None and (value <= low if strict else value < low):
-        raise ValueError(f"losses.{name}: {what} must be {'>' if strict else '>='} {low}, got {value}")
+    """``value`` itself, after checking that it is a finite real hyperparameter (an ``int`` if
+    ``integer``), ``>= low`` (``> low`` if ``strict``). bool is refused: ``margin=True`` is a
+    mistake, not 1."""
+    if integer:
+        _check.integer(f"losses.{name}", what, value)
+    _check.real(f"losses.{name}", what, value, low, lo_open=strict)  # an int past float's range too
     return value
 
 
 def flag(name: str, value, what: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"losses.{name}: {what} must be a bool, got {type(value).__name__}: {value!r}")
-    return value
+    return _check.flag(f"losses.{name}", what, value)
 
 
 def same_shape(name: str, input: torch.Tensor, target: torch.Tensor, what: str = "target") -> None:

@@ -4,20 +4,19 @@ them) and inputs at apply, with errors that name the layer and what it expected.
 The params tree is not checked here: every Module's outermost ``apply`` checks it against
 ``init`` (``fnnet.module``), so a layer simply reads ``params["weight"]``.
 
-Construction checks read a dataclass field, validate it and store the normalized value
-(``Conv2d(3, 4, 3)`` keeps ``kernel_size=(3, 3)``): ``TypeError`` for a wrong type (a float
-where an int is expected, a bool for a size), ``ValueError`` for a value out of range.
+Construction checks read a dataclass field, validate it with ``fnnet._check`` (the layer's
+class name as owner) and store the normalized value (``Conv2d(3, 4, 3)`` keeps
+``kernel_size=(3, 3)``): ``TypeError`` for a wrong type (a float where an int is expected, a
+bool for a size), ``ValueError`` for a value out of range.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
-import operator
 from typing import Any
 
 import torch
 
+from .. import _check
 from ..module import Module, ParamsError
 
 
@@ -51,20 +50,7 @@ def ntuple(v: Any, n: int) -> tuple:
     return (v,) * n
 
 
-# -- construction checks ------------------------------------------------------------------------
-
-def _fail(layer: Module, name: str, what: str, v: Any, exc: type = ValueError):
-    raise exc(f"{type(layer).__name__}: {name} must be {what}, got {v!r}")
-
-
-def _int(layer: Module, name: str, v: Any, minimum: int | None, what: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        _fail(layer, name, what, v, TypeError)
-    v = operator.index(v)
-    if minimum is not None and v < minimum:
-        _fail(layer, name, what, v)
-    return v
-
+# -- construction checks: fnnet._check with the layer's class name as owner -------------------
 
 def _set(layer: Module, name: str, value: Any) -> None:
     object.__setattr__(layer, name, value)
@@ -72,31 +58,20 @@ def _set(layer: Module, name: str, value: Any) -> None:
 
 def ints(layer: Module, *names: str, minimum: int | None = 1) -> None:
     """Each field an int (not a bool) ``>= minimum``."""
-    what = "an int" if minimum is None else f"an int >= {minimum}"
     for name in names:
-        _set(layer, name, _int(layer, name, getattr(layer, name), minimum, what))
+        _set(layer, name, _check.integer(type(layer).__name__, name, getattr(layer, name), minimum))
 
 
 def sizes(layer: Module, name: str, n: int, minimum: int = 1, none: bool = False) -> None:
     """An int or a sequence of ``n`` ints, each ``>= minimum`` (or ``None`` where ``none``),
     stored as an ``n``-tuple."""
-    v = getattr(layer, name)
-    elem = f"an int >= {minimum}" + (" or None" if none else "")
-    what = f"{elem}, or a tuple of {n} of them"
+    v, owner = getattr(layer, name), type(layer).__name__
+    what = f"an int >= {minimum}{' or None' if none else ''}, or a tuple of {n} of them"
     items = tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
     if len(items) != n:
-        _fail(layer, name, what, v)
-    out = []
-    for item in items:
-        if item is None and none:
-            out.append(None)
-            continue
-        if isinstance(item, bool) or not isinstance(item, numbers.Integral):
-            _fail(layer, name, what, v, TypeError)
-        if item < minimum:
-            _fail(layer, name, what, v)
-        out.append(operator.index(item))
-    _set(layer, name, tuple(out))
+        _check.fail(owner, name, what, repr(v))
+    _set(layer, name, tuple(None if item is None and none else
+                            _check.integer(owner, name, item, minimum, expected=what, shown=v) for item in items))
 
 
 def real(layer: Module, name: str, low: float | None = None, high: float | None = None,
@@ -105,36 +80,23 @@ def real(layer: Module, name: str, low: float | None = None, high: float | None 
     stored as a float; ``None`` allowed where ``none``. ``arg``: the constructor argument's name
     in errors, where it differs from the field's (PReLU's ``init``)."""
     v = getattr(layer, name)
-    label = arg or name
     if v is None and none:
         return
-    bounds = ("" if low is None else f" {'>' if open_low else '>='} {low}") + \
-             ("" if high is None else f"{' and' if low is not None else ''} <= {high}")
-    what = f"a finite number{bounds}" + (" other than 0" if nonzero else "") + (" or None" if none else "")
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        _fail(layer, label, what, v, TypeError)
-    try:
-        f = float(v)
-    except OverflowError:  # an int beyond float range (10**400)
-        f = math.inf
-    if (not math.isfinite(f) or (low is not None and (f <= low if open_low else f < low))
-            or (high is not None and f > high) or (nonzero and f == 0.0)):
-        _fail(layer, label, what, v)
-    _set(layer, name, f)
+    what = (f"a finite number{_check.interval(low, high, open_low)}{' other than 0' if nonzero else ''}"
+            f"{' or None' if none else ''}")
+    _set(layer, name, _check.real(type(layer).__name__, arg or name, v, low, high, lo_open=open_low,
+                                  nonzero=nonzero, expected=what))
 
 
 def flags(layer: Module, *names: str) -> None:
     """Each field a bool."""
     for name in names:
-        v = getattr(layer, name)
-        if not isinstance(v, bool):
-            _fail(layer, name, "a bool", v, TypeError)
+        _check.flag(type(layer).__name__, name, getattr(layer, name))
 
 
 def choice(layer: Module, name: str, choices: tuple) -> None:
-    v = getattr(layer, name)
-    if not isinstance(v, str) or v not in choices:
-        _fail(layer, name, f"one of {list(choices)}", v, TypeError if not isinstance(v, str) else ValueError)
+    """One of ``choices`` (``TypeError`` for a value that is no string)."""
+    _check.choice(type(layer).__name__, name, getattr(layer, name), choices)
 
 
 def divisible(layer: Module, by: str, *names: str) -> None:
