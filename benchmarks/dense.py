@@ -16,6 +16,12 @@ for torch, ``fn.grad`` for fnnet). Rows:
 - ``oneDNN kernel alone`` (forward only): ``_linear_pointwise`` without fnnet, whatever the size:
   what the ``MIN_WORK`` rule turns down for small matmuls.
 
+Per matmul class (``... layout``), the kernels compiled code chooses between, as inductor calls
+them: torch's ``addmm``/``mm`` (the baseline) against ``fnnet::onednn_mm``, for the three layouts
+of a dense layer's matmuls: ``x @ W^T + b`` (forward), ``g @ W`` (input gradient), ``g^T @ x``
+(weight gradient); the ``auto`` column is what compiled ``gemm=auto`` takes for that class in
+this process (``onednn_faster_for``'s answer; torch's below ``MIN_WORK``).
+
 Implementations are timed in interleaved rounds (each round a loop of calls), so that load from
 other processes on a shared machine falls on all of them alike; medians over the rounds.
 """
@@ -105,6 +111,32 @@ def _case(name: str, rows_: int, i: int, o: int, quick: bool) -> list[dict]:
     return out
 
 
+def _layouts(name: str, rows_: int, i: int, o: int, quick: bool) -> list[dict]:
+    """torch's GEMM against oneDNN's on each layout a dense layer's matmuls take in a compiled graph."""
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(rows_, i, generator=g), torch.randn(o, i, generator=g), torch.randn(o, generator=g)
+    gy = torch.randn(rows_, o, generator=g)
+    # (a, b, bias) of mm(a, b) / addmm(bias, a, b): a and b as they are stored in the graph
+    cases = {"x @ W^T + b": (x, w.t(), b), "g @ W": (gy, w, None), "g^T @ x": (gy.t(), x, None)}
+    work = rows_ * i * o
+    calls = max(1, min(200, int(2e8 // (work * 3))))
+    out = []
+    for layout, (a, bm, bias) in cases.items():
+        fns = {"torch addmm/mm": (lambda a=a, bm=bm, bias=bias: torch.addmm(bias, a, bm)) if bias is not None
+               else (lambda a=a, bm=bm: torch.mm(a, bm)),
+               "fnnet::onednn_mm": lambda a=a, bm=bm, bias=bias: torch.ops.fnnet.onednn_mm(a, bm, bias)}
+        torch.testing.assert_close(fns["fnnet::onednn_mm"](), fns["torch addmm/mm"](), rtol=1e-4, atol=1e-3)
+        answer = "torch (below MIN_WORK)" if work < _gemm.MIN_WORK else "onednn" if _gemm.onednn_faster_for(
+            rows_, a.shape[1], bm.shape[1], _gemm._transposed(a), _gemm._transposed(bm), bias is not None) else "torch"
+        with torch.no_grad():
+            ms = _interleaved(fns, calls, 5 if quick else 15)
+        base = statistics.median(ms["torch addmm/mm"])
+        out += [row(SUITE, f"{name} {layout} layout", impl, statistics.median(t), base, min_ms=round(min(t), 4),
+                    **({"auto": answer} if impl.startswith("fnnet") else {}))
+                for impl, t in ms.items()]
+    return out
+
+
 def run(quick: bool = False) -> list[dict]:
     with gemm_mode("auto"):
         _gemm.onednn_measured_faster()  # the probe, once, before anything is timed
@@ -113,4 +145,6 @@ def run(quick: bool = False) -> list[dict]:
         if quick and shape[0] > 512:
             continue
         rows_ += _case(name, *shape, quick)
+        if _gemm._onednn_usable():
+            rows_ += _layouts(name, *shape, quick)
     return rows_

@@ -6,20 +6,31 @@ Rows, all in the same run and on the same weights and interpolation weights:
   baseline), and every way of compiling it that we know of (each fails today: the row says how);
 - fnnet: ``fn.value_and_grad`` of a loss whose penalty takes the input gradient with
   ``torch.func``, eager and under ``fn.jit`` (fullgraph), as the library runs it now: ``fn.relu``
-  (a backward with no derivative w.r.t. ``x``: ``fnnet/layers/_relu.py``) and the GEMM that
-  ``gemm=auto`` chose on this machine for compiled code (``fnnet/layers/_gemm.py``; the ``gemm``
-  column; eager, ``auto`` keeps torch's GEMM inside ``torch.func`` transforms);
+  (a backward with no derivative w.r.t. ``x``: ``fnnet/layers/_relu.py``) and, compiled, the
+  GEMM that ``gemm=auto`` measured faster on this machine for each class of matmul
+  (``fnnet/layers/_gemm.py``: ``onednn_faster_for``; the ``gemm`` column counts those on oneDNN;
+  eager, ``auto`` keeps torch's GEMM inside ``torch.func`` transforms);
 - before: the same with ``F.relu``, whose backward has a zero derivative w.r.t. ``x`` that the
   double backward pushes through every layer (four more 400x400 matmuls, 17% of the step's
   FLOPs), and torch's GEMM: the library as it was;
-- oneDNN forced: ``gemm=onednn``, eager (``fn.Linear``'s oneDNN Function) and ``fn.jit`` with
-  ``**jit_options()`` (the inductor pass that puts the compiled step's matmuls on oneDNN);
+- the two ends of that choice: ``gemm=torch`` under ``fn.jit``, and ``gemm=onednn`` forced,
+  eager (``fn.Linear``'s oneDNN Function) and ``fn.jit`` with ``**jit_options()`` (the inductor
+  pass that puts every big matmul of the compiled step on oneDNN);
 - no row for a ReLU written as an ``autograd.Function`` with a hand-written backward (an earlier
   what-if, "0.6x"): under ``fn.jit`` torch 2.13 gets its gradients wrong inside the nested
   ``torch.func.grad`` (relative error ~1 against eager; the torch bug is pinned in
   ``tests/test_linear_gemm.py``), so its speed was that of a different computation. Every row's
   gradients are now checked against eager's before anything is timed;
-- JAX, ``jit(value_and_grad)`` over ``vmap(grad(D))``, where ``jax`` is importable.
+- JAX, ``jit(value_and_grad)`` over ``vmap(grad(D))``, where ``jax`` is importable, on as many
+  CPU threads as torch (``threads`` column): XLA sizes its thread pool from the CPUs it may run
+  on, ignoring ``OMP_NUM_THREADS`` and its own ``intra_op_parallelism_threads`` flag, so jax is
+  initialized with the process held to torch's number of CPUs (:func:`_import_jax`); a JAX
+  step on every core against torch on one measured threads, not the libraries.
+
+The step is the GEMMs: twenty ``512 x 400 x 400`` matmuls (forward of x, real and fake: 6; the
+input gradient: 2; the real/fake backward: 4 input + 4 weight gradients; the penalty's double
+backward: 2 + 2), the same twenty in JAX's optimized HLO. On one core their floor is the CPU's
+peak FLOP rate, whichever library multiplies.
 
 Implementations are timed in interleaved rounds, so that load from other jobs on a shared
 machine falls on all of them alike; compile time is reported apart (``compile_s``), medians and
@@ -29,7 +40,9 @@ the fastest round (``min_ms``).
 from __future__ import annotations
 
 import itertools
+import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -83,13 +96,36 @@ def _fnnet_step(act: Callable) -> Callable:
     return fn.value_and_grad(critic_loss)
 
 
-def _jax_step(params: dict, real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor):
-    """The same step in JAX, or None where jax is not installed."""
+def _import_jax(threads: int):
+    """``(jax, threads it runs on)``, or None where jax is not installed. A jax not yet
+    initialized here starts with the process held to ``threads`` of its CPUs (``sched_setaffinity``,
+    Linux), so that XLA's CPU thread pool, sized from those CPUs, has ``threads`` threads; the
+    process gets all its CPUs back after. A jax initialized before keeps its own pool: "all"."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    hold = "jax" not in sys.modules and 0 < threads < len(cpus)
     try:
-        import jax
-        import jax.numpy as jnp
-    except ImportError:
+        if hold:
+            os.sched_setaffinity(0, cpus[:threads])
+        try:
+            import jax
+            import jax.numpy as jnp
+        except ImportError:
+            return None
+        (jnp.ones(8) + 1).block_until_ready()  # the CPU client and its thread pool start here
+    finally:
+        if hold:
+            os.sched_setaffinity(0, cpus)
+    return jax, threads if hold or threads >= len(cpus) else "all"
+
+
+def _jax_step(params: dict, real: torch.Tensor, fake: torch.Tensor, eps: torch.Tensor):
+    """The same step in JAX on torch's number of threads, ``(step, threads)``, or None where jax is
+    not installed."""
+    imported = _import_jax(torch.get_num_threads())
+    if imported is None:
         return None
+    jax, threads = imported
+    jnp = jax.numpy
     n = len(WIDTHS) - 1
     jp = [(jnp.asarray(params[str(2 * i)]["weight"].cpu().numpy()),
            jnp.asarray(params[str(2 * i)]["bias"].cpu().numpy())) for i in range(n)]
@@ -108,7 +144,7 @@ def _jax_step(params: dict, real: torch.Tensor, fake: torch.Tensor, eps: torch.T
 
     step = jax.jit(jax.value_and_grad(critic_loss))
     args = [jnp.asarray(t.cpu().numpy()) for t in (real, fake, eps)]
-    return lambda: jax.block_until_ready(step(jp, *args))
+    return (lambda: jax.block_until_ready(step(jp, *args))), threads
 
 
 def _interleaved(fns: dict[str, Callable], rounds: int, per_round: int, device) -> dict[str, list[float]]:
@@ -172,8 +208,6 @@ def run(quick: bool = False) -> list[dict]:
     params = fn.params_from_module(D)
     classic = _classic_step(D)
     ours, before = _fnnet_step(fn.relu), _fnnet_step(F.relu)
-    with gemm_mode("auto"):
-        chosen = "onednn" if _gemm.applies(torch.float32, device, batch, 400, 400) else "torch"
     fns = {"classic nn.Module + autograd.grad, eager": lambda: classic(real, fake, eps),
            "fnnet torch.func, eager": _in_mode("auto", lambda: ours(params, real, fake, key)),
            "before: F.relu, gemm=torch, eager": _in_mode("torch", lambda: before(params, real, fake, key))}
@@ -195,19 +229,17 @@ def run(quick: bool = False) -> list[dict]:
             j = fn.jit(step, **linear.jit_options())
             compile_s[name] = first_call(lambda: j(params, real, fake, key), device)
         fns[name] = _in_mode(mode, lambda: j(params, real, fake, key))
-        gemm_of[name] = "onednn" if mode == "onednn" or (mode == "auto" and chosen == "onednn") else "torch"
+        gemm_of[name] = mode
 
     # each compiled row on a step of its own (fn.value_and_grad gives each its own code object),
     # so that no row reuses another's compiled graph
     compiled("fnnet torch.func, fn.jit (fullgraph)", ours, "auto")
     compiled("before: F.relu, gemm=torch, fn.jit", before, "torch")
-    if chosen != "torch":
+    if device == "cpu" and _gemm._onednn_usable():  # "auto" chose per matmul: both ends, measured
         compiled("fn.relu alone: gemm=torch, fn.jit", _fnnet_step(fn.relu), "torch")
-    if device == "cpu" and _gemm._onednn_usable():
         fns["gemm=onednn forced, eager"] = _in_mode("onednn", lambda: ours(params, real, fake, key))
         gemm_of["gemm=onednn forced, eager"] = "onednn"
-        if chosen != "onednn":
-            compiled("gemm=onednn forced, fn.jit + jit_options()", _fnnet_step(fn.relu), "onednn")
+        compiled("gemm=onednn forced, fn.jit + jit_options()", _fnnet_step(fn.relu), "onednn")
     for name, gemm in gemm_of.items():  # the rows that say oneDNN run on it, compiled ones too
         if name in compile_s:
             calls, raw = [], _gemm._raw
@@ -216,12 +248,18 @@ def run(quick: bool = False) -> list[dict]:
                 fns[name]()
             finally:
                 _gemm._raw = raw
-            assert bool(calls) == (gemm == "onednn"), (name, gemm, len(calls))
+            if gemm == "auto":  # the pass chose per matmul class (fnnet/layers/_gemm.py: onednn_faster_for)
+                gemm_of[name] = f"auto: {len(calls)} of 20 big matmuls on oneDNN"
+            else:
+                assert bool(calls) == (gemm == "onednn"), (name, gemm, len(calls))
 
     jax_step = _jax_step(params, real, fake, eps) if device == "cpu" else None
+    threads = {}
     if jax_step is not None:
-        compile_s["JAX jit(value_and_grad) over vmap(grad)"] = first_call(jax_step)
-        fns["JAX jit(value_and_grad) over vmap(grad)"] = jax_step
+        jax_name = "JAX jit(value_and_grad) over vmap(grad)"
+        jax_step, threads[jax_name] = jax_step
+        compile_s[jax_name] = first_call(jax_step)
+        fns[jax_name] = jax_step
 
     # the same loss and gradients everywhere, or the timings compare different work
     reference = classic(real, fake, eps).item()
@@ -239,6 +277,7 @@ def run(quick: bool = False) -> list[dict]:
     case = f"WGAN-GP critic step, D 2-400-400-400-1, batch {batch}, {device}"
     base = statistics.median(ms["classic nn.Module + autograd.grad, eager"])
     rows = [row("losses", case, name, statistics.median(t), base, min_ms=round(min(t), 2),
+                threads=threads.get(name, torch.get_num_threads()),
                 **({"gemm": gemm_of[name]} if name in gemm_of else {}),
                 **({"compile_s": round(compile_s[name], 1)} if name in compile_s else {}))
             for name, t in ms.items()]
