@@ -11,7 +11,7 @@ from .layers import *
 from .layers import __all__ as _layers_all
 from .module import Concat, Lambda, Module, ParamsError, Residual, Sequential, check_params, param_shapes
 from .precision import MixedPrecision, Policy
-from .remat import checkpoint
+from .remat import checkpoint, checkpoint_policies
 from .scan import scan
 from .stack import Stacked
 from .summary import summary

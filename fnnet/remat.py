@@ -13,50 +13,117 @@ mask is the mask of the forward (same key, same bits); nothing reads or restores
 global generator (``preserve_rng_state=False``). ``f`` must be a pure function of its
 arguments (pytrees of tensors and constants), as everything under ``fn.jit`` is.
 
+``policy`` says what is kept rather than recomputed: ``fn.checkpoint_policies.dots_saveable``
+(and the other names of ``jax.checkpoint_policies``, below), a list of torch ops whose outputs
+are kept (``[torch.ops.aten.mm.default]``), or torch's function ``(ctx, op, *args, **kwargs) ->
+torch.utils.checkpoint.CheckpointPolicy``. There are no ``save_only_these_names`` policies:
+they need ``jax.ad_checkpoint.checkpoint_name``, a no-op tag the policy can read, and torch has
+no such tag (a custom identity op would copy its input in eager and be opaque to inductor).
+
 How it runs (each route forced by what torch supports):
 
 * **Plain autograd** (``loss.backward()``, eager or under ``fn.jit``): torch's
   ``torch.utils.checkpoint`` with ``use_reentrant=False``; compiled, inductor's partitioner
-  recomputes the tagged region. ``policy`` is torch's selective activation checkpoint
-  (``torch.utils.checkpoint.create_selective_checkpoint_contexts``): a list of ops whose
-  outputs are kept (``[torch.ops.aten.mm.default]``: JAX's ``dots_saveable``), or a function
-  ``(ctx, op, *args, **kwargs) -> torch.utils.checkpoint.CheckpointPolicy``.
+  recomputes the tagged region. A policy is torch's selective activation checkpoint
+  (``torch.utils.checkpoint.create_selective_checkpoint_contexts``), eager and compiled.
 * **Inside torch.func transforms** (``fn.grad``, ``fn.vmap``), eager: torch.func refuses the
-  saved-tensor hooks torch's checkpoint is built on (pytorch/pytorch#122729), so here it is an ``autograd.Function``
-  that keeps only the inputs and whose backward runs ``torch.func.vjp`` of ``f`` on them
-  (differentiable again: grad of grad works; batched by a generated vmap rule). A ``policy``
-  cannot be honoured there (it needs the same hooks): everything is recomputed, with a
-  one-time warning.
-* **Inside torch.func transforms under ``fn.jit``**: ``f`` as it is. The compiled
-  ``fn.grad`` step is one graph whose forward and backward inductor plans together, and
-  dynamo cannot trace a Function whose backward runs a transform; values and gradients are
-  the same, the memory is whatever inductor's plan for the whole step is.
+  saved-tensor hooks torch's checkpoint is built on (pytorch/pytorch#122729), so here it is an
+  ``autograd.Function`` that keeps only the inputs and whose backward runs ``torch.func.vjp``
+  of ``f`` on them (differentiable again: grad of grad works; batched by a generated vmap
+  rule). A ``policy`` cannot be honoured there (it needs the same hooks): everything is
+  recomputed, with a one-time warning.
+* **Inside one ``fn.grad`` under ``fn.jit``** (the compiled training step): the step is one
+  graph whose forward and backward inductor plans together, with no partitioner to recompute
+  anything, and torch's checkpoint op fails to trace there (saved-tensor hooks again). So
+  ``f`` is two custom ops the compiler does not trace into, as ``fn.Stacked``'s: the forward
+  runs ``f`` keeping only its inputs, the backward recomputes ``f`` and differentiates it.
+  ``f`` runs op by op there, not fused with the rest of the step, and that backward cannot be
+  differentiated again (compiled grad of grad raises); a policy is not honoured (warning). A
+  tensor ``f`` reads that is not one of its arguments cannot get a gradient through the ops:
+  a closure over a traced tensor fails to compile, and a tensor from outside the step that
+  requires grad is refused in the backward, naming ``f``. Pass tensors as arguments.
+* **Other compiled transforms** (``fn.vmap``, grad of grad, torch older than 2.12, whose dynamo
+  cannot hand ``f`` to the ops): ``f`` as it is: the same values and gradients, the memory of
+  inductor's plan for the whole step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import itertools
+import types
 import warnings
 from typing import Any
 from collections.abc import Callable
 
 import torch
 import torch.utils.checkpoint as _torch_checkpoint
+from torch._C._functorch import TransformType
+from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
+from . import _compat
 from . import tree as T
 from .transforms import inside_functorch
 
-__all__ = ["checkpoint"]
+__all__ = ["checkpoint", "checkpoint_policies"]
 
 _selective = getattr(_torch_checkpoint, "create_selective_checkpoint_contexts", None)  # torch >= 2.4
+
+
+class _Policy:
+    """A named selective-checkpoint policy: ``(ctx, op, *args, **kwargs) -> CheckpointPolicy``,
+    the outputs of the ops it names kept for the backward, everything else recomputed."""
+
+    def __init__(self, name: str, saves: Callable[[Any], bool]):
+        self.__name__ = self.name = name
+        self.saves = saves
+
+    def __call__(self, ctx, op, *args, **kwargs):
+        P = _torch_checkpoint.CheckpointPolicy
+        return P.MUST_SAVE if self.saves(op) else P.PREFER_RECOMPUTE
+
+    def __repr__(self) -> str:
+        return f"fn.checkpoint_policies.{self.name}"
+
+
+def _ops(*names: str) -> frozenset:
+    """The overloads of the aten (and oneDNN) ops named, those this torch has."""
+    found = set()
+    for name in names:
+        ns, _, op = name.rpartition(".")
+        packet = getattr(getattr(torch.ops, ns or "aten"), op, None)
+        if packet is not None:
+            found.update(getattr(packet, o) for o in packet.overloads())
+    return frozenset(found)
+
+
+# matmul-like ops as they reach the dispatcher (F.linear is addmm/mm/bmm there; fnnet's oneDNN
+# GEMM is mkldnn._linear_pointwise): JAX's dot_general, and convolution
+_DOTS_NO_BATCH = _ops("mm", "addmm", "linear", "mkldnn._linear_pointwise")
+_DOTS = _DOTS_NO_BATCH | _ops("bmm", "baddbmm", "matmul", "convolution", "_convolution")
+
+checkpoint_policies = types.SimpleNamespace(
+    everything_saveable=_Policy("everything_saveable", lambda op: True),
+    nothing_saveable=_Policy("nothing_saveable", lambda op: False),
+    dots_saveable=_Policy("dots_saveable", lambda op: op in _DOTS),
+    dots_with_no_batch_dims_saveable=_Policy("dots_with_no_batch_dims_saveable",
+                                             lambda op: op in _DOTS_NO_BATCH),
+)
+checkpoint_policies.__doc__ = """JAX's ``jax.checkpoint_policies`` for ``fn.checkpoint(f, policy=...)``:
+``everything_saveable`` (nothing recomputed), ``nothing_saveable`` (everything recomputed, as
+``policy=None``), ``dots_saveable`` (the outputs of matmuls and convolutions kept: mm, addmm,
+bmm, baddbmm, convolution, oneDNN's linear), ``dots_with_no_batch_dims_saveable`` (only the
+unbatched ones: mm, addmm, oneDNN's linear)."""
 
 
 def checkpoint(f: Callable, policy: Any = None) -> Callable:
     """``f`` whose forward is recomputed in the backward instead of stored (see the module doc).
 
     f: a pure function of pytrees of tensors (and constants).
-    policy: ``None`` (keep only the inputs), or, for plain autograd, torch's selective-checkpoint
-    policy: a list of ops whose outputs are kept, or ``(ctx, op, *args, **kwargs) -> CheckpointPolicy``.
+    policy: ``None`` (keep only the inputs), or, honoured under plain autograd (eager and
+    compiled), what to keep: one of ``fn.checkpoint_policies``, a list of ops whose outputs are
+    kept, or torch's ``(ctx, op, *args, **kwargs) -> CheckpointPolicy``.
     Returns a function with ``f``'s signature, values and gradients.
     """
     if not callable(f):
@@ -79,6 +146,8 @@ def checkpoint(f: Callable, policy: Any = None) -> Callable:
             return _torch_checkpoint.checkpoint(f, *args, use_reentrant=False, preserve_rng_state=False,
                                                 **extra, **kwargs)
         if torch.compiler.is_compiling():
+            if _compat.DYNAMO_PASSES_OBJECTS and torch.is_grad_enabled() and _one_grad_level():
+                return _opaque(f, args, kwargs, policy is not None)
             return f(*args, **kwargs)
         if policy is not None:
             _warn_policy_ignored()
@@ -89,8 +158,9 @@ def checkpoint(f: Callable, policy: Any = None) -> Callable:
 
 @functools.cache
 def _warn_policy_ignored() -> None:
-    warnings.warn("fn.checkpoint: inside torch.func transforms (fn.grad, fn.vmap) a policy cannot be "
-                  "honoured (torch.func refuses saved-tensor hooks): everything is recomputed", stacklevel=3)
+    warnings.warn("fn.checkpoint: inside torch.func transforms (fn.grad, fn.vmap), eager or compiled, a "
+                  "policy cannot be honoured (torch.func refuses saved-tensor hooks): everything is "
+                  "recomputed", stacklevel=3)
 
 
 def _recomputed(f: Callable, args: tuple, kwargs: dict) -> Any:
@@ -149,3 +219,213 @@ class _Remat(torch.autograd.Function):
             _, vjp = torch.func.vjp(forward, *floats)
             d_floats = vjp(tuple(g for g, d in zip(grads, keep) if d))
         return (None, None, *d_floats, *[None] * len(others))
+
+
+# -- compiled fn.grad: two opaque ops ---------------------------------------------------------
+#
+# The compiled fn.grad step is one graph (torch.func.grad traced to forward and backward
+# together): there is no partitioner to recompute a tagged region, and torch's checkpoint op
+# (tag_activation_checkpoint) fails there on saved-tensor hooks. So, as Stacked does, f becomes
+# an autograd.Function over two custom ops the compiler does not trace into: fnnet::remat runs
+# f without recording (nothing of f's kept but its inputs), fnnet::remat_backward recomputes f
+# from the inputs under autograd and returns the input gradients. f runs op by op there (not
+# fused by inductor). The handle, a constant in the graph, names f and everything about the
+# call that is not a tensor; dynamo guards it by f's identity.
+#
+# f can only be reached through the handle, so a tensor f reads that is not one of its arguments
+# would get no gradient through the ops. Dynamo itself refuses a handle to a closure over a
+# traced tensor (a lambda over an activation fails to compile); a tensor from outside the step
+# that requires grad is caught in the backward (its graph reaches a leaf that is not an input)
+# and refused, naming f.
+
+try:
+    from torch.utils._python_dispatch import _disable_current_modes as _no_dispatch_modes
+except ImportError:  # pragma: no cover - private in torch; present from 2.0 to 2.13 at least
+    from contextlib import nullcontext as _no_dispatch_modes
+
+# the dispatcher's thread-local key sets of plain eager code (read at import, at top level)
+_EAGER_KEYS = (torch._C._dispatch_tls_local_include_set(), torch._C._dispatch_tls_local_exclude_set())
+
+
+@contextlib.contextmanager
+def _eager_island(grad: bool):
+    """Inside a custom op's implementation, run as plain eager code at top level (autograd and
+    functorch keys restored, dispatch modes off), as Stacked's ops do: recomputing f's graph
+    needs autograd, which the dispatcher excludes there."""
+    with _no_dispatch_modes(), torch._C._ForceDispatchKeyGuard(*_EAGER_KEYS), torch.set_grad_enabled(grad):
+        yield
+
+
+def _fresh_views(*tensors: torch.Tensor) -> tuple:
+    """A view of each input of the Function: dynamo reads a compiled function's own inputs'
+    requires_grad as it was before torch.func.grad marked them and would drop the backward
+    (``cells.fused.fresh_views``); a view is a new tensor it reads right."""
+    return tuple(t.view(t.shape) for t in tensors)
+
+
+_REGISTRY: dict = {}  # handle -> _Call
+_HANDLES: dict = {}  # (f, spec, constants) -> handle, when hashable
+_COUNTER = itertools.count()
+
+
+class _Call:
+    """What a handle stands for: ``f``, its arguments' tree, the non-tensor leaves, and (filled
+    by the first fake run) its output's tree with the non-tensor outputs."""
+
+    def __init__(self, f, spec, constants):
+        self.f, self.spec, self.constants = f, spec, constants
+        self.out = None  # (out spec, [None for a tensor, (constant,) otherwise])
+
+    def run(self, tensors) -> list:
+        it = iter(tensors)
+        leaves = [next(it) if c is None else c[0] for c in self.constants]
+        args, kwargs = T.unflatten(self.spec, leaves)
+        out, out_spec = T.flatten(self.f(*args, **kwargs))
+        self.out = (out_spec, [None if isinstance(o, torch.Tensor) else (o,) for o in out])
+        return [o for o in out if isinstance(o, torch.Tensor)]
+
+
+_TENSOR = "<fnnet.remat: a tensor argument>"  # a tensor's place in the template of a call
+
+
+@_compat.assume_constant_result  # run for real while dynamo traces: registers, the handle is a constant
+def _handle(f: Callable, template: Any, has_policy: bool) -> int:
+    if has_policy:
+        _warn_policy_ignored()
+    leaves, spec = T.flatten(template)
+    constants = tuple(None if x is _TENSOR else (x,) for x in leaves)
+    try:
+        key = (f, spec, constants)
+        hash(key)
+    except TypeError:
+        key = None
+    if key is not None and key in _HANDLES:
+        return _HANDLES[key]
+    handle = next(_COUNTER)
+    _REGISTRY[handle] = _Call(f, spec, constants)
+    if key is not None:
+        _HANDLES[key] = handle
+    return handle
+
+
+@torch.compiler.assume_constant_result  # read at trace time, as fnnet.transforms.inside_vmap
+def _one_grad_level() -> bool:
+    """Exactly one torch.func transform encloses this call, and it is a gradient (fn.grad, vjp):
+    the opaque ops' backward cannot be differentiated again, nor batched by vmap."""
+    levels = retrieve_all_functorch_interpreters()
+    return len(levels) == 1 and levels[0].key() == TransformType.Grad
+
+
+@_compat.assume_constant_result  # read after the fake run of the forward op has filled it
+def _out_tree(handle: int) -> tuple:
+    return _REGISTRY[handle].out
+
+
+def _opaque(f: Callable, args: tuple, kwargs: dict, has_policy: bool) -> Any:
+    leaves, spec = T.flatten((args, kwargs))
+    template = T.unflatten(spec, [_TENSOR if isinstance(x, torch.Tensor) else x for x in leaves])
+    handle = _handle(f, template, has_policy)
+    tensors = _fresh_views(*[x for x in leaves if isinstance(x, torch.Tensor)])
+    out = iter(_RematOp.apply(handle, *tensors))
+    out_spec, out_constants = _out_tree(handle)
+    return T.unflatten(out_spec, [next(out) if c is None else c[0] for c in out_constants])
+
+
+def _unaliased(outs: list, inputs: list) -> list:
+    """A custom op may not return its inputs, views or one tensor twice: such outputs are copied."""
+    seen = {id(x) for x in inputs}
+    fresh = []
+    for o in outs:
+        fresh.append(o.clone() if id(o) in seen or o._is_view() else o)
+        seen.add(id(fresh[-1]))
+    return fresh
+
+
+@torch.library.custom_op("fnnet::remat", mutates_args=())
+def _forward_op(handle: int, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    with _eager_island(grad=False):
+        return _unaliased(_REGISTRY[handle].run(tensors), tensors)
+
+
+@_forward_op.register_fake
+def _(handle, tensors):
+    call = _REGISTRY[handle]
+    mode = torch._guards.detect_fake_mode(tensors)
+    # a tensor f reads from outside its arguments is real here: let it in (the backward refuses
+    # one that requires grad), rather than fail with fake tensor mode's error
+    before = getattr(mode, "allow_non_fake_inputs", None)
+    if mode is not None:
+        mode.allow_non_fake_inputs = True
+    try:
+        return _unaliased(call.run(tensors), tensors)
+    finally:
+        if mode is not None:
+            mode.allow_non_fake_inputs = before
+
+
+@torch.library.custom_op("fnnet::remat_backward", mutates_args=())
+def _backward_op(handle: int, tensors: list[torch.Tensor], grads: list[torch.Tensor]) -> list[torch.Tensor]:
+    with _eager_island(grad=True):
+        call = _REGISTRY[handle]
+        xs = [x.detach().requires_grad_(x.is_floating_point()) for x in tensors]
+        wrt = [x for x in xs if x.requires_grad]
+        outs = call.run(xs)
+        pairs = [(o, g) for o, g in zip(outs, grads) if o.requires_grad]
+        _refuse_foreign_leaves(call.f, [o for o, _ in pairs], wrt)
+        d = torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs],
+                                allow_unused=True) if pairs else [None] * len(wrt)
+        return [torch.zeros_like(x) if g is None else g for x, g in zip(wrt, d)]
+
+
+@_backward_op.register_fake
+def _(handle, tensors, grads):
+    return [x.new_empty(x.shape) for x in tensors if x.is_floating_point()]
+
+
+def _refuse_foreign_leaves(f: Callable, outs: list, inputs: list) -> None:
+    """Raise if ``outs`` depend on a tensor that requires grad and is not one of ``inputs``: one
+    ``f`` reads from outside its arguments, which the ops cannot give a gradient."""
+    mine = {id(x) for x in inputs}
+    seen, stack = set(), [o.grad_fn for o in outs if o.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        var = getattr(node, "variable", None)
+        if var is not None and id(var) not in mine:
+            raise RuntimeError(
+                f"fn.checkpoint: {getattr(f, '__qualname__', f)!r} reads a tensor that requires grad and "
+                f"is not one of its arguments (shape {list(var.shape)}); inside a compiled fn.grad it "
+                f"would get no gradient. Pass it to the checkpointed function as an argument")
+        stack += [n for n, _ in node.next_functions]
+
+
+def _refuse_second_derivative(ctx, *grads):
+    raise RuntimeError("fn.checkpoint: the compiled backward of a checkpointed function "
+                       "(fnnet::remat_backward) cannot be differentiated again (grad of grad, a gradient "
+                       "penalty); run that step eagerly")
+
+
+_backward_op.register_autograd(_refuse_second_derivative, setup_context=lambda ctx, inputs, output: None)
+
+
+class _RematOp(torch.autograd.Function):
+    @staticmethod
+    def forward(handle, *tensors):
+        return tuple(_forward_op(handle, list(tensors)))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        handle, *tensors = inputs
+        ctx.handle = handle
+        ctx.floats = [t.is_floating_point() for t in tensors]
+        ctx.save_for_backward(*tensors)
+        ctx.mark_non_differentiable(*[o for o in output if not o.is_floating_point()])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        tensors = ctx.saved_tensors
+        d = iter(_backward_op(ctx.handle, list(tensors), grads))
+        return (None, *[next(d) if fl else None for fl in ctx.floats])
+
