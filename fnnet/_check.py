@@ -135,7 +135,7 @@ def choice(owner: str, name: str, v: Any, options: tuple, *, expected: str | Non
     """One of ``options`` (strings, and ``None`` where an option): ``ValueError`` for an
     unknown string, ``wrong_kind`` for anything else (``ValueError`` where torch raises it
     for any value)."""
-    if isinstance(v, (str, type(None))) and v in options:
+    if (v is None or isinstance(v, str)) and v in options:
         return v
     fail(owner, name, expected or f"one of {', '.join(map(repr, options))}", repr(v),
          ValueError if isinstance(v, str) else wrong_kind, words, v)
