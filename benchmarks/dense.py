@@ -17,10 +17,13 @@ for torch, ``fn.grad`` for fnnet). Rows:
   what the ``MIN_WORK`` rule turns down for small matmuls.
 
 Per matmul class (``... layout``), the kernels compiled code chooses between, as inductor calls
-them: torch's ``addmm``/``mm`` (the baseline) against ``fnnet::onednn_mm``, for the three layouts
-of a dense layer's matmuls: ``x @ W^T + b`` (forward), ``g @ W`` (input gradient), ``g^T @ x``
-(weight gradient); the ``auto`` column is what compiled ``gemm=auto`` takes for that class in
-this process (``onednn_faster_for``'s answer; torch's below ``MIN_WORK``).
+them: torch's ``addmm``/``mm`` (the baseline), ``fnnet::onednn_mm`` and torch's GEMM on the
+transposed problem ``(b^T @ a^T)^T``, for the three layouts of a dense layer's matmuls:
+``x @ W^T + b`` (forward), ``g @ W`` (input gradient), ``g^T @ x`` (weight gradient); the
+``auto`` column (on the baseline's row) is the kernel compiled ``gemm=auto`` takes for that class
+in this process (``gemm_for``: only the kernels that apply to the class are weighed: oneDNN from
+``MIN_WORK``, the transposed problem for narrow matmuls). ``narrow 512x2->400`` is the WGAN-GP
+critic's first layer, whose gradients are matmuls with 2 output columns.
 
 Implementations are timed in interleaved rounds (each round a loop of calls), so that load from
 other processes on a shared machine falls on all of them alike; medians over the rounds.
@@ -39,7 +42,7 @@ from fnnet.layers import _gemm
 from .common import gemm_mode, row
 
 SUITE = "dense"
-SHAPES = {"small 32x64->64": (32, 64, 64), "medium 512x400->400": (512, 400, 400),
+SHAPES = {"small 32x64->64": (32, 64, 64), "narrow 512x2->400": (512, 2, 400), "medium 512x400->400": (512, 400, 400),
           "large 2048x1024->1024": (2048, 1024, 1024)}
 
 
@@ -124,15 +127,19 @@ def _layouts(name: str, rows_: int, i: int, o: int, quick: bool) -> list[dict]:
     for layout, (a, bm, bias) in cases.items():
         fns = {"torch addmm/mm": (lambda a=a, bm=bm, bias=bias: torch.addmm(bias, a, bm)) if bias is not None
                else (lambda a=a, bm=bm: torch.mm(a, bm)),
-               "fnnet::onednn_mm": lambda a=a, bm=bm, bias=bias: torch.ops.fnnet.onednn_mm(a, bm, bias)}
-        torch.testing.assert_close(fns["fnnet::onednn_mm"](), fns["torch addmm/mm"](), rtol=1e-4, atol=1e-3)
-        answer = "torch (below MIN_WORK)" if work < _gemm.MIN_WORK else "onednn" if _gemm.onednn_faster_for(
-            rows_, a.shape[1], bm.shape[1], _gemm._transposed(a), _gemm._transposed(bm), bias is not None) else "torch"
+               "fnnet::onednn_mm": lambda a=a, bm=bm, bias=bias: torch.ops.fnnet.onednn_mm(a, bm, bias),
+               "torch, transposed problem":
+                   (lambda a=a, bm=bm, bias=bias: torch.addmm(bias.unsqueeze(1), bm.t(), a.t()).t()) if bias is not None
+                   else (lambda a=a, bm=bm: torch.mm(bm.t(), a.t()).t())}
+        for f in fns.values():
+            torch.testing.assert_close(f(), fns["torch addmm/mm"](), rtol=1e-4, atol=1e-3)
+        answer = _gemm.gemm_for(rows_, a.shape[1], bm.shape[1], _gemm._transposed(a), _gemm._transposed(bm),
+                                int(bias is not None))
         with torch.no_grad():
             ms = _interleaved(fns, calls, 5 if quick else 15)
         base = statistics.median(ms["torch addmm/mm"])
         out += [row(SUITE, f"{name} {layout} layout", impl, statistics.median(t), base, min_ms=round(min(t), 4),
-                    **({"auto": answer} if impl.startswith("fnnet") else {}))
+                    **({"auto": answer} if impl == "torch addmm/mm" else {}))
                 for impl, t in ms.items()]
     return out
 

@@ -8,8 +8,9 @@ Rows, all in the same run and on the same weights and interpolation weights:
   ``torch.func``, eager and under ``fn.jit`` (fullgraph), as the library runs it now: ``fn.relu``
   (a backward with no derivative w.r.t. ``x``: ``fnnet/layers/_relu.py``) and, compiled, the
   GEMM that ``gemm=auto`` measured faster on this machine for each class of matmul
-  (``fnnet/layers/_gemm.py``: ``onednn_faster_for``; the ``gemm`` column counts those on oneDNN;
-  eager, ``auto`` keeps torch's GEMM inside ``torch.func`` transforms);
+  (``fnnet/layers/_gemm.py``: ``gemm_for``; the ``gemm`` column counts those on oneDNN; the
+  narrow matmuls of the 2-input layer's gradients may run as the transposed problem; eager,
+  ``auto`` keeps torch's GEMM inside ``torch.func`` transforms);
 - before: the same with ``F.relu``, whose backward has a zero derivative w.r.t. ``x`` that the
   double backward pushes through every layer (four more 400x400 matmuls, 17% of the step's
   FLOPs), and torch's GEMM: the library as it was;

@@ -180,61 +180,76 @@ def test_compiled_critic_step_with_the_onednn_pass_equals_eager(onednn):
     assert_trees_close(grads_c, grads_e)
 
 
-def test_compiled_auto_puts_each_matmul_class_measured_faster_on_onednn(monkeypatch):
-    """gemm="auto" under fn.jit: the pass times each big matmul's class (sizes, which operands are
-    stored transposed, bias or not) while compiling (real tensors under inductor's fake mode) and
-    rewrites the classes answered faster, only those. The answers are pinned here (oneDNN for
-    matmuls whose b is a transposed weight, x @ W^T): values and gradients (params and input: the
-    three layouts of a dense layer's matmuls) equal eager's."""
+def test_compiled_auto_gives_each_matmul_class_its_measured_kernel(monkeypatch):
+    """gemm="auto" under fn.jit: the pass times each matmul's class (sizes, which operands are
+    stored transposed, bias) while compiling (real tensors under inductor's fake mode) and gives
+    it the kernel answered fastest. The answers are pinned here: narrow matmuls (NARROW = 3: the
+    2-input layer's and the 1-output layer's) on the transposed problem, the others on oneDNN when
+    b is a transposed weight (x @ W^T), else torch's. A WGAN-GP critic step (second derivatives):
+    loss and gradients equal eager's."""
     calls, raw = [], _gemm._raw
     monkeypatch.setattr(_gemm, "MIN_WORK", 0)
+    monkeypatch.setattr(_gemm, "MIN_NARROW_WORK", 0)
+    monkeypatch.setattr(_gemm, "NARROW", 3)
     monkeypatch.setattr(_gemm, "_raw", lambda a, bt, bias: calls.append(bt.is_contiguous()) or raw(a, bt, bias))
     monkeypatch.setattr(_gemm, "_measured", {})
-    measure, asked = _gemm._measure_class, []
+    measure, answers, rewritten = _gemm._measure_class, [], []
 
     def answer(rows, inner, outer, a_transposed, b_transposed, bias, rounds):
-        assert measure(rows, inner, outer, a_transposed, b_transposed, bias, rounds=1) in (True, False)
-        asked.append(b_transposed)
-        return b_transposed
+        assert measure(rows, inner, outer, a_transposed, b_transposed, bias, rounds=1) in _gemm.KERNELS
+        kernel = ("transposed" if min(rows, outer) <= 3 else "onednn" if b_transposed and bias < 2 else "torch")
+        answers.append(kernel)
+        return kernel
 
     monkeypatch.setattr(_gemm, "_measure_class", answer)
+    transposed_product = _gemm._transposed_product
+    monkeypatch.setattr(_gemm, "_transposed_product", lambda *a: rewritten.append(1) or transposed_product(*a))
     before = _gemm.get_gemm()
     linear.set_gemm("auto")
     try:
-        layer, params, _ = twin(8, 16, True)
-        x = randn(0, 12, 8)
-        step = fn.value_and_grad(lambda p, x: (fn.relu(layer(p, x)) ** 2).sum(), argnums=(0, 1))
+        critic, params, real, fake = critic_and_batch(hidden=1)  # 3 -> 24 -> 1, batch 16
+        step, key = critic_step(critic), fn.random.key(0)
         torch._dynamo.reset()
         with torch._inductor.config.patch(fx_graph_cache=False), \
                 torch._functorch.config.patch(enable_autograd_cache=False):  # the pass runs, not a cached graph
             compiled = fn.jit(step, **linear.jit_options())
-            compiled(params, x)
+            compiled(params, real, fake, key)
         calls.clear()
-        value_c, grads_c = compiled(params, x)
+        loss_c, grads_c = compiled(params, real, fake, key)
         linear.set_gemm("torch")
-        value_e, grads_e = step(params, x)
+        loss_e, grads_e = step(params, real, fake, key)
     finally:
         linear.set_gemm(before)
-    assert sorted(asked) == [False, False, True], "three classes: x @ W^T, g @ W, g^T @ x"
-    assert len(set(_gemm.measured())) == len(asked), "each class measured once"
-    assert calls == [True], "only the class answered faster runs on oneDNN (bt contiguous: b = W^T)"
-    assert_close(value_c, value_e)
+    assert set(answers) == {"torch", "onednn", "transposed"}, answers
+    assert len(_gemm.measured()) == len(answers), "each class measured once"
+    assert rewritten, "narrow matmuls were rewritten as the transposed problem"
+    assert calls and all(calls), "only the classes answered oneDNN run on it (bt contiguous: b = W^T)"
+    assert_close(loss_c, loss_e)
     assert_trees_close(grads_c, grads_e)
 
 
 def test_per_class_measurement_is_cached_and_keyed_by_mode(monkeypatch):
-    """onednn_faster_for times a class once per process (also under a fake mode, as inside
-    inductor's pass) and gives a bool; the pass's cache key changes with the mode, so that a graph
-    compiled under "onednn" is not reused under "auto"."""
+    """gemm_for times a class once per process (also under a fake mode, as inside inductor's
+    pass) among the kernels that apply to it; the pass's cache key changes with the mode, so that
+    a graph compiled under "onednn" is not reused under "auto"."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     monkeypatch.setattr(_gemm, "_measured", {})
+    monkeypatch.setattr(_gemm, "MIN_WORK", 0)
+    monkeypatch.setattr(_gemm, "MIN_NARROW_WORK", 0)
     with FakeTensorMode():
-        first = _gemm.onednn_faster_for(16, 8, 8, True, False, True, rounds=1)
-    assert first in (True, False)
-    assert _gemm.measured() == {(16, 8, 8, True, False, True): first}
+        first = _gemm.gemm_for(16, 8, 8, True, False, 1, rounds=1)
+    assert first in ("torch", "onednn", "transposed")
+    assert _gemm.measured() == {(16, 8, 8, True, False, 1): first}
     monkeypatch.setattr(_gemm, "_measure_class", lambda *a, **k: pytest.fail("measured twice"))
-    assert _gemm.onednn_faster_for(16, 8, 8, True, False, True) is first
+    assert _gemm.gemm_for(16, 8, 8, True, False, 1) == first
+    assert _gemm.onednn_faster_for(16, 8, 8, True, False, True) is (first == "onednn")
+    monkeypatch.setattr(_gemm, "MIN_WORK", 1 << 24)
+    monkeypatch.setattr(_gemm, "MIN_NARROW_WORK", 1 << 16)
+    assert _gemm._candidates(512, 400, 400, 1) == ("torch", "onednn")      # big: oneDNN weighed
+    assert _gemm._candidates(512, 400, 400, 2) == ("torch",)               # not with a 2-d bias
+    assert _gemm._candidates(400, 512, 2, 0) == ("torch", "transposed")    # narrow: 2 output columns
+    assert _gemm._candidates(16, 8, 8, 0) == ("torch",)                    # too small to matter
     before = _gemm.get_gemm()
     try:
         uuids = []

@@ -13,13 +13,18 @@ Choice (:func:`set_gemm`, or the environment variable ``FNNET_GEMM`` read at imp
 - ``"onednn"``: oneDNN wherever it applies (below).
 - ``"auto"`` (default): oneDNN where it applies and it was measured faster here. Eager, one
   probe matmul timed once per process (:func:`onednn_measured_faster`, by the margin ``MARGIN``);
-  compiled, each matmul's own class (its sizes, which operands are transposed, bias or not),
-  timed once per process when a graph first meets it (:func:`onednn_faster_for`, by the margin
-  ``PASS_MARGIN``): the two GEMMs differ by layout (oneDNN ahead on ``x @ W^T`` and ``g @ W``,
-  level on a weight gradient's ``g^T @ x`` on one CPU), so one probe cannot speak for every
-  matmul of a step. Inductor caches the compiled code on disk, so a machine keeps the first
-  choices it measured for a graph. Two processes on a loaded machine may measure differently and
-  so differ at float32 rounding; set ``FNNET_GEMM`` to pin the choice.
+  compiled, each matmul's own class (its sizes, which operands are transposed, its bias), timed
+  once per process when a graph first meets it (:func:`gemm_for`, by the margin
+  ``PASS_MARGIN``): the GEMMs differ by layout (oneDNN ahead on ``x @ W^T`` and ``g @ W`` for
+  large matmuls, level on a weight gradient's ``g^T @ x`` on one CPU), so one probe cannot speak
+  for every matmul of a step. Inductor caches the compiled code on disk, so a machine keeps the
+  first choices it measured for a graph. Two processes on a loaded machine may measure
+  differently and so differ at float32 rounding; set ``FNNET_GEMM`` to pin the choice.
+
+Compiled code also weighs, for narrow matmuls (at most ``NARROW`` rows or output columns), torch's
+GEMM on the transposed problem ``(b^T @ a^T)^T``, under ``"auto"`` and ``"onednn"``: MKL on an
+AMD EPYC runs ``[400, 512] @ [512, 2]`` (the weight gradient of a 2-input layer) 5-10x slower
+than ``[2, 512] @ [512, 400]`` (``benchmarks/dense.py``, ``narrow``), again measured, not assumed.
 
 It applies only to float32 tensors on the CPU, with oneDNN built and enabled
 (``torch.backends.mkldnn``), and to matmuls of at least ``MIN_WORK`` multiply-adds (rows x in x
@@ -37,8 +42,8 @@ Two ways in, the same GEMM:
   ``autograd.Function`` inside ``torch.func.grad`` is not differentiated right twice: see
   ``tests/test_linear_gemm.py``), and :func:`jit_options` gives ``fn.jit`` an inductor pass that
   swaps each qualifying float32 CPU ``mm``/``addmm`` of the differentiated graph (forward,
-  backward, double backward alike) for oneDNN's kernel, under ``"auto"`` those of a class measured
-  faster on it: ``fn.jit(step, **jit_options())``.
+  backward, double backward alike) for the kernel chosen for its class (oneDNN's, or torch's on
+  the transposed problem): ``fn.jit(step, **jit_options())``.
 """
 
 from __future__ import annotations
@@ -51,15 +56,17 @@ import torch
 
 from .. import _compat
 
-__all__ = ["MODES", "set_gemm", "get_gemm", "applies", "onednn_chosen", "onednn_measured_faster",
-           "onednn_faster_for", "linear", "jit_options"]
+__all__ = ["MODES", "set_gemm", "get_gemm", "applies", "onednn_chosen", "onednn_measured_faster", "gemm_for",
+           "onednn_faster_for", "measured", "linear", "jit_options"]
 
 MODES = ("auto", "torch", "onednn")
 ENV = "FNNET_GEMM"
 MIN_WORK = 1 << 24  # rows * in * out: smaller matmuls stay on torch's GEMM (oneDNN's per-call cost dominates)
 MARGIN = 0.8        # "auto" takes oneDNN only when its probe time is below this share of torch's
-PASS_MARGIN = 0.95  # compiled "auto": a matmul class goes to oneDNN when its time is below this share of torch's
+PASS_MARGIN = 0.95  # compiled: a class leaves torch's mm for another kernel when its time is below this share
 MEASURE_WORK = 1 << 28  # a class is timed on at most this many multiply-adds (fewer rows), to bound compile time
+NARROW = 32         # compiled: a matmul with at most this many rows or output columns is also timed transposed
+MIN_NARROW_WORK = 1 << 16  # ... when it has at least this many multiply-adds
 
 
 def _check_mode(mode, where: str) -> str:
@@ -136,32 +143,60 @@ def onednn_measured_faster(rows: int = 512, inner: int = 384, outer: int = 384, 
     return best["onednn"] < MARGIN * best["torch"]
 
 
-_measured: dict[tuple, bool] = {}  # onednn_faster_for's answers in this process, by matmul class
+_measured: dict[tuple, str] = {}  # gemm_for's answers in this process, by matmul class
+KERNELS = ("torch", "onednn", "transposed")
 
 
-def onednn_faster_for(rows: int, inner: int, outer: int, a_transposed: bool = False, b_transposed: bool = False,
-                      bias: bool = False, rounds: int = 8) -> bool:
-    """Whether the compiled graph's kernel on oneDNN (``fnnet::onednn_mm``) beat torch's
-    (``mm``, or ``addmm`` with a bias ``[outer]``) on a float32 ``[rows, inner] @ [inner, outer]``
-    whose ``a`` / ``b`` are stored transposed (column-major) or not, by the margin
-    ``PASS_MARGIN`` (:func:`_fastest`). Timed once per process and class, on at most
-    ``MEASURE_WORK`` multiply-adds (the rows cut down): ~0.1 s per class."""
+def gemm_for(rows: int, inner: int, outer: int, a_transposed: bool = False, b_transposed: bool = False,
+             bias: int = 0, rounds: int = 8) -> str:
+    """The kernel compiled code runs a float32 CPU ``[rows, inner] @ [inner, outer]`` of this
+    class on (``a`` / ``b`` stored transposed or not; ``bias`` 0: none (``mm``), 1: ``[outer]``, 2:
+    ``[rows, outer]`` (``addmm``)), timed here once per process and class (:func:`_fastest`, on
+    at most ``MEASURE_WORK`` multiply-adds: the rows cut down):
+
+    - ``"torch"``: torch's ``mm``/``addmm`` as inductor calls it, unless another beats it by the
+      margin ``PASS_MARGIN``;
+    - ``"onednn"`` (``fnnet::onednn_mm``), for matmuls of at least ``MIN_WORK`` with no 2-d bias;
+    - ``"transposed"``: torch's GEMM on the transposed problem, ``(b^T @ a^T)^T``, for narrow
+      matmuls (at most ``NARROW`` rows or output columns, at least ``MIN_NARROW_WORK``): the
+      BLAS may take a slow path for a few output columns that the transposed problem (a few
+      rows) avoids: a dense layer of 2 inputs, whose weight gradient is ``[400, 512] @ [512, 2]``,
+      or of a few outputs.
+
+    Which kernel wins depends on the CPU, the library and the layout, so it is measured, never
+    assumed."""
     key = (rows, inner, outer, a_transposed, b_transposed, bias)
     if key not in _measured:
-        _measured[key] = _onednn_usable() and _measure_class(*key, rounds=rounds)
+        _measured[key] = _measure_class(*key, rounds=rounds)
     return _measured[key]
 
 
-def measured() -> dict[tuple, bool]:
+def onednn_faster_for(rows: int, inner: int, outer: int, a_transposed: bool = False, b_transposed: bool = False,
+                      bias: bool = False) -> bool:
+    """Whether compiled ``"auto"`` puts this class on oneDNN (:func:`gemm_for`)."""
+    return gemm_for(rows, inner, outer, a_transposed, b_transposed, int(bias)) == "onednn"
+
+
+def measured() -> dict[tuple, str]:
     """A copy of this process's per-class answers: ``(rows, inner, outer, a_transposed,
-    b_transposed, bias) -> oneDNN faster``."""
+    b_transposed, bias) -> kernel``."""
     return dict(_measured)
 
 
-def _measure_class(rows, inner, outer, a_transposed, b_transposed, bias, rounds):
+def _candidates(rows: int, inner: int, outer: int, bias: int) -> tuple[str, ...]:
+    """The kernels :func:`gemm_for` weighs for a class (torch's always first)."""
+    work = rows * inner * outer
+    return ("torch",) + (("onednn",) if work >= MIN_WORK and bias < 2 and _onednn_usable() else ()) + \
+        (("transposed",) if min(rows, outer) <= NARROW and work >= MIN_NARROW_WORK else ())
+
+
+def _measure_class(rows, inner, outer, a_transposed, b_transposed, bias, rounds) -> str:
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-    rows = max(1, min(rows, MEASURE_WORK // max(1, inner * outer)))
+    names = _candidates(rows, inner, outer, bias)
+    if len(names) == 1:
+        return "torch"
+    rows = min(rows, max(64, MEASURE_WORK // max(1, inner * outer)))
     with unset_fake_temporarily():  # called from inductor's pass, under its fake mode: real tensors here
         g = torch.Generator().manual_seed(0)
 
@@ -169,11 +204,15 @@ def _measure_class(rows, inner, outer, a_transposed, b_transposed, bias, rounds)
             return torch.randn(m, n, generator=g).t() if transposed else torch.randn(n, m, generator=g)
 
         a, b = matrix(rows, inner, a_transposed), matrix(inner, outer, b_transposed)
-        c = torch.randn(outer, generator=g) if bias else None
+        c = None if not bias else torch.randn(*((outer,) if bias == 1 else (rows, outer)), generator=g)
+        ct = None if c is None else c.unsqueeze(1) if bias == 1 else c.t()
         kernels = {"torch": (lambda: torch.addmm(c, a, b)) if bias else (lambda: torch.mm(a, b)),
-                   "onednn": lambda: torch.ops.fnnet.onednn_mm(a, b, c)}
-        best = _fastest(kernels, rounds)
-    return best["onednn"] < PASS_MARGIN * best["torch"]
+                   "onednn": lambda: torch.ops.fnnet.onednn_mm(a, b, c),
+                   "transposed": (lambda: torch.addmm(ct, b.t(), a.t()).t()) if bias
+                   else (lambda: torch.mm(b.t(), a.t()).t())}
+        best = _fastest({n: kernels[n] for n in names}, rounds)
+    winner = min(best, key=best.get)
+    return winner if best[winner] < PASS_MARGIN * best["torch"] else "torch"
 
 
 def onednn_chosen() -> bool:
@@ -275,9 +314,10 @@ def _transposed(t: torch.Tensor) -> bool:
 
 
 def _rewrite(graph) -> None:
-    """Replace each qualifying float32 CPU ``mm(a, b)`` / ``addmm(bias[N], a, b)`` (beta = alpha
-    = 1) of an inductor post-grad graph by ``fnnet::onednn_mm``: all of them under ``"onednn"``,
-    under ``"auto"`` those of a class measured faster on it (:func:`onednn_faster_for`)."""
+    """Give each float32 CPU ``mm(a, b)`` / ``addmm(bias, a, b)`` (beta = alpha = 1; bias
+    ``[N]`` or ``[M, N]``) of an inductor post-grad graph the kernel chosen for its class: under
+    ``"onednn"`` every matmul of at least ``MIN_WORK`` (no 2-d bias) goes to ``fnnet::onednn_mm``;
+    otherwise, and for narrow matmuls under both modes, what :func:`gemm_for` measured fastest."""
     aten = torch.ops.aten
     for node in list(graph.nodes):
         if node.op != "call_function" or node.target not in (aten.mm.default, aten.addmm.default):
@@ -288,10 +328,11 @@ def _rewrite(graph) -> None:
             if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
                 continue
             bval = bias.meta.get("val") if hasattr(bias, "meta") else None
-            if bval is None or bval.ndim != 1:
-                continue
+            if bval is None or bval.ndim not in (1, 2) or tuple(bval.shape) != tuple(val.shape)[2 - bval.ndim:]:
+                continue  # a bias broadcast another way stays with inductor
+            bias_kind = bval.ndim
         else:
-            (a, b), bias = node.args[:2], None
+            (a, b), bias, bias_kind = node.args[:2], None, 0
         aval, bmeta = a.meta.get("val"), b.meta.get("val")
         if val is None or aval is None or bmeta is None or not isinstance(val, torch.Tensor):
             continue
@@ -301,16 +342,46 @@ def _rewrite(graph) -> None:
             rows, inner, outer = (int(s) for s in (aval.shape[0], aval.shape[1], bmeta.shape[1]))
         except (TypeError, ValueError):  # a symbolic size: leave it to inductor
             continue
-        if rows * inner * outer < MIN_WORK:
-            continue
-        if _mode != "onednn" and not onednn_faster_for(rows, inner, outer, _transposed(aval), _transposed(bmeta),
-                                                       bias is not None):
+        if _mode == "onednn" and rows * inner * outer >= MIN_WORK and bias_kind < 2 and _onednn_usable():
+            kernel = "onednn"
+        else:
+            kernel = gemm_for(rows, inner, outer, _transposed(aval), _transposed(bmeta), bias_kind)
+        if kernel == "torch":
             continue
         with graph.inserting_before(node):
-            new = graph.call_function(torch.ops.fnnet.onednn_mm.default, (a, b, bias))
-        new.meta.update(node.meta)
+            if kernel == "onednn":
+                new = graph.call_function(torch.ops.fnnet.onednn_mm.default, (a, b, bias))
+                new.meta.update(node.meta)
+            else:
+                new = _transposed_product(graph, node, a, b, bias, bias_kind)
         node.replace_all_uses_with(new)
         graph.erase_node(node)
+
+
+def _transposed_product(graph, node, a, b, bias, bias_kind):
+    """Nodes for ``(b^T @ a^T + bias^T)^T`` in place of ``node`` (``mm``/``addmm``), each with its
+    fake value; made contiguous where it is a graph output (eager's strides)."""
+    aten = torch.ops.aten
+
+    def call(target, *args, **kwargs):
+        n = graph.call_function(target, args, kwargs)
+        vals = [x.meta["val"] if isinstance(x, torch.fx.Node) else x for x in args]
+        n.meta["val"] = target(*vals, **kwargs)
+        for k in ("stack_trace", "nn_module_stack", "source_fn_stack", "original_aten", "seq_nr"):
+            if k in node.meta:
+                n.meta[k] = node.meta[k]
+        return n
+
+    at, bt = call(aten.permute.default, a, [1, 0]), call(aten.permute.default, b, [1, 0])
+    if bias is None:
+        prod = call(aten.mm.default, bt, at)
+    else:
+        biast = call(aten.unsqueeze.default, bias, 1) if bias_kind == 1 else call(aten.permute.default, bias, [1, 0])
+        prod = call(aten.addmm.default, biast, bt, at)
+    out = call(aten.permute.default, prod, [1, 0])
+    if any(user.op == "output" for user in node.users):
+        out = call(aten.clone.default, out, memory_format=torch.contiguous_format)
+    return out
 
 
 @functools.cache
@@ -322,19 +393,20 @@ def _pass():
             _rewrite(graph)
 
         def uuid(self):
-            # what the rewrite depends on: this file, the mode and the size floor (tests lower it)
-            return get_hash_for_files((__file__,), extra=f"{_mode}-{MIN_WORK}")
+            # what the rewrite depends on: this file, the mode and the size limits (tests change them)
+            return get_hash_for_files((__file__,), extra=f"{_mode}-{MIN_WORK}-{NARROW}-{MIN_NARROW_WORK}")
 
     return OneDNNGemmPass()
 
 
 def jit_options() -> dict:
-    """Keyword arguments for ``fn.jit`` (or ``torch.compile``) that put the compiled function's
-    qualifying matmuls on oneDNN: under ``"onednn"`` all of them, under ``"auto"`` those measured
-    faster here (:func:`onednn_faster_for`, timed while compiling); ``{}`` under ``"torch"`` or
-    without oneDNN. ``fn.jit(step, **jit_options())``; not together with ``mode=`` (torch.compile
-    takes ``options`` or ``mode``, not both). The pass rewrites every qualifying matmul of the
-    compiled graph, whichever layer it came from."""
-    if _mode == "torch" or not _onednn_usable() or not _compat.HAS_CUSTOM_GRAPH_PASS:
+    """Keyword arguments for ``fn.jit`` (or ``torch.compile``) that give each matmul of the
+    compiled function the GEMM chosen for its class (:func:`_rewrite`): under ``"onednn"`` oneDNN
+    for every big one, under ``"auto"`` what was measured fastest here (:func:`gemm_for`, timed
+    while compiling), narrow ones under both; ``{}`` under ``"torch"``.
+    ``fn.jit(step, **jit_options())``; not together with ``mode=`` (torch.compile takes
+    ``options`` or ``mode``, not both). The pass rewrites every qualifying matmul of the compiled
+    graph, whichever layer it came from."""
+    if _mode == "torch" or not _compat.HAS_CUSTOM_GRAPH_PASS:
         return {}
     return {"options": {"post_grad_custom_post_pass": _pass()}}
