@@ -143,6 +143,8 @@ def checkpoint(f: Callable, policy: Any = None) -> Callable:
         if not inside_functorch():
             # (context_fn only with a policy: dynamo takes a functools.partial there, not the default)
             extra = {} if policy is None else {"context_fn": functools.partial(_selective, policy)}
+            if policy is not None and not torch.compiler.is_compiling():
+                _settle_lazy_choices()
             return _torch_checkpoint.checkpoint(f, *args, use_reentrant=False, preserve_rng_state=False,
                                                 **extra, **kwargs)
         if torch.compiler.is_compiling():
@@ -154,6 +156,15 @@ def checkpoint(f: Callable, policy: Any = None) -> Callable:
         return _recomputed(f, args, kwargs)
 
     return remat
+
+
+def _settle_lazy_choices() -> None:
+    """Make the choices fnnet measures lazily, on first use, before a selective checkpoint runs
+    ``f``: the policy's saved outputs are replayed in the order ops ran, so a probe that ran in
+    the forward (the eager GEMM's timing matmuls, ``fnnet.layers._gemm``) and not in the
+    recomputation would hand later ops its outputs (a shape error, or the wrong values)."""
+    from .layers import _gemm
+    _gemm.onednn_chosen()
 
 
 @functools.cache

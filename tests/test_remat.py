@@ -273,6 +273,28 @@ def test_each_named_policy_recomputes_what_it_does_not_save_with_the_same_gradie
     assert repr(policy) == f"fn.checkpoint_policies.{name}"
 
 
+def test_a_policy_on_the_first_float32_matmuls_of_a_process_equals_no_checkpoint():
+    # the eager GEMM choice is measured on first use (timing matmuls, fnnet.layers._gemm): inside
+    # the checkpointed forward they would be cached by the policy and replayed into the wrong ops
+    from fnnet.layers import _gemm
+    model = fn.Sequential(fn.Linear(384, 384), fn.tanh, fn.Linear(384, 384))
+    params = model.init(random.key(0))
+    x = torch.randn(512, 384, generator=torch.Generator().manual_seed(0))
+
+    def grads(f):
+        ps = tree.map(lambda p: p.detach().requires_grad_(), params)
+        f(ps, x).square().mean().backward()
+        return tree.map(lambda p: p.grad, ps)
+    before = _gemm.get_gemm()
+    _gemm.onednn_measured_faster.cache_clear()
+    _gemm.set_gemm("auto")
+    try:
+        g = grads(fn.checkpoint(model.apply, policy=fn.checkpoint_policies.dots_saveable))
+        assert_trees_close(g, grads(model.apply))
+    finally:
+        _gemm.set_gemm(before)
+
+
 def test_a_policy_inside_a_compiled_fn_grad_warns_and_recomputes_everything():
     from fnnet import remat
     remat._warn_policy_ignored.cache_clear()  # once per process: the eager route may have warned
