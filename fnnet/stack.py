@@ -46,16 +46,13 @@ identical blocks load with ``model.stack(fn.params_from_module(torch_seq))``.
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from . import _compat, random
+from . import _loop, random
 from . import tree as T
-from .transforms import inside_vmap
 from .module import Module, ParamsError, Sequential, _as_module, _describe, _run
 from .remat import checkpoint
 from .scan import scan
@@ -71,7 +68,7 @@ class Stacked(Module):
     block: Module
     n: int
     remat: bool = False
-    unroll: bool = False
+    unroll: bool | int = False
 
     def __post_init__(self):
         object.__setattr__(self, "block", _as_module(self.block, "Stacked"))  # as Sequential takes a layer
@@ -79,9 +76,11 @@ class Stacked(Module):
             raise TypeError(f"Stacked: n must be an int, got {type(self.n).__name__}")
         if self.n < 1:
             raise ValueError(f"Stacked: n must be >= 1, got {self.n}")
-        for name in ("remat", "unroll"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"Stacked: {name} must be a bool, got {type(getattr(self, name)).__name__}")
+        if not isinstance(self.remat, bool):
+            raise TypeError(f"Stacked: remat must be a bool, got {type(self.remat).__name__}")
+        u = self.unroll
+        if not isinstance(u, (bool, int)) or (not isinstance(u, bool) and u < 1):
+            raise TypeError(f"Stacked: unroll must be a bool or an int >= 1 (layers per compiled chunk), got {u!r}")
 
     @property
     def stateful(self) -> bool:
@@ -123,7 +122,7 @@ class Stacked(Module):
             xs["state"] = state
         if keys is not None:
             xs["key"] = keys
-        if not self.unroll and _opaque_applies(x):
+        if self.unroll is not True and _opaque_applies(x):
             y, new_state = _stacked_op(self, train, x, xs)
             return (y, new_state) if stateful else y
         if not T.leaves(xs):  # a parameter-free, stateless block without a key: nothing to slice
@@ -181,191 +180,51 @@ def _check_carry(model: Stacked, x: Any, y: Any) -> None:
                          f"{desc(x)}")
 
 
-# -- compiled training: two opaque ops, whatever n ----------------------------------------------
+# -- compiled training: the opaque chunked loop of fnnet._loop, whatever n ---------------------
 #
 # With gradients, fnnet.scan unrolls under fn.jit (torch's scan op is not trusted with them), so
-# the compiled step would grow with n. Instead, under torch.compile with grad mode on, the stack
-# is one autograd.Function whose forward and backward each call one custom op the compiler does
-# not trace into (the pattern of cells.fused): the forward op runs the layer loop and keeps each
-# layer's input ([n, *x.shape]); the backward op walks the layers in reverse, recomputing each
-# layer's forward from its input under torch.func.vjp (rematerialization: one more forward of
-# the block per step, the memory of one layer's activations). The loops run eagerly inside the
-# ops, so the graph holds two nodes whatever n is.
-
-_REGISTRY: dict = {}  # handle -> (model, train, paths of xs, n_params): filled at trace time, read by the ops
-try:
-    from torch.utils._python_dispatch import _disable_current_modes as _no_dispatch_modes
-except ImportError:  # pragma: no cover - private in torch; present from 2.0 to 2.13 at least
-    from contextlib import nullcontext as _no_dispatch_modes
-
-# the dispatcher's thread-local key sets of plain eager code (read at import, at top level)
-_EAGER_KEYS = (torch._C._dispatch_tls_local_include_set(), torch._C._dispatch_tls_local_exclude_set())
+# the compiled step would grow with n. Instead the stack is fnnet._loop's loop: two custom ops the
+# outer compile does not trace into, running compiled chunks of k layers (forward keeping the
+# activation at each chunk boundary; backward recomputing each chunk under its compiled VJP).
+# The block's per-layer params, state and key are the loop's xs; the activation is its carry;
+# the new state of each layer its ys.
 
 
-@contextlib.contextmanager
-def _eager_island(grad: bool):
-    """Inside a custom op's implementation, run as plain eager code at top level: the dispatcher
-    excludes autograd (and, under a dispatch mode such as the compiled graph's first-run
-    aliasing check, functorch) there, and the block's backward needs both. What torch's own
-    ``invoke_leaf_function`` does."""
-    with _no_dispatch_modes(), torch._C._ForceDispatchKeyGuard(*_EAGER_KEYS), torch.set_grad_enabled(grad):
-        yield
-_HANDLES: dict = {}
-_COUNTER = itertools.count()
+_opaque_applies = _loop.applies
 
 
-def _opaque_applies(x: Any) -> bool:
-    """Compiling, with grad mode on, a tensor activation, outside vmap (torch.compile cannot vmap
-    an autograd.Function)."""
-    return (torch.compiler.is_compiling() and torch.is_grad_enabled() and isinstance(x, torch.Tensor)
-            and not inside_vmap())
+def _make_body(model: Stacked, spec: tuple):
+    """The step of the loop: one layer, ``xs`` the layer's leaves at ``paths`` (or one empty
+    placeholder), ``ys`` its new state leaves in the input state's order."""
+    train, paths = spec
+    state_paths = [p[1:] for p in paths if p[0] == "state"]
+
+    def body(consts, carry, x_t):
+        xs = _nest(paths, x_t)
+        h, s = _run(model.block, xs.get("params", {}), carry[0], xs.get("state"), xs.get("key"), train)
+        _check_carry(model, carry[0], h)
+        return [h], [_at(s, p) for p in state_paths]
+    return body
 
 
-@_compat.assume_constant_result  # run for real while dynamo traces: registers, the handle is a constant
-def _handle(model: Stacked, train: bool, paths: tuple, n_params: int) -> int:
-    key = (model, train, paths)
-    if key not in _HANDLES:
-        _HANDLES[key] = handle = next(_COUNTER)
-        _REGISTRY[handle] = (model, train, paths, n_params)
-    return _HANDLES[key]
+_loop.register_kind("stacked", _make_body)
 
 
-def _flat(tree: dict, prefix: tuple = ()) -> list:
-    """``[(path, leaf)]`` of a nested dict, in its order (paths are tuples of keys)."""
-    out = []
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out += _flat(v, prefix + (k,))
-        else:
-            out.append((prefix + (k,), v))
-    return out
-
-
-def _nest(paths, leaves) -> dict:
-    out: dict = {}
-    for path, leaf in zip(paths, leaves):
-        d = out
-        for k in path[:-1]:
-            d = d.setdefault(k, {})
-        d[path[-1]] = leaf
-    return out
+_flat, _nest = _loop.flat, _loop.nest
 
 
 def _stacked_op(model: Stacked, train: bool, x: torch.Tensor, xs: dict) -> tuple:
     flat = _flat(xs)
     paths = tuple(p for p, _ in flat)
-    n_params = sum(p[0] == "params" for p in paths)
-    handle = _handle(model, train, paths, n_params)
-    x, *leaves = _fresh_views(x, *(v for _, v in flat))
-    out = _StackFn.apply(handle, n_params, x, *leaves)
-    new_state = None
-    if model.stateful:
-        state_paths = [p[1:] for p in paths if p[0] == "state"]
-        new_state = _nest(state_paths, out[2:])
-    return out[0], new_state
-
-
-def _fresh_views(*tensors: torch.Tensor) -> tuple:
-    """A view of each input of the Function: dynamo reads a compiled function's own inputs'
-    requires_grad as it was before torch.func.grad marked them, and would drop the backward
-    (as ``cells.fused.fresh_views`` explains); a view is a new tensor it reads right."""
-    return tuple(t.view(t.shape) for t in tensors)
-
-
-def _forward_impl(handle: int, x: torch.Tensor, leaves: list) -> list:
-    model, train, paths, _ = _REGISTRY[handle]
-    inputs = x.new_empty((model.n, *x.shape))
-    columns = [v.unbind(0) for v in leaves]
+    leaves = [v for _, v in flat] or [x.new_zeros((model.n, 0))]  # nothing per layer: a placeholder
+    chunk = None if isinstance(model.unroll, bool) else model.unroll
     state_paths = [p[1:] for p in paths if p[0] == "state"]
-    new_state = [[] for _ in state_paths]
-    h = x
-    for i in range(model.n):
-        inputs[i].copy_(h)
-        xs = _nest(paths, [c[i] for c in columns])
-        h, s = _run(model.block, xs["params"], h, xs.get("state"), xs.get("key"), train)
-        _check_carry(model, inputs[i], h)
-        for column, path in zip(new_state, state_paths):  # in the input state's order
-            column.append(_at(s, path))
-    return [h.clone() if h is x else h, inputs, *(torch.stack(c) for c in new_state)]
+    (y,), new = _loop.loop("stacked", model, (train, paths), [], [x], leaves, ys_grad=(False,) * len(state_paths),
+                           chunk=chunk)
+    return y, (_nest(state_paths, new) if model.stateful else None)
 
 
 def _at(tree: dict, path: tuple) -> torch.Tensor:
     for k in path:
         tree = tree[k]
     return tree
-
-
-def _backward_impl(handle: int, dy: torch.Tensor, inputs: torch.Tensor, leaves: list) -> list:
-    """The layers in reverse: each one's forward recomputed from its input on fresh leaves and
-    differentiated by autograd (restored in the island), the input gradient carried down."""
-    model, train, paths, n_params = _REGISTRY[handle]
-    grads = [torch.zeros_like(v) for v in leaves[:n_params]]
-    columns = [v.unbind(0) for v in leaves]
-    g = dy
-    for i in range(model.n - 1, -1, -1):
-        p = [c[i].detach().requires_grad_(c[i].is_floating_point()) for c in columns[:n_params]]
-        h = inputs[i].detach().requires_grad_()
-        xs = _nest(paths, p + [c[i] for c in columns[n_params:]])
-        y, _ = _run(model.block, xs["params"], h, xs.get("state"), xs.get("key"), train)
-        wrt = [h, *(v for v in p if v.requires_grad)]
-        d = iter(torch.autograd.grad(y, wrt, g, allow_unused=True))
-        dh = next(d)
-        for buf, v in zip(grads, p):
-            dv = next(d) if v.requires_grad else None
-            if dv is not None:
-                buf[i].copy_(dv)
-        g = dh if dh is not None else torch.zeros_like(g)
-    return [g, *grads]
-
-
-@torch.library.custom_op("fnnet::stacked", mutates_args=())
-def _forward_op(handle: int, x: torch.Tensor, leaves: list[torch.Tensor]) -> list[torch.Tensor]:
-    with _eager_island(grad=False):
-        return _forward_impl(handle, x, leaves)
-
-
-@_forward_op.register_fake
-def _(handle, x, leaves):
-    model, _, paths, _ = _REGISTRY[handle]
-    state_leaves = [v for p, v in zip(paths, leaves) if p[0] == "state"]
-    return [x.new_empty(x.shape), x.new_empty((model.n, *x.shape)), *(v.new_empty(v.shape) for v in state_leaves)]
-
-
-@torch.library.custom_op("fnnet::stacked_backward", mutates_args=())
-def _backward_op(handle: int, dy: torch.Tensor, inputs: torch.Tensor,
-                 leaves: list[torch.Tensor]) -> list[torch.Tensor]:
-    with _eager_island(grad=True):
-        return _backward_impl(handle, dy, inputs, leaves)
-
-
-@_backward_op.register_fake
-def _(handle, dy, inputs, leaves):
-    n_params = _REGISTRY[handle][3]
-    return [dy.new_empty(dy.shape), *(v.new_empty(v.shape) for v in leaves[:n_params])]
-
-
-def _refuse_second_derivative(ctx, *grads):
-    raise RuntimeError("Stacked: the compiled backward of a stack (fnnet::stacked_backward) cannot be "
-                       "differentiated again (grad of grad, a gradient penalty); run that step eagerly")
-
-
-_backward_op.register_autograd(_refuse_second_derivative, setup_context=lambda ctx, inputs, output: None)
-
-
-class _StackFn(torch.autograd.Function):
-    @staticmethod
-    def forward(handle, n_params, x, *leaves):
-        return tuple(_forward_op(handle, x, list(leaves)))
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        handle, n_params, _, *leaves = inputs
-        ctx.handle, ctx.n_params, ctx.n_leaves = handle, n_params, len(leaves)
-        ctx.save_for_backward(output[1], *leaves)
-        ctx.mark_non_differentiable(*output[1:])
-
-    @staticmethod
-    def backward(ctx, dy, *_):
-        inputs, *leaves = ctx.saved_tensors
-        out = _backward_op(ctx.handle, dy, inputs, leaves)
-        return (None, None, out[0], *out[1:], *[None] * (ctx.n_leaves - ctx.n_params))

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fnnet as fn
-from fnnet import random, tree
+from fnnet import _loop, random, tree
 from badinput import expect_clear_error
 from conftest import assert_close, assert_trees_close
 
@@ -123,8 +123,9 @@ def test_errors_name_stacked_and_what_was_expected():
         fn.Stacked(BLOCK, 0)
     with pytest.raises(TypeError, match="Stacked: n must be an int, got float"):
         fn.Stacked(BLOCK, 2.0)
-    with pytest.raises(TypeError, match="Stacked: unroll must be a bool, got int"):
-        fn.Stacked(BLOCK, 2, unroll=1)
+    with pytest.raises(TypeError, match=r"Stacked: unroll must be a bool or an int >= 1 \(layers per compiled "
+                                        r"chunk\), got 0"):
+        fn.Stacked(BLOCK, 2, unroll=0)
     with pytest.raises(TypeError, match="Stacked: expected an fnnet Module, a function or a list of them, got int"):
         fn.Stacked(3, 2)
     widen = fn.Stacked(fn.Linear(D, 2 * D), 2)
@@ -169,10 +170,60 @@ def test_compiled_inference_traces_the_block_once_whatever_the_depth():
     assert _graph_size(shallow, shallow.init(KEY), x) == _graph_size(deep, deep.init(KEY), x)
 
 
-def test_a_compiled_training_step_holds_two_opaque_ops_whatever_the_depth():
+@pytest.fixture
+def traced_chunks(monkeypatch):
+    """fnnet._loop's chunk bodies run as traced, without inductor: what these tests check is the
+    outer graph and the loop's bookkeeping, not the inner compiler (one test below uses it)."""
+    monkeypatch.setattr(_loop, "COMPILER", lambda gm, args: gm)
+
+
+def test_a_compiled_training_step_holds_two_opaque_ops_whatever_the_depth(traced_chunks):
     x = torch.randn(4, D)
     shallow, deep = fn.Stacked(BLOCK, 4), fn.Stacked(BLOCK, 16)
     assert _graph_size(shallow, shallow.init(KEY), x, grad=True) == _graph_size(deep, deep.init(KEY), x, grad=True)
+
+
+def test_compiled_training_chunks_any_depth_with_a_remainder_and_equals_eager(traced_chunks):
+    """``unroll=k``: chunks of k layers, the last one shorter when k does not divide n; values and
+    gradients (dropout keys per layer) are eager's whatever k."""
+    x, k = x64(3, D), random.key(3)
+    for n, unroll in ((5, 2), (3, 8), (4, 1)):
+        model = fn.Stacked(BLOCK, n, unroll=unroll)
+        params = f64(model.init(KEY))
+
+        def loss(p, x, model=model):
+            return model.apply(p, x, key=k, train=True).sin().sum()
+        step = fn.value_and_grad(loss, argnums=(0, 1))
+        v, g = step(params, x)
+        v_c, g_c = fn.jit(step)(params, x)
+        assert_close(v_c, v)
+        assert_trees_close(g_c, g, msg=f"n={n} unroll={unroll}")
+    stateful = fn.Stacked([*BN_BLOCK.layers, fn.Dropout(0.3)], 3, unroll=2)
+    params, state = f64(stateful.init(KEY)), f64(stateful.init_state())
+
+    def loss(p, s, x):
+        y, new_state = stateful.apply(p, x, state=s, key=k, train=True)
+        return y.square().mean(), new_state
+    step = fn.value_and_grad(loss, argnums=(0, 2), has_aux=True)
+    (v, s_e), g = step(params, state, x)
+    (v_c, s_c), g_c = fn.jit(step)(params, state, x)
+    assert_close(v_c, v)
+    assert_trees_close(g_c, g, msg="grads, with state")
+    assert_trees_close(s_c, s_e, msg="state")
+
+
+def test_compiled_grad_of_grad_through_a_stack_equals_eager(traced_chunks):
+    """fn.grad of fn.grad under fn.jit: the opaque loop's backward would be taken as a constant by
+    the outer level (the second derivative silently 0); the stack runs the unrolled scan there."""
+    model = fn.Stacked([fn.Linear(D, D), fn.tanh], 2)
+    params, x = f64(model.init(KEY)), x64(3, D)
+
+    def penalty(p):
+        g = fn.grad(lambda q: model.apply(q, x).square().sum())(p)
+        return sum(v.square().sum() for v in tree.leaves(g))
+    eager = fn.grad(penalty)(params)
+    assert all(v.abs().max() > 0 for v in tree.leaves(eager))
+    assert_trees_close(fn.jit(fn.grad(penalty))(params), eager)
 
 
 @pytest.mark.slow  # traces 16 unrolled blocks twice (half a minute on 2 busy cores)
@@ -185,6 +236,9 @@ def test_unrolled_graphs_grow_with_depth_the_sequential_and_unroll_true():
 
 
 def test_compiled_with_inductor_inference_and_training_equal_eager():
+    """Default inductor, also for fnnet._loop's chunks: a stateful block (running statistics
+    threaded and returned stacked), one layer per chunk (dropout keys and chunks of several
+    layers are checked above on the traced chunks: inductor takes minutes on Threefry's ops)."""
     model, plain = fn.Stacked(BN_BLOCK, 3), fn.Stacked(BLOCK, 5)  # with and without state
     params, state, x = f64(model.init(KEY)), f64(model.init_state()), x64(6, D)
     p_plain = f64(plain.init(KEY))
@@ -197,13 +251,15 @@ def test_compiled_with_inductor_inference_and_training_equal_eager():
     assert_close(y, model.apply(params, x, state=state, train=False)[0])
     assert_close(y_plain, plain.apply(p_plain, x))
 
-    def loss(p, s):
-        y, new_state = model.apply(p, x, state=s, train=True)
+    chunked = fn.Stacked(BN_BLOCK, 3, unroll=1)
+
+    def loss(p, s, x):
+        y, new_state = chunked.apply(p, x, state=s, train=True)
         return y.square().mean(), new_state
 
-    step = fn.value_and_grad(loss, has_aux=True)
-    (v, s_e), g = step(params, state)
-    (v_c, s_c), g_c = fn.jit(step)(params, state)
+    step = fn.value_and_grad(loss, argnums=(0, 2), has_aux=True)
+    (v, s_e), g = step(params, state, x)
+    (v_c, s_c), g_c = fn.jit(step)(params, state, x)
     assert_close(v_c, v)
     assert_trees_close(g_c, g, msg="grads")
     assert_trees_close(s_c, s_e, msg="state")
@@ -213,12 +269,13 @@ BAD = [0, -3, 2.5, True, "4", None, torch.tensor(3)]
 
 
 @settings(max_examples=30)
-@given(n=st.sampled_from(BAD), flag=st.sampled_from([1, 0, "yes", None, 1.0]))
-def test_bad_hyperparameters_are_clear_errors(n, flag):
+@given(n=st.sampled_from(BAD), flag=st.sampled_from([1, 0, "yes", None, 1.0]),
+       unroll=st.sampled_from([0, -2, "yes", None, 1.0, 2.5]))
+def test_bad_hyperparameters_are_clear_errors(n, flag, unroll):
     expect_clear_error(lambda: fn.Stacked(BLOCK, n), match="Stacked: n must be", suite="stack")
     expect_clear_error(lambda: fn.Stacked(BLOCK, 2, remat=flag), match="Stacked: remat must be a bool",
                        suite="stack")
-    expect_clear_error(lambda: fn.Stacked(BLOCK, 2, unroll=flag), match="Stacked: unroll must be a bool",
+    expect_clear_error(lambda: fn.Stacked(BLOCK, 2, unroll=unroll), match="Stacked: unroll must be a bool or an int",
                        suite="stack")
 
 
