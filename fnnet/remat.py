@@ -29,8 +29,11 @@ How it runs (each route forced by what torch supports):
 * **Inside torch.func transforms** (``fn.grad``, ``fn.vmap``), eager: torch.func refuses the
   saved-tensor hooks torch's checkpoint is built on (pytorch/pytorch#122729), so here it is an
   ``autograd.Function`` that keeps only the inputs and whose backward runs ``torch.func.vjp``
-  of ``f`` on them (differentiable again: grad of grad works; batched by a generated vmap
-  rule). A ``policy`` cannot be honoured there (it needs the same hooks): everything is
+  of ``f`` on them (batched by a generated vmap rule). That backward is itself rematerialized
+  (kept: the inputs and cotangents; differentiated again, grad of grad, by recomputing it):
+  ``torch.func.grad`` differentiates with ``create_graph=True``, and a backward recorded as it
+  ran would keep every recomputed activation until the gradient returns, saving nothing.
+  A ``policy`` cannot be honoured there (it needs the same hooks): everything is
   recomputed, with a one-time warning.
 * **Inside one ``fn.grad`` under ``fn.jit``** (the compiled training step): the step is one
   graph whose forward and backward inductor plans together, with no partitioner to recompute
@@ -222,14 +225,55 @@ class _Remat(torch.autograd.Function):
         keep = ctx.differentiable
         if not floats:
             return (None, None, *[None] * len(others))
+        cotangents = [g for g, d in zip(grads, keep) if d]
+        d_floats = _RematVjp.apply(ctx.run, keep, len(floats), len(others), *floats, *others, *cotangents)
+        return (None, None, *d_floats, *[None] * len(others))
 
-        def forward(*xs):
-            return tuple(o for o, d in zip(ctx.run(*xs, *others), keep) if d)
+
+def _vjp(run: Callable, keep: list, floats: tuple, others: tuple, cotangents: tuple) -> tuple:
+    """The gradient of ``run``'s floating outputs (``keep``) against ``floats``, ``run``
+    recomputed from its inputs under ``torch.func.vjp``."""
+    def forward(*xs):
+        return tuple(o for o, d in zip(run(*xs, *others), keep) if d)
+
+    with torch.enable_grad():
+        _, vjp = torch.func.vjp(forward, *floats)
+        return vjp(tuple(cotangents))
+
+
+class _RematVjp(torch.autograd.Function):
+    """``_Remat``'s backward, itself rematerialized: computed without recording, its inputs
+    (``f``'s inputs and the cotangents) saved, and differentiated again (grad of grad) by
+    recomputing it under ``torch.func.vjp``. ``torch.func.grad`` differentiates with
+    ``create_graph=True``; recorded as it runs, this backward would keep every recomputed
+    activation of ``f`` alive until the gradient is returned, and save nothing."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(run, keep, n_floats, n_others, *tensors):
+        floats, others = tensors[:n_floats], tensors[n_floats:n_floats + n_others]
+        return tuple(_vjp(run, keep, floats, others, tensors[n_floats + n_others:]))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        run, keep, n_floats, n_others, *tensors = inputs
+        ctx.run, ctx.keep, ctx.n_floats, ctx.n_others = run, keep, n_floats, n_others
+        ctx.save_for_backward(*tensors)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        tensors = ctx.saved_tensors
+        n, m = ctx.n_floats, ctx.n_others
+        others = tensors[n:n + m]
+
+        def vjp_of(*xs):  # (floats, cotangents) -> the floats' gradients
+            return tuple(_vjp(ctx.run, ctx.keep, xs[:n], others, xs[n:]))
 
         with torch.enable_grad():
-            _, vjp = torch.func.vjp(forward, *floats)
-            d_floats = vjp(tuple(g for g, d in zip(grads, keep) if d))
-        return (None, None, *d_floats, *[None] * len(others))
+            _, vjp = torch.func.vjp(vjp_of, *tensors[:n], *tensors[n + m:])
+            d = vjp(tuple(grads))
+        return (None, None, None, None, *d[:n], *[None] * m, *d[n:])
 
 
 # -- compiled fn.grad: two opaque ops ---------------------------------------------------------
