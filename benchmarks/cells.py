@@ -4,8 +4,9 @@ fn.jit (compile time in its own column).
 
 Cases (I=32, H=128, B=32): each kind at T=64 and 256; a 2-layer bidirectional LSTM at T=64;
 LSTM compile time at T=16 and T=1024 (flat: the time loop is one op, not unrolled); an
-LSTMCell under the generic ``fnnet.scan``, forward only (torch's scan op) and trained
-(unrolled: the op is not trusted with gradients, see ``fnnet/scan.py``) at T=16, 64 and 256; a long
+LSTMCell under the generic ``fnnet.scan``, forward only (torch's scan op), and trained as a
+user's cell in ``cells.Recurrent`` (``fnnet._loop``: compiled chunks of the step, flat in T) at
+T=16, 64 and 256; a long
 T=4096 LSTM with peak memory (CPU: peak RSS of a fresh process running one step; CUDA:
 ``max_memory_allocated``). With jax installed (the ``bench`` extra) a column for the same
 LSTM written with ``jax.lax.scan`` under ``jax.jit(value_and_grad)``. On CUDA also H=256,
@@ -198,20 +199,23 @@ def _scan_inference(T: int) -> list[dict]:
 
 
 def _scan_training(T: int) -> list[dict]:
-    """An LSTMCell under fnnet.scan, trained compiled (``fn.jit(fn.value_and_grad)``: with
-    gradients the loop is unrolled, so compile time grows with T): compile time, and steady
-    time against nn.LSTM forward+backward."""
-    native, params, x, scanned = _scanned_cell(T)
+    """A user's cell trained compiled: ``cells.Recurrent(LSTMCell)`` under
+    ``fn.jit(fn.value_and_grad)``, which runs the generic ``fnnet._loop`` (the step compiled in
+    chunks, the graph flat in T): compile time, and steady time against nn.LSTM forward+backward."""
+    native, params, x, _ = _scanned_cell(T)
+    layer = cells.Recurrent(cells.LSTMCell(I, H))
+    p = {"l0": params}
 
     def native_step():
         native.zero_grad(set_to_none=True)
         native(x)[0].square().mean().backward()
 
-    compiled, ct = _compiled(fn.value_and_grad(lambda p, x: scanned(p, x).square().mean()), params, x)
-    ms = _interleaved({"native": native_step, "scan": lambda: compiled(params, x)}, repeats=5)
-    desc = f"LSTMCell scanned, fwd+bwd, I={I} H={H} B={B} T={T}"
+    compiled, ct = _compiled(fn.value_and_grad(lambda p, x: layer.apply(p, x)[0].square().mean()), p, x)
+    ms = _interleaved({"native": native_step, "loop": lambda: compiled(p, x)}, repeats=5)
+    desc = f"LSTMCell in Recurrent, fwd+bwd, I={I} H={H} B={B} T={T}"
     return [row("cells", desc, "nn.LSTM (native kernel)", ms["native"], ms["native"]),
-            row("cells", desc, "fnnet.scan fn.jit (unrolled)", ms["scan"], ms["native"], compile_s=round(ct, 1))]
+            row("cells", desc, "Recurrent(cell) fn.jit (fnnet._loop)", ms["loop"], ms["native"],
+                compile_s=round(ct, 1))]
 
 
 def _one_step_peak(kind: str, impl: str, T: int, threads: int, queue) -> None:

@@ -73,7 +73,7 @@ from typing import Any
 import torch
 
 import fnnet as fn
-from fnnet import random
+from fnnet import _loop, random
 from fnnet.layers._util import expect
 from fnnet.scan import scan
 
@@ -144,6 +144,28 @@ def _template(cell: Any) -> tuple[Any, int]:
         raise ValueError(f"Recurrent: the output of {cell!r} (output(state)) should be a tensor [B, H], "
                          f"got {got} for a batch of one")
     return state, h.shape[1]
+
+
+def _loop_body(layer: Recurrent, spec: tuple):
+    """The step of ``layer``'s loop: consts the cell's param leaves at ``paths``, carry the state's
+    leaves, x_t ``[x_t]`` or ``[x_t, m_t]`` (masked: past a sequence's end the state is kept, the
+    output zero), y_t ``[h_t]``; the same checks as the scanned step."""
+    index, paths, masked = spec
+    cell = layer._cells[index]
+    structure = fn.tree.structure(cell.initial_state(1, device="meta"))
+
+    def body(consts, carry, x_t):
+        state = fn.tree.unflatten(structure, list(carry))
+        new, h = layer._step(cell, _loop.nest(paths, consts))(state, x_t[0])
+        if masked:
+            m_t = x_t[1]
+            new = fn.tree.map(lambda a, b: torch.where(m_t.view(-1, *(1,) * (a.ndim - 1)), a, b), new, state)
+            h = torch.where(m_t.unsqueeze(-1), h, torch.zeros((), dtype=h.dtype, device=h.device))
+        return fn.tree.leaves(new), [h]
+    return body
+
+
+_loop.register_kind("recurrent", _loop_body)
 
 
 def _upper_cell(cell: Any, input_size: int, layer: int) -> Any:
@@ -325,8 +347,10 @@ class Recurrent(fn.Module):
         return step
 
     def _run_direction(self, cell: Any, params: Any, x: torch.Tensor, state: Any, mask: torch.Tensor | None,
-                       reverse: bool) -> tuple[Any, torch.Tensor]:
+                       reverse: bool, layer: int = 0) -> tuple[Any, torch.Tensor]:
         """One layer, one direction: x ``[T, B, I]`` -> (final state, outputs ``[T, B, H]``)."""
+        if _loop.applies(x):
+            return self._run_loop(layer, params, x, state, mask, reverse)
         step = self._step(cell, params)
         if mask is None:
             return scan(step, state, x, reverse=reverse)
@@ -337,6 +361,17 @@ class Recurrent(fn.Module):
             new = fn.tree.map(lambda a, b: torch.where(m_t.view(-1, *(1,) * (a.ndim - 1)), a, b), new, s)
             return new, torch.where(m_t.unsqueeze(-1), h, torch.zeros((), dtype=h.dtype, device=h.device))
         return scan(masked, state, (x, mask), reverse=reverse)
+
+    def _run_loop(self, layer: int, params: Any, x: torch.Tensor, state: Any, mask: torch.Tensor | None,
+                  reverse: bool) -> tuple[Any, torch.Tensor]:
+        """``_run_direction`` as fnnet._loop's opaque chunked loop (compiled training): the cell's
+        params are the loop's consts, the state's leaves its carry, x (and the mask) its xs."""
+        flat = _loop.flat(params)
+        paths = tuple(p for p, _ in flat)
+        xs = [x] if mask is None else [x, mask]
+        carry, (out,) = _loop.loop("recurrent", self, (layer, paths, mask is not None), [v for _, v in flat],
+                                   fn.tree.leaves(state), xs, ys_grad=(True,), reverse=reverse)
+        return fn.tree.unflatten(fn.tree.structure(state), carry), out
 
     def apply(self, params, x, state=None, *, lengths=None, key=None, train=False):
         x, unbatched = self._check_input(x)
@@ -356,7 +391,7 @@ class Recurrent(fn.Module):
             outs = []
             for d in range(D):
                 final, y = self._run_direction(cell, params[self._key(layer, d)], inp, states[layer * D + d], mask,
-                                               reverse=self.reverse or d == 1)
+                                               reverse=self.reverse or d == 1, layer=layer)
                 finals.append(final)
                 outs.append(y)
             inp = torch.cat(outs, -1) if D > 1 else outs[0]

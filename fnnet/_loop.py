@@ -79,29 +79,27 @@ def register_kind(kind: str, make_body: Callable) -> None:
 class _Loop:
     """What a handle stands for: the body and the loop's constants, with its compiled chunks."""
 
-    def __init__(self, kind, owner, spec, length, chunk, reverse, counts, ys_grad):
+    def __init__(self, kind, owner, spec, chunk, reverse, counts, ys_grad):
         self.name = f"{kind} of {type(owner).__name__}"
         self.body = _KINDS[kind](owner, spec)
-        self.length, self.chunk, self.reverse = length, chunk, reverse
+        self.chunk, self.reverse = chunk, reverse
         self.n_c, self.n_h, self.n_x = counts
         self.ys_grad = ys_grad
-        # chunks in the order they run: (lo, hi) slices of the time axis
-        starts = range(0, length, chunk)
-        chunks = [(s, min(s + chunk, length)) for s in starts]
-        if reverse:
-            chunks = [(length - hi, length - lo) for lo, hi in chunks]
-        self.chunks = chunks
         self.compiled: collections.OrderedDict = collections.OrderedDict()
         self.warned = False
 
+    def chunks(self, length: int) -> list:
+        """The chunks in the order they run: ``(lo, hi)`` slices of the time axis."""
+        out = [(s, min(s + self.chunk, length)) for s in range(0, length, self.chunk)]
+        return [(length - hi, length - lo) for lo, hi in out] if self.reverse else out
+
 
 @_compat.assume_constant_result  # run for real while dynamo traces: registers, the handle is a constant
-def _handle(kind: str, owner: Any, spec: tuple, length: int, chunk: int, reverse: bool, counts: tuple,
-            ys_grad: tuple) -> int:
-    key = (kind, owner, spec, length, chunk, reverse, counts, ys_grad)
+def _handle(kind: str, owner: Any, spec: tuple, chunk: int, reverse: bool, counts: tuple, ys_grad: tuple) -> int:
+    key = (kind, owner, spec, chunk, reverse, counts, ys_grad)
     if key not in _HANDLES:
         _HANDLES[key] = handle = next(_COUNTER)
-        _REGISTRY[handle] = _Loop(kind, owner, spec, length, chunk, reverse, counts, ys_grad)
+        _REGISTRY[handle] = _Loop(kind, owner, spec, chunk, reverse, counts, ys_grad)
     return _HANDLES[key]
 
 
@@ -130,10 +128,9 @@ def loop(kind: str, owner: Any, spec: tuple, consts: list, carry: list, xs: list
     """``(final carry, ys)`` of the loop (see the module docstring); ``ys_grad[i]``: whether
     ``ys[i]`` carries a gradient (a BatchNorm's new running statistics do not). Call it while
     dynamo traces with grad mode on; the carry and ``xs`` are lists of tensors, ``xs`` non-empty."""
-    length = xs[0].shape[0]
-    k = max(1, min(chunk or DEFAULT_CHUNK, length))
+    k = chunk or DEFAULT_CHUNK  # the length is read when the op runs (it may be symbolic here)
     counts = (len(consts), len(carry), len(xs))
-    handle = _handle(kind, owner, spec, length, k, reverse, counts, tuple(ys_grad))
+    handle = _handle(kind, owner, spec, k, reverse, counts, tuple(ys_grad))
     args = _fresh_views(*consts, *carry, *xs)
     out = _LoopFn.apply(handle, len(consts), len(carry), tuple(ys_grad), *args)
     n_h = len(carry)
@@ -292,18 +289,19 @@ def _unalias(outs: list, inputs: list) -> list:
 
 def _forward_impl(handle: int, consts: list, carry: list, xs: list) -> list:
     lp = _REGISTRY[handle]
-    n_chunks = len(lp.chunks)
-    bounds = [h.new_empty((n_chunks, *h.shape)) for h in carry]
+    length = xs[0].shape[0]
+    chunks = lp.chunks(length)
+    bounds = [h.new_empty((len(chunks), *h.shape)) for h in carry]
     ys = None
     h = list(carry)
-    for c, (lo, hi) in enumerate(lp.chunks):
+    for c, (lo, hi) in enumerate(chunks):
         for b, v in zip(bounds, h):
             b[c].copy_(v)
         kc = hi - lo
         out = _call(lp, ("fwd", kc), [*consts, *h, *(x[lo:hi] for x in xs)])
         h, y = list(out[:lp.n_h]), out[lp.n_h:]
         if ys is None:
-            ys = [v.new_empty((lp.length, *v.shape[1:])) for v in y]
+            ys = [v.new_empty((length, *v.shape[1:])) for v in y]
         for buf, v in zip(ys, y):
             buf[lo:hi].copy_(v)
     return [*_unalias(h, [*consts, *carry, *xs]), *ys, *bounds]
@@ -328,8 +326,9 @@ def _backward_impl(handle: int, mask: int, consts: list, xs: list, bounds: list,
     d_consts = [torch.zeros_like(v) for v, b in zip(consts, bits[:n_c]) if b]
     d_xs = [(j, torch.zeros_like(x)) for j, (x, b) in enumerate(zip(xs, bits[n_c + n_h:])) if b]
     g = list(d_carry)
-    for c in range(len(lp.chunks) - 1, -1, -1):
-        lo, hi = lp.chunks[c]
+    chunks = lp.chunks(xs[0].shape[0])
+    for c in range(len(chunks) - 1, -1, -1):
+        lo, hi = chunks[c]
         kc = hi - lo
         args = [*consts, *(b[c] for b in bounds), *(x[lo:hi] for x in xs), *g, *(d[lo:hi] for d in d_ys)]
         out = iter(_call(lp, ("vjp", kc, vbits), args))
@@ -356,9 +355,10 @@ def _forward_op(handle: int, consts: list[torch.Tensor], carry: list[torch.Tenso
 @_forward_op.register_fake
 def _(handle, consts, carry, xs):
     lp = _REGISTRY[handle]
-    n_chunks = len(lp.chunks)
+    length = xs[0].shape[0]
+    n_chunks = (length + lp.chunk - 1) // lp.chunk
     return [*(h.new_empty(h.shape) for h in carry),
-            *(y.new_empty((lp.length, *y.shape)) for y in _ys_meta(lp, consts, carry, xs)),
+            *(y.new_empty((length, *y.shape)) for y in _ys_meta(lp, consts, carry, xs)),
             *(h.new_empty((n_chunks, *h.shape)) for h in carry)]
 
 

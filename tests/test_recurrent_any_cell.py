@@ -382,22 +382,85 @@ def test_built_in_cells_meet_the_protocol():
 # -- compiled -------------------------------------------------------------------------------------
 
 def test_compiled_training_step_of_a_user_cell_matches_eager():
-    """Default inductor, fullgraph: values and gradients equal eager (lengths, both directions,
-    a learned initial state). T is small: with gradients the scan is unrolled."""
-    layer = cells.Recurrent(PeepholeLSTMCell(3, 4), bidirectional=True, learn_initial_state=True)
+    """Default inductor, fullgraph, through fnnet._loop (the step compiled in chunks, the graph flat
+    in T): values and gradients (input, weights, given state) equal eager; 5 steps in chunks of
+    4 and 1."""
+    layer = cells.Recurrent(PeepholeLSTMCell(3, 4))
     params = fn.tree.map(lambda p: p.double(), layer.init(random.key(0)))
-    params["initial_state"] = {k: torch.randn_like(v) for k, v in params["initial_state"].items()}
-    x, lengths = torch.randn(3, 2, 3, dtype=torch.float64), torch.tensor([3, 1])
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    state = (torch.randn(1, 2, 4, dtype=torch.float64), torch.randn(1, 2, 4, dtype=torch.float64))
 
-    def loss(p, x, lengths):
-        out, (h, c) = layer.apply(p, x, lengths=lengths)
+    def loss(p, x, state):
+        out, (h, c) = layer.apply(p, x, state)
         return out.square().mean() + h.sum() + c.square().sum()
-    step = fn.value_and_grad(loss)
-    value, grads = fn.jit(step)(params, x, lengths)
-    value_e, grads_e = step(params, x, lengths)
+    step = fn.value_and_grad(loss, argnums=(0, 1, 2))
+    with _chunks(4):
+        value, grads = fn.jit(step)(params, x, state)
+    value_e, grads_e = step(params, x, state)
     assert_close(value, value_e)
     for a, b in zip(_leaves(grads), _leaves(grads_e)):
         assert_close(a, b)
+
+
+class _chunks:
+    """fnnet._loop's default chunk length, for a test's compiles."""
+
+    def __init__(self, k, traced=False):
+        self.k, self.traced = k, traced
+
+    def __enter__(self):
+        from fnnet import _loop
+        self.saved = _loop.DEFAULT_CHUNK, _loop.COMPILER
+        _loop.DEFAULT_CHUNK = self.k
+        if self.traced:
+            _loop.COMPILER = lambda gm, args: gm
+
+    def __exit__(self, *exc):
+        from fnnet import _loop
+        _loop.DEFAULT_CHUNK, _loop.COMPILER = self.saved
+
+
+@settings(max_examples=4, deadline=None)
+@given(kw=configs(), T=st.integers(1, 6), with_lengths=st.booleans(), k=st.integers(1, 4))
+def test_compiled_training_of_a_user_cell_in_chunks_matches_eager_with_every_option(kw, T, with_lengths, k):
+    """Lengths, reverse, bidirectional, stacking, dropout, a learned initial state, batch_first,
+    any chunk length (remainders included): compiled training (the chunks traced, run without
+    inductor: the compile of each is what the test above checks) equals eager."""
+    layer = cells.Recurrent(PeepholeLSTMCell(3, 4), **kw)
+    params = fn.tree.map(lambda p: p.double(), layer.init(random.key(0)))
+    if kw["learn_initial_state"]:
+        params["initial_state"] = {j: torch.randn_like(v) for j, v in params["initial_state"].items()}
+    x = torch.randn(2, T, 3, dtype=torch.float64) if kw["batch_first"] else torch.randn(T, 2, 3, dtype=torch.float64)
+    lengths = torch.tensor([T, max(1, T - 2)]) if with_lengths else None
+    key = random.key(1)
+
+    def loss(p, x):
+        out, (h, c) = layer.apply(p, x, lengths=lengths, key=key, train=True)
+        return out.sin().sum() + h.sum() + c.square().sum()
+    step = fn.value_and_grad(loss, argnums=(0, 1))
+    torch._dynamo.reset()
+    with _chunks(k, traced=True):
+        value, grads = fn.jit(step)(params, x)
+    value_e, grads_e = step(params, x)
+    assert_close(value, value_e)
+    for a, b in zip(_leaves(grads), _leaves(grads_e)):
+        assert_close(a, b)
+
+
+def test_compiled_training_graph_of_a_user_cell_is_flat_in_the_length():
+    layer = cells.Recurrent(PeepholeLSTMCell(3, 4))
+    params = layer.init(random.key(0))
+    sizes = []
+
+    def backend(gm, example_inputs):
+        sizes.append(sum(len(m.graph.nodes) for m in gm.modules() if isinstance(m, torch.fx.GraphModule)))
+        return gm
+    with _chunks(4, traced=True):
+        for T in (4, 32):
+            fn.jit(fn.grad(lambda p, x: layer.apply(p, x)[0].sum()), backend=backend)(params, torch.randn(T, 2, 3))
+            fn.jit(fn.grad(lambda p, x: layer.apply(p, x)[0].sum()), backend=backend, dynamic=False)(
+                params, torch.randn(T, 2, 3))
+    assert len(sizes) == 4 and sizes[1] == sizes[3]
 
 
 @pytest.mark.slow  # a second inductor compile: about 15 s of CPU
