@@ -21,23 +21,24 @@ How it runs:
   torch's scan op there: the block is traced once, the graph does not grow with ``n``.
 * **Under ``fn.jit`` with grad mode on** (a training step, ``fn.grad`` or ``.backward()``):
   ``fnnet.scan`` would unroll (torch's scan op is not trusted with gradients), so the compiled
-  graph, and its compile time, would grow with ``n``. Instead the stack is two opaque custom ops
-  (``fnnet::stacked``, ``fnnet::stacked_backward``; the pattern of ``cells.fused``): the forward
-  runs the layer loop eagerly and keeps each layer's input (``[n, *x.shape]``); the backward
-  walks the layers in reverse and recomputes each one's forward from its input under
-  ``torch.func.vjp`` (rematerialization: one more forward of the block, the activations of one
-  layer at a time). The graph holds two nodes whatever ``n``; the block itself runs op by op
-  (not fused by inductor). That backward cannot be differentiated again (compiled grad of
-  grad raises); eagerly it can. A compiled ``vmap`` over a stack runs the unrolled scan.
+  graph, and its compile time, would grow with ``n``. Instead the stack is ``fnnet._loop``'s
+  loop: two opaque custom ops (``fnnet::loop``, ``fnnet::loop_backward``) running the layers in
+  chunks of ``k``, each chunk one inductor-compiled function of ``k`` unrolled layers (fused
+  inside the chunk); the forward keeps the activation at each chunk boundary, the backward
+  recomputes each chunk from it under the chunk's compiled VJP (rematerialization: one more
+  forward of the block, the activations of one chunk at a time). The outer graph holds two
+  nodes whatever ``n``; two chunk bodies are compiled (three when ``k`` does not divide ``n``:
+  the last, shorter chunk), the first time the step runs. ``unroll=k`` (an int) sets ``k``;
+  ``unroll=False`` takes ``fnnet._loop.DEFAULT_CHUNK`` (8, or ``n`` if smaller). Under
+  ``fn.grad`` of ``fn.grad`` (a second derivative) and a compiled ``vmap`` the stack runs the
+  unrolled scan instead (the opaque backward cannot be differentiated again).
 
-The opaque ops trade speed for flat compile time: the block runs op by op, unfused, and is
-computed twice. ``unroll=True`` keeps the unrolled scan for compiled training instead (inductor
-fuses the whole step; compile time grows with ``n``): for small blocks, where per-op overhead
-dominates, the unrolled step is several times faster.
+``unroll=True`` keeps the unrolled scan for compiled training (inductor fuses the whole step;
+compile time grows with ``n``).
 
 ``remat=True`` wraps each layer in :func:`fnnet.checkpoint` on the eager path: the backward
 recomputes a layer's activations from its input, so a deep stack keeps the layer inputs
-instead of every intermediate (the compiled training path always does).
+instead of every intermediate (the compiled training path always keeps chunk inputs only).
 
 ``unstack`` / ``stack`` convert between the stacked tree and a Sequential's ``{"0": ..., "1":
 ...}`` tree (``as_sequential()`` is that Sequential): the weights of a ``torch.nn.Sequential`` of
