@@ -4,6 +4,8 @@ keyed like everything else, a progress bar, plots, and the closing printout."""
 from __future__ import annotations
 
 import os
+import statistics
+import time
 from typing import Any
 from collections.abc import Callable, Iterator
 
@@ -17,8 +19,8 @@ from tqdm.auto import tqdm
 import fnnet as fn
 from fnnet import random
 
-__all__ = ["ExampleError", "batches", "compile_step", "device", "finite", "out_dir", "plt",
-           "progress", "report", "save"]
+__all__ = ["ExampleError", "StepTimer", "batches", "compile_step", "compiles", "device", "finite", "out_dir",
+           "plt", "progress", "report", "save"]
 
 
 class ExampleError(RuntimeError):
@@ -51,12 +53,56 @@ def compile_step(step: Callable, compile: bool | str | Callable | None = True,
     batches all have one shape, and an example that compiles the same step function for two
     models (char_rnn) gets a graph for each instead of symbolic sizes. ``compile=None`` takes
     the example's ``default``."""
-    if compile is None:
-        compile = default
-    if compile is False:
+    if not compiles(compile, default):
         return step
+    compile = default if compile is None else compile
     backend = "inductor" if compile is True else compile
     return fn.jit(step, backend=backend, dynamic=False)
+
+
+def compiles(compile: bool | str | Callable | None, default: bool = True) -> bool:
+    """Whether :func:`compile_step` given these arguments compiles the step."""
+    return (default if compile is None else compile) is not False
+
+
+class StepTimer:
+    """Wall time of every call of a step function, for the printout: the first call (where a
+    compiled step traces and compiles) apart from the median of the calls after ``warmup``.
+
+    ``timer = StepTimer(dev, compiles(compile, default)); step = timer.wrap(step)``; each call
+    waits for the device (CUDA runs asynchronously) before reading the clock. ``timer.lines()`` gives the
+    report's ``step`` and ``compile`` lines, ``timer.numbers()`` the same as numbers
+    (``step_ms``; ``compile_s``: the first call less one steady step, 0 when eager)."""
+
+    def __init__(self, device: torch.device, compiled: bool, warmup: int = 5):
+        self.device, self.compiled, self.warmup, self.times = device, compiled, warmup, []
+
+    def wrap(self, step: Callable) -> Callable:
+        def timed(*args: Any) -> Any:
+            t0 = time.perf_counter()
+            out = step(*args)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.times.append(time.perf_counter() - t0)
+            return out
+        return timed
+
+    def _steady(self) -> list[float]:
+        return self.times[self.warmup:] or self.times[1:] or self.times
+
+    def numbers(self) -> dict[str, float]:
+        if not self.times:
+            return {"step_ms": float("nan"), "compile_s": float("nan")}
+        step = statistics.median(self._steady())
+        return {"step_ms": 1e3 * step, "compile_s": max(self.times[0] - step, 0.0) if self.compiled else 0.0}
+
+    def lines(self) -> dict[str, str]:
+        n, steady = self.numbers(), len(self._steady())
+        lines = {"step": f"{n['step_ms']:.1f} ms, {'compiled' if self.compiled else 'eager'} "
+                         f"(median of the last {steady} of {len(self.times)} steps)"}
+        if self.compiled:
+            lines["compile"] = f"{n['compile_s']:.1f} s (the first step, less a steady one)"
+        return lines
 
 
 def batches(key: torch.Tensor, arrays: tuple[torch.Tensor, ...] | torch.Tensor,

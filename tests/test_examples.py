@@ -1,6 +1,7 @@
 """The examples: the CLI, a smoke run of each (finite loss, plots written, the train step
-captured as one graph with fullgraph=True), and, under ``-m slow``, each with its defaults
-reaching the result its docstring and the issue state."""
+captured as one graph with fullgraph=True; those compiled by default compiled for real and
+checked against eager), and, under ``-m slow``, each with its defaults reaching the result its
+docstring and the issue state."""
 
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ CASES += [("digits_cnn", {"arch": "inception"}, 1), ("digits_cnn", {"arch": "res
 CASES += [("sentiment", {"arch": "transformer"}, 1)]
 TINY = {"names": {"MAX_LEN": 6}, "sentiment": {"MAX_LEN": 6}, "seq_wgan_gp": {"T": 6}}
 IDS = [name + "".join(f"-{v}" for v in kw.values()) for name, kw, _ in CASES]
+# compiled by default: their smoke run is the real compile (inductor), checked against eager
+INDUCTOR_SMOKE = [("names", {}), ("sentiment", {})]
+SMOKE = [(c, i) for c, i in zip(CASES, IDS) if (c[0], c[1]) not in INDUCTOR_SMOKE]
 
 
 def _data_available(name: str) -> None:
@@ -104,7 +108,7 @@ def test_missing_data_package_names_the_install_command(monkeypatch):
 
 # -- smoke: a handful of steps, each step one graph ---------------------------------------------------
 
-@pytest.mark.parametrize("name, kwargs, n_graphs", CASES, ids=IDS)
+@pytest.mark.parametrize("name, kwargs, n_graphs", [c for c, _ in SMOKE], ids=[i for _, i in SMOKE])
 def test_example_smoke_fullgraph(name, kwargs, n_graphs, tmp_path, monkeypatch):
     """A few steps through fn.jit (fullgraph=True: a graph break raises) with a counting
     backend: finite loss, plots written, exactly one graph per step function (no recompiles).
@@ -117,6 +121,32 @@ def test_example_smoke_fullgraph(name, kwargs, n_graphs, tmp_path, monkeypatch):
     assert math.isfinite(result["loss"])
     assert result["plots"] and all(os.path.getsize(p) > 1000 for p in _pngs(result))
     assert counter.graphs == n_graphs
+
+
+@pytest.mark.parametrize("name, kwargs", INDUCTOR_SMOKE, ids=[n for n, _ in INDUCTOR_SMOKE])
+def test_compiled_by_default_smoke_matches_eager(name, kwargs, tmp_path, monkeypatch, capsys):
+    """A few steps as ``python -m examples NAME`` runs them (compiled: fn.jit, inductor,
+    fullgraph=True) and with ``--no-compile``: the loss after two updates and the held-out
+    accuracy are eager's (so the compiled gradients and Adam steps are), the step is one graph
+    compiled once (a recompile raises), the printout gives the step time and the compile time."""
+    from torch._dynamo.utils import counters
+
+    _data_available(name)
+    m = load(name)
+    for attr, value in TINY.get(name, {}).items():
+        monkeypatch.setattr(m, attr, value)
+    torch._dynamo.reset()   # forget the step compiled by an earlier run() (other arch, backend)
+    counters.clear()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled = m.run(steps=3, out=tmp_path / "c", seed=1, progress=False, **kwargs)
+    assert counters["stats"]["unique_graphs"] == 1
+    printed = capsys.readouterr().out
+    assert "ms, compiled" in printed and "compile:" in printed and compiled["compile_s"] > 0
+    eager = m.run(steps=3, out=tmp_path / "e", seed=1, compile=False, progress=False, **kwargs)
+    assert "ms, eager" in capsys.readouterr().out and eager["compile_s"] == 0
+    assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-5)
+    assert compiled["test_accuracy"] == pytest.approx(eager["test_accuracy"], abs=0.003)
+    assert all(os.path.getsize(p) > 1000 for p in _pngs(compiled))
 
 
 def test_compiled_step_matches_eager_inductor(tmp_path):
