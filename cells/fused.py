@@ -59,12 +59,13 @@ compiled 0.97x/0.91x of ``nn.LSTM``), and this recurrence serves float64, ``proj
 
 from __future__ import annotations
 
-import contextlib
 from typing import Optional
 
 import torch
 from torch._C._functorch import TransformType, maybe_get_level
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+from fnnet._island import eager_island, fresh_views
 
 Tensor = torch.Tensor
 
@@ -367,24 +368,6 @@ def _run_double_backward(kind, reverse, grads, w_hh, b_hh, w_hr, mask, saved, co
     return [torch.zeros_like(i) if r is None else r for i, r in zip(inputs, res)]
 
 
-try:
-    from torch.utils._python_dispatch import _disable_current_modes as _no_dispatch_modes
-except ImportError:  # pragma: no cover - private in torch; present from 2.0 to 2.13 at least
-    from contextlib import nullcontext as _no_dispatch_modes
-
-# the dispatcher's thread-local key sets of plain eager code (read at import, at top level)
-_EAGER_KEYS = (torch._C._dispatch_tls_local_include_set(), torch._C._dispatch_tls_local_exclude_set())
-
-
-@contextlib.contextmanager
-def _eager_island():
-    """Inside a custom op's implementation, plain eager code at top level (as ``fnnet.stack``'s
-    ops): the dispatcher excludes autograd there (and functorch, under a dispatch mode), and
-    the double backward reruns a loop under autograd."""
-    with _no_dispatch_modes(), torch._C._ForceDispatchKeyGuard(*_EAGER_KEYS), torch.enable_grad():
-        yield
-
-
 # -- the custom ops: what torch.compile sees ---------------------------------------------------------
 @torch.library.custom_op("cells::recurrence", mutates_args=())
 def _recurrence_op(kind: str, reverse: bool, xp: Tensor, states: list[Tensor], w_hh: Tensor,
@@ -424,7 +407,7 @@ def _(kind, reverse, grads, w_hh, b_hh, w_hr, mask, saved):
 def _double_backward_op(kind: str, reverse: bool, grads: list[Tensor], w_hh: Tensor,
                         b_hh: Optional[Tensor], w_hr: Optional[Tensor], mask: Optional[Tensor],  # noqa: UP045
                         saved: list[Tensor], cotangents: list[Optional[Tensor]]) -> list[Tensor]:  # noqa: UP045
-    with _eager_island():
+    with eager_island():
         return _run_double_backward(kind, reverse, grads, w_hh, b_hh, w_hr, mask, saved, cotangents)
 
 
@@ -658,18 +641,6 @@ def _differentiated_again(saved: list) -> bool:
     own = max(maybe_get_level(t) for t in saved)
     outer = stack[:-1] if stack[-1].level() == own else stack
     return any(i.key() in (TransformType.Grad, TransformType.Jvp) for i in outer)
-
-
-def fresh_views(*tensors: Tensor | None) -> tuple:
-    """Under ``torch.compile``, a view of each tensor (``None`` stays ``None``), for the inputs
-    of an ``autograd.Function``. Dynamo decides whether to trace a Function's backward from its
-    inputs' ``requires_grad``, and reads a compiled function's own inputs as they were before
-    ``torch.func.grad`` marked them (torch 2.13): a gradient w.r.t. the input ``x`` alone, or a
-    ``weight_hh`` passed in alone, would silently be zero. A view is a new tensor whose
-    ``requires_grad`` it reads right."""
-    if not torch.compiler.is_compiling():
-        return tensors
-    return tuple(None if t is None else t.view(t.shape) for t in tensors)
 
 
 def recurrence(kind: str, xp: Tensor, states: tuple, w_hh: Tensor, b_hh: Tensor | None = None,

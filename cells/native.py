@@ -34,7 +34,9 @@ import torch
 from fnnet._compat import parse_torch_version
 from fnnet.transforms import inside_vmap
 
-from .fused import _differentiated_again, fresh_views, recurrence, refuse_second_derivative
+from fnnet._island import fresh_views
+
+from .fused import _differentiated_again, recurrence, refuse_second_derivative
 
 Tensor = torch.Tensor
 

@@ -42,7 +42,6 @@ callers do not come here.
 from __future__ import annotations
 
 import collections
-import contextlib
 import itertools
 import warnings
 from collections.abc import Callable
@@ -51,6 +50,7 @@ from typing import Any
 import torch
 
 from . import _compat
+from ._island import eager_island, fresh_views
 
 __all__ = ["loop", "applies", "register_kind", "flat", "nest", "DEFAULT_CHUNK"]
 
@@ -131,7 +131,7 @@ def loop(kind: str, owner: Any, spec: tuple, consts: list, carry: list, xs: list
     k = chunk or DEFAULT_CHUNK  # the length is read when the op runs (it may be symbolic here)
     counts = (len(consts), len(carry), len(xs))
     handle = _handle(kind, owner, spec, k, reverse, counts, tuple(ys_grad))
-    args = _fresh_views(*consts, *carry, *xs)
+    args = fresh_views(*consts, *carry, *xs, contiguous=True)
     out = _LoopFn.apply(handle, len(consts), len(carry), tuple(ys_grad), *args)
     n_h = len(carry)
     return list(out[:n_h]), list(out[n_h:n_h + len(ys_grad)])
@@ -159,33 +159,7 @@ def nest(paths, leaves) -> dict:
     return out
 
 
-def _fresh_views(*tensors: torch.Tensor) -> tuple:
-    """A view of each input of the Function: dynamo reads a compiled function's own inputs'
-    requires_grad as it was before torch.func.grad marked them, and would drop the backward
-    (as ``cells.fused.fresh_views`` explains); a view is a new tensor it reads right."""
-    return tuple(t.contiguous().view(t.shape) for t in tensors)
-
-
 # -- running in the ops ------------------------------------------------------------------------
-try:
-    from torch.utils._python_dispatch import _disable_current_modes as _no_dispatch_modes
-except ImportError:  # pragma: no cover - private in torch; present from 2.0 to 2.13 at least
-    from contextlib import nullcontext as _no_dispatch_modes
-
-# the dispatcher's thread-local key sets of plain eager code (read at import, at top level)
-_EAGER_KEYS = (torch._C._dispatch_tls_local_include_set(), torch._C._dispatch_tls_local_exclude_set())
-
-
-@contextlib.contextmanager
-def _eager_island(grad: bool):
-    """Inside a custom op's implementation, run as plain eager code at top level: the dispatcher
-    excludes autograd (and, under a dispatch mode such as the compiled graph's first-run
-    aliasing check, functorch) there, and tracing a VJP needs both. What torch's own
-    ``invoke_leaf_function`` does."""
-    with _no_dispatch_modes(), torch._C._ForceDispatchKeyGuard(*_EAGER_KEYS), torch.set_grad_enabled(grad):
-        yield
-
-
 def _aligned(t: torch.Tensor) -> torch.Tensor:
     """``t`` contiguous, its data 16-byte aligned (what a compiled body was compiled for)."""
     if not t.is_contiguous() or t.data_ptr() % 16:
@@ -348,7 +322,7 @@ def _bits(lp: _Loop, mask: int) -> tuple:
 @torch.library.custom_op("fnnet::loop", mutates_args=())
 def _forward_op(handle: int, consts: list[torch.Tensor], carry: list[torch.Tensor],
                 xs: list[torch.Tensor]) -> list[torch.Tensor]:
-    with _eager_island(grad=False):
+    with eager_island(grad=False):
         return _forward_impl(handle, consts, carry, xs)
 
 
@@ -366,7 +340,7 @@ def _(handle, consts, carry, xs):
 def _backward_op(handle: int, mask: int, consts: list[torch.Tensor], xs: list[torch.Tensor],
                  bounds: list[torch.Tensor], d_carry: list[torch.Tensor],
                  d_ys: list[torch.Tensor]) -> list[torch.Tensor]:
-    with _eager_island(grad=False):
+    with eager_island(grad=False):
         return _backward_impl(handle, mask, consts, xs, bounds, d_carry, d_ys)
 
 

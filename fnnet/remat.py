@@ -52,7 +52,6 @@ How it runs (each route forced by what torch supports):
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import types
@@ -67,6 +66,7 @@ from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
 from . import _compat
 from . import tree as T
+from ._island import eager_island, fresh_views
 from .transforms import inside_functorch
 
 __all__ = ["checkpoint", "checkpoint_policies"]
@@ -293,31 +293,6 @@ class _RematVjp(torch.autograd.Function):
 # that requires grad is caught in the backward (its graph reaches a leaf that is not an input)
 # and refused, naming f.
 
-try:
-    from torch.utils._python_dispatch import _disable_current_modes as _no_dispatch_modes
-except ImportError:  # pragma: no cover - private in torch; present from 2.0 to 2.13 at least
-    from contextlib import nullcontext as _no_dispatch_modes
-
-# the dispatcher's thread-local key sets of plain eager code (read at import, at top level)
-_EAGER_KEYS = (torch._C._dispatch_tls_local_include_set(), torch._C._dispatch_tls_local_exclude_set())
-
-
-@contextlib.contextmanager
-def _eager_island(grad: bool):
-    """Inside a custom op's implementation, run as plain eager code at top level (autograd and
-    functorch keys restored, dispatch modes off), as Stacked's ops do: recomputing f's graph
-    needs autograd, which the dispatcher excludes there."""
-    with _no_dispatch_modes(), torch._C._ForceDispatchKeyGuard(*_EAGER_KEYS), torch.set_grad_enabled(grad):
-        yield
-
-
-def _fresh_views(*tensors: torch.Tensor) -> tuple:
-    """A view of each input of the Function: dynamo reads a compiled function's own inputs'
-    requires_grad as it was before torch.func.grad marked them and would drop the backward
-    (``cells.fused.fresh_views``); a view is a new tensor it reads right."""
-    return tuple(t.view(t.shape) for t in tensors)
-
-
 _REGISTRY: dict = {}  # handle -> _Call
 _HANDLES: dict = {}  # (f, spec, constants) -> handle, when hashable
 _COUNTER = itertools.count()
@@ -380,7 +355,7 @@ def _opaque(f: Callable, args: tuple, kwargs: dict, has_policy: bool) -> Any:
     leaves, spec = T.flatten((args, kwargs))
     template = T.unflatten(spec, [_TENSOR if isinstance(x, torch.Tensor) else x for x in leaves])
     handle = _handle(f, template, has_policy)
-    tensors = _fresh_views(*[x for x in leaves if isinstance(x, torch.Tensor)])
+    tensors = fresh_views(*[x for x in leaves if isinstance(x, torch.Tensor)])
     out = iter(_RematOp.apply(handle, *tensors))
     out_spec, out_constants = _out_tree(handle)
     return T.unflatten(out_spec, [next(out) if c is None else c[0] for c in out_constants])
@@ -398,7 +373,7 @@ def _unaliased(outs: list, inputs: list) -> list:
 
 @torch.library.custom_op("fnnet::remat", mutates_args=())
 def _forward_op(handle: int, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    with _eager_island(grad=False):
+    with eager_island(grad=False):
         return _unaliased(_REGISTRY[handle].run(tensors), tensors)
 
 
@@ -420,7 +395,7 @@ def _(handle, tensors):
 
 @torch.library.custom_op("fnnet::remat_backward", mutates_args=())
 def _backward_op(handle: int, tensors: list[torch.Tensor], grads: list[torch.Tensor]) -> list[torch.Tensor]:
-    with _eager_island(grad=True):
+    with eager_island(grad=True):
         call = _REGISTRY[handle]
         xs = [x.detach().requires_grad_(x.is_floating_point()) for x in tensors]
         wrt = [x for x in xs if x.requires_grad]

@@ -27,6 +27,8 @@ import math
 
 import torch
 
+from fnnet._island import fresh_views
+
 from ._util import check_reduction, float_input, float_weight, number, tensor, value_target
 from .classification import _checked_indices
 
@@ -304,12 +306,7 @@ def linear_cross_entropy(input: torch.Tensor, linear_weight: torch.Tensor, targe
         t = (target if batched else target.unsqueeze(0)).reshape(n, positions)
 
     from fnnet._values import _inside_vmap
-    if torch.compiler.is_compiling():
-        # dynamo reads a Function's inputs' requires_grad as they were before torch.func.grad
-        # marked them (torch 2.13: a gradient w.r.t. one of them alone came out zero); a view
-        # is a new tensor whose requires_grad it reads right (as cells.fused.fresh_views)
-        x, w = x.view(x.shape), w.view(w.shape)
-        b = None if b is None else b.view(b.shape)
+    x, w, b = fresh_views(x, w, b)  # compiled: dynamo reads these inputs' requires_grad right
     if _inside_vmap():
         per = _whole(x, w, b, t, weight, probabilities, ignore_index, label_smoothing, classes)
     else:

@@ -313,34 +313,6 @@ def test_the_choice_logic(monkeypatch):
     assert probe(rows=64, inner=64, outer=64, rounds=1) in (True, False)
 
 
-def test_torch_bug_autograd_function_in_compiled_nested_grad():
-    """Why compiled code does not use the eager Function: under torch.compile, an autograd.Function
-    inside nested torch.func.grad is not differentiated through its backward (torch 2.13; even
-    with fresh views of its inputs, which fix the single-level case). When this test fails, torch
-    differentiates it right: the compiled path may call _gemm.linear directly."""
-    class Twice(torch.autograd.Function):
-        @staticmethod
-        def forward(x):
-            return x.clone()
-
-        @staticmethod
-        def setup_context(ctx, inputs, output):
-            pass
-
-        @staticmethod
-        def backward(ctx, g):
-            return 2 * g
-
-    x, w = randn(0, 3), randn(1, 3)
-
-    def outer(w):
-        return torch.func.grad(lambda x: (Twice.apply((x * w).view(3)) ** 2).sum())(x).sum()
-
-    eager = torch.func.grad(outer)(w)
-    compiled = torch.compile(torch.func.grad(outer), fullgraph=True)(w)
-    assert not torch.allclose(compiled, eager)
-
-
 # -- fn.relu ---------------------------------------------------------------------------------------
 
 SPECIAL = torch.tensor([-0.0, 0.0, float("nan"), -1.5, 2.0, float("inf"), -float("inf"), 1e-45, -1e-45])

@@ -40,7 +40,7 @@ Two ways in, the same GEMM:
   ``jvp`` (forward-mode AD) and a ``vmap`` rule. ``fn.Linear`` calls it when :func:`applies`.
 - compiled: ``fn.Linear`` puts ``F.linear`` in the graph (under ``torch.compile`` an
   ``autograd.Function`` inside ``torch.func.grad`` is not differentiated right twice: see
-  ``tests/test_linear_gemm.py``), and :func:`jit_options` gives ``fn.jit`` an inductor pass that
+  ``tests/test_pins.py``), and :func:`jit_options` gives ``fn.jit`` an inductor pass that
   swaps each qualifying float32 CPU ``mm``/``addmm`` of the differentiated graph (forward,
   backward, double backward alike) for the kernel chosen for its class (oneDNN's, or torch's on
   the transposed problem): ``fn.jit(step, **jit_options())``.
