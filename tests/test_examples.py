@@ -30,9 +30,12 @@ CASES += [("digits_cnn", {"arch": "inception"}, 1), ("digits_cnn", {"arch": "res
 CASES += [("sentiment", {"arch": "transformer"}, 1)]
 TINY = {"names": {"MAX_LEN": 6}, "sentiment": {"MAX_LEN": 6}, "seq_wgan_gp": {"T": 6}}
 IDS = [name + "".join(f"-{v}" for v in kw.values()) for name, kw, _ in CASES]
-# compiled by default: their smoke run is the real compile (inductor), checked against eager
-INDUCTOR_SMOKE = [("names", {}), ("sentiment", {})]
-SMOKE = [(c, i) for c, i in zip(CASES, IDS) if (c[0], c[1]) not in INDUCTOR_SMOKE]
+# compiled by default: their smoke run is the real compile (inductor), checked against eager.
+# sentiment's (a bidirectional LSTM with lengths: 40 s of inductor) runs under -m slow; in make
+# test it gets the traced smoke run, and its compiled layers their own inductor tests (test_cells)
+INDUCTOR_SMOKE = [("names", {}), pytest.param("sentiment", {}, marks=pytest.mark.slow, id="sentiment")]
+FAST_INDUCTOR = [("names", {})]
+SMOKE = [(c, i) for c, i in zip(CASES, IDS) if (c[0], c[1]) not in FAST_INDUCTOR]
 
 
 def _data_available(name: str) -> None:
@@ -123,7 +126,7 @@ def test_example_smoke_fullgraph(name, kwargs, n_graphs, tmp_path, monkeypatch):
     assert counter.graphs == n_graphs
 
 
-@pytest.mark.parametrize("name, kwargs", INDUCTOR_SMOKE, ids=[n for n, _ in INDUCTOR_SMOKE])
+@pytest.mark.parametrize("name, kwargs", INDUCTOR_SMOKE, ids=["names", "sentiment"])
 def test_compiled_by_default_smoke_matches_eager(name, kwargs, tmp_path, monkeypatch, capsys):
     """A few steps as ``python -m examples NAME`` runs them (compiled: fn.jit, inductor,
     fullgraph=True) and with ``--no-compile``: the loss after two updates and the held-out
