@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from . import random
+from . import _check, random
 
 __all__ = ["fans", "zeros", "ones", "uniform", "normal", "kaiming_uniform", "kaiming_normal",
            "xavier_uniform", "xavier_normal", "torch_default", "torch_default_bias"]
@@ -25,18 +25,14 @@ def _shape(shape: Sequence[int]) -> tuple:
     """A shape: a sequence of ints >= 0 (a bare int is a 1-d shape)."""
     if isinstance(shape, int) and not isinstance(shape, bool):
         shape = (shape,)
-    if not isinstance(shape, (tuple, list, torch.Size)) or any(
-            isinstance(d, bool) or not isinstance(d, int) for d in shape):
-        raise TypeError(f"init: shape must be a sequence of ints, got {shape!r}")
-    if any(d < 0 for d in shape):
-        raise ValueError(f"init: shape must not have negative sizes, got {list(shape)}")
-    return tuple(shape)
+    if not isinstance(shape, (tuple, list, torch.Size)):
+        _check.fail("init", "shape", "a sequence of ints >= 0", _check.describe(shape), TypeError)
+    return tuple(_check.integer("init", "shape", d, lo=0, expected="a sequence of ints >= 0", shown=list(shape))
+                 for d in shape)
 
 
 def _scale(name: str, v: float) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-        raise ValueError(f"init: {name} must be a finite number >= 0, got {v!r}")
-    return v
+    return _check.real("init", name, v, lo=0)
 
 
 def fans(shape: Sequence[int]) -> tuple[int, int]:
@@ -76,18 +72,13 @@ _GAINS = {"relu": math.sqrt(2.0), "tanh": 5.0 / 3, "linear": 1.0, "sigmoid": 1.0
 def _gain(nonlinearity: str, a: float) -> float:
     """``torch.nn.init.calculate_gain``."""
     if nonlinearity == "leaky_relu":
-        if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a):
-            raise ValueError(f"init: the negative slope a must be a finite number, got {a!r}")
+        a = _check.real("init", "a (the negative slope)", a)
         return math.sqrt(2.0 / (1 + a * a))
-    if nonlinearity not in _GAINS:
-        raise ValueError(f"init: nonlinearity must be one of {['leaky_relu', *_GAINS]}, got {nonlinearity!r}")
-    return _GAINS[nonlinearity]
+    return _GAINS[_check.choice("init", "nonlinearity", nonlinearity, ("leaky_relu", *_GAINS))]
 
 
 def _fan(shape: Sequence[int], mode: str) -> int:
-    if mode not in ("fan_in", "fan_out"):
-        raise ValueError(f"init: mode must be 'fan_in' or 'fan_out', got {mode!r}")
-    return fans(shape)[0 if mode == "fan_in" else 1]
+    return fans(shape)[0 if _check.choice("init", "mode", mode, ("fan_in", "fan_out")) == "fan_in" else 1]
 
 
 def kaiming_uniform(key, shape, a: float = 0.0, mode: str = "fan_in",

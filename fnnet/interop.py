@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.func
 
+from . import _check
 from . import tree as T
 from .module import ParamsError
 
@@ -174,8 +175,7 @@ def functional(module: torch.nn.Module, *, return_buffers: bool = False
     under the name ``params`` has for it.
     """
     _check_module(module, "functional")
-    if not isinstance(return_buffers, bool):
-        raise TypeError(f"functional: return_buffers must be a bool, got {return_buffers!r}")
+    _check.flag("functional", "return_buffers", return_buffers)
     params = params_from_module(module)
     buffers = nest({n: _copy(b) for n, b in module.named_buffers()})
     param_shapes = {n: p.shape for n, p in module.named_parameters()}

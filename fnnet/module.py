@@ -87,7 +87,7 @@ from collections.abc import Callable
 
 import torch
 
-from . import _compat, random
+from . import _check, _compat, random
 
 __all__ = ["Module", "Sequential", "Residual", "Concat", "Lambda", "ParamsError", "check_params",
            "param_shapes"]
@@ -755,8 +755,7 @@ class Concat(_Container):
     names: tuple = field(default=(), repr=False)
 
     def __init__(self, *branches: Any, dim: int = 1):
-        if isinstance(dim, bool) or not isinstance(dim, int):
-            raise TypeError(f"Concat: dim must be an int, got {type(dim).__name__}")
+        dim = _check.integer("Concat", "dim", dim)
         if not branches:
             raise ValueError("Concat: expected at least one branch")
         self._init_layers(branches, "Concat")

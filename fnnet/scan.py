@@ -63,6 +63,7 @@ from collections.abc import Callable
 
 import torch
 
+from . import _check
 from . import tree as T
 from .transforms import inside_functorch
 
@@ -86,17 +87,13 @@ def scan(f: Callable[[Any, Any], tuple[Any, Any]], carry: Any, xs: Any = None, r
     loop unrolled).
     Returns ``(carry, ys)``, ys a pytree of ``[T, ...]`` tensors (``None`` if f's y is None).
     """
-    if isinstance(unroll, bool):
-        pass
-    elif not isinstance(unroll, int) or unroll < 1:
-        raise ValueError(f"scan: unroll must be True, False or a positive int, got {unroll!r}")
-    if not isinstance(reverse, bool):
-        raise TypeError(f"scan: reverse must be a bool, got {type(reverse).__name__}")
+    if not isinstance(unroll, bool):
+        _check.integer("scan", "unroll", unroll, 1, expected="True, False or an int >= 1")
+    _check.flag("scan", "reverse", reverse)
     if xs is None:
         if length is None:
             raise ValueError("scan: give xs or length")
-        if isinstance(length, bool) or not isinstance(length, int) or length < 0:
-            raise ValueError(f"scan: length must be a non-negative int, got {length!r}")
+        length = _check.integer("scan", "length", length, 0)
         n, flat, spec = length, [], None
     else:
         flat, spec = T.flatten(xs)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fnnet import _check
+
 from ._util import check_reduction, eager_values, flag, float_input, index_target, number, tensor
 
 NAME = "ctc"
@@ -19,9 +21,8 @@ def _lengths(x, what: str, batch: int | None) -> torch.Tensor:
     """Lengths as torch takes them (an integer tensor, or a list/tuple of ints) -> a 1-D tensor
     ``[N]`` (``[1]`` for an unbatched input, which may also give a 0-dim tensor)."""
     if isinstance(x, (list, tuple)):
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in x):
-            raise TypeError(f"losses.ctc: {what} must be an integer tensor or a list of ints, got {list(x)!r}")
-        x = torch.tensor(x, dtype=torch.long)
+        x = torch.tensor([_check.integer("losses.ctc", what, v, expected="an integer tensor or a list of ints",
+                                         shown=list(x)) for v in x], dtype=torch.long)
     tensor(NAME, x, what)
     if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
         raise TypeError(f"losses.ctc: {what} must be integers, got {x.dtype}")

@@ -367,8 +367,8 @@ def test_unroll_true_unrolls_the_loop_and_false_traces_one_step():
 
 
 def test_unroll_must_be_a_bool_or_a_positive_int():
-    for bad in (0, -1, 1.5):
-        with pytest.raises(ValueError, match="unroll must be"):
+    for bad, error in ((0, ValueError), (-1, ValueError), (1.5, TypeError), ("2", TypeError)):
+        with pytest.raises(error, match=r"^scan: unroll must be True, False or an int >= 1, got"):
             scan(lambda c, x: (c, x), torch.zeros(()), torch.ones(3), unroll=bad)
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .. import _check
 from .. import init as I
 from .. import random
 from ..module import Module
@@ -92,10 +93,10 @@ class Unflatten(Module):
 
     def __post_init__(self):
         U.ints(self, "dim", minimum=None)
-        size = self.unflattened_size
-        if not isinstance(size, (tuple, list)) or not size or any(
-                isinstance(s, bool) or not isinstance(s, int) for s in size):
-            raise TypeError(f"Unflatten: unflattened_size must be a non-empty tuple of ints, got {size!r}")
+        size, what = self.unflattened_size, "a non-empty tuple of ints"
+        if not isinstance(size, (tuple, list)) or not size:
+            _check.fail("Unflatten", "unflattened_size", what, _check.describe(size), TypeError)
+        size = tuple(_check.integer("Unflatten", "unflattened_size", s, expected=what, shown=size) for s in size)
         if any(s < 1 and s != -1 for s in size) or list(size).count(-1) > 1:
             raise ValueError(f"Unflatten: unflattened_size must hold sizes >= 1 and at most one -1, "
                              f"got {size!r}")

@@ -24,14 +24,13 @@ amounts ``l, r``:
 
 from __future__ import annotations
 
-import numbers
-import operator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from .. import _check
 from ..module import Module
 from ._util import expect
 
@@ -52,11 +51,11 @@ class _Pad(Module):
         v, count = self.padding, 2 * self.n
         what = f"an int or a tuple of {count} ints {_SIDES[self.n]}"
         items = tuple(v) if isinstance(v, (tuple, list)) else (v,) * count
-        if any(isinstance(p, bool) or not isinstance(p, numbers.Integral) for p in items):
-            raise TypeError(f"{type(self).__name__}: padding must be {what}, got {v!r}")
-        if len(items) != count:
-            raise ValueError(f"{type(self).__name__}: padding must be {what}, got {v!r}")
-        object.__setattr__(self, "padding", tuple(operator.index(p) for p in items))
+        owner = type(self).__name__
+        pads = tuple(_check.integer(owner, "padding", p, expected=what, shown=v) for p in items)
+        if len(pads) != count:
+            _check.fail(owner, "padding", what, repr(v))
+        object.__setattr__(self, "padding", pads)
 
     @property
     def _fill(self) -> float | None:
@@ -111,9 +110,7 @@ class _ConstantPad(_Pad):
 
     def __post_init__(self):
         super().__post_init__()
-        v = self.value
-        if isinstance(v, bool) or not isinstance(v, numbers.Real):
-            raise TypeError(f"{type(self).__name__}: value must be a real number, got {v!r}")
+        _check.real(type(self).__name__, "value", self.value, finite=False, expected="a real number")
 
     @property
     def _fill(self) -> float:

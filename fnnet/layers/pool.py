@@ -28,14 +28,13 @@ pytorch/pytorch#197888; pinned by a test). Eager runs torch's ops as they are.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from .. import random
+from .. import _check, random
 from ..module import Module
 from . import _util as U
 from ._util import expect
@@ -279,10 +278,9 @@ class _LPPool(_Window):
     padded: ClassVar[bool] = False
 
     def __post_init__(self):
-        p = self.norm_type
-        if isinstance(p, bool) or not isinstance(p, numbers.Real) or math.isnan(p) or p == 0:
-            raise (ValueError if isinstance(p, numbers.Real) and not isinstance(p, bool) else TypeError)(
-                f"{type(self).__name__}: norm_type must be a number other than 0 (the power p), got {p!r}")
+        owner, what = type(self).__name__, "a number other than 0 (the power p)"
+        if math.isnan(_check.real(owner, "norm_type", self.norm_type, nonzero=True, finite=False, expected=what)):
+            _check.fail(owner, "norm_type", what, repr(self.norm_type))
         self._check_window()
 
     def apply(self, params, input, *, key=None, train=False):
@@ -429,11 +427,10 @@ class _FractionalMaxPool(Module):
             v = self.output_ratio
             ratios = tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
             what = f"a number in (0, 1), or a tuple of {n} of them"
-            if len(ratios) != n or any(isinstance(r, bool) or not isinstance(r, numbers.Real) for r in ratios):
-                raise TypeError(f"{name}: output_ratio must be {what}, got {v!r}")
-            if not all(0 < r < 1 for r in ratios):
-                raise ValueError(f"{name}: output_ratio must be {what}, got {v!r}")
-            object.__setattr__(self, "output_ratio", tuple(float(r) for r in ratios))
+            if len(ratios) != n:
+                _check.fail(name, "output_ratio", what, repr(v), TypeError)
+            object.__setattr__(self, "output_ratio", tuple(
+                _check.real(name, "output_ratio", r, 0, 1, lo_open=True, hi_open=True, expected=what) for r in ratios))
         s = self._random_samples
         if s is not None:
             ok = isinstance(s, torch.Tensor) and s.is_floating_point() and s.ndim == 3 and s.shape[-1] == n

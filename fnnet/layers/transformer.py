@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .. import _check
 from .. import init as I
 from .. import random
 from .. import tree as T
@@ -294,10 +295,7 @@ def _stack(obj: Any, layer: Any, num_layers: Any, norm: Any, what: str) -> None:
     if not isinstance(layer, Module):
         raise TypeError(f"{name}: {what} must be an fnnet Module (a {what.replace('_', ' ').title().replace(' ', '')} "
                         f"or your own), got {type(layer).__name__}")
-    if isinstance(num_layers, bool) or not isinstance(num_layers, int):
-        raise TypeError(f"{name}: num_layers must be an int >= 1, got {num_layers!r}")
-    if num_layers < 1:
-        raise ValueError(f"{name}: num_layers must be an int >= 1, got {num_layers!r}")
+    num_layers = _check.integer(name, "num_layers", num_layers, 1)
     if norm is not None and not isinstance(norm, Module):
         raise TypeError(f"{name}: norm must be None or an fnnet Module (a LayerNorm), got {type(norm).__name__}")
     object.__setattr__(obj, "layers", (layer,) * num_layers)  # one description, num_layers sets of params
@@ -452,8 +450,7 @@ class Transformer(Module):
     def generate_square_subsequent_mask(sz: int, device=None, dtype=None) -> torch.Tensor:
         """``[sz, sz]``: 0 on and below the diagonal, ``-inf`` above (position i attends to
         positions <= i), as torch's."""
-        if isinstance(sz, bool) or not isinstance(sz, int) or sz < 0:
-            raise ValueError(f"Transformer.generate_square_subsequent_mask: sz must be an int >= 0, got {sz!r}")
+        sz = _check.integer("Transformer.generate_square_subsequent_mask", "sz", sz, 0)
         return torch.triu(torch.full((sz, sz), float("-inf"), dtype=dtype, device=device), diagonal=1)
 
     def apply(self, params, src, tgt, src_mask=None, tgt_mask=None, memory_mask=None, src_key_padding_mask=None,

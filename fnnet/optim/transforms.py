@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from .. import _check
 from .. import tree as T
 from . import _check as C
 from . import _ops
@@ -38,9 +39,8 @@ def clip_by_global_norm(max_norm: float, norm_type: float = 2.0,
     when ``norm >= max_norm``): ``eps=0`` is that rule (to rounding); the default ``1e-6`` is
     torch's, which clips by a factor smaller by ``1e-6 / norm`` relative."""
     C.nonneg("clip_by_global_norm", "max_norm", max_norm)
-    if not (isinstance(norm_type, (int, float)) and not isinstance(norm_type, bool)
-            and (norm_type == float("inf") or norm_type > 0)):
-        raise ValueError(f"clip_by_global_norm: norm_type must be a number > 0 or inf, got {norm_type!r}")
+    _check.real("clip_by_global_norm", "norm_type", norm_type, 0, lo_open=True, finite=False,
+                expected="a number > 0 or inf")
     C.flag("clip_by_global_norm", "error_if_nonfinite", error_if_nonfinite)
     C.nonneg("clip_by_global_norm", "eps", eps)
     max_norm, norm_type, eps = float(max_norm), float(norm_type), float(eps)
