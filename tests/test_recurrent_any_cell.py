@@ -420,6 +420,32 @@ class _chunks:
         _loop.DEFAULT_CHUNK, _loop.COMPILER = self.saved
 
 
+def test_compiled_training_stores_per_step_activations_not_copies_of_the_weights(monkeypatch):
+    """fnnet::loop keeps what one step's backward reads, stacked [T, ...]; the weights it reads (a
+    transposed weight included) go to the backward op as they are, never stored per step:
+    doubling T grows the forward op's outputs by a few activations per step, far less than a
+    copy of the weights per step; and the backward op runs the step's backward graph on them."""
+    from fnnet import _loop
+    sizes, real = [], _loop._forward_impl
+
+    def recording(*args):
+        out = real(*args)
+        sizes.append(sum(o.numel() for o in out))
+        return out
+    monkeypatch.setattr(_loop, "_forward_impl", recording)
+    layer = cells.Recurrent(PeepholeLSTMCell(64, 4))
+    params = layer.init(random.key(0))
+    weights = sum(v.numel() for v in fn.tree.leaves(params))
+    before = set(_loop._REGISTRY)
+    with _chunks(4, traced=True):
+        for T in (8, 16):
+            fn.jit(fn.grad(lambda p, x: layer.apply(p, x)[0].sum()), backend="aot_eager")(params, torch.randn(T, 2, 64))
+    per_step = (sizes[1] - sizes[0]) / 8
+    assert 0 < per_step < weights / 8, (per_step, weights)
+    roles = {key[0][0] for h, lp in _loop._REGISTRY.items() if h not in before for key in lp.compiled}
+    assert roles == {"rfwd", "rbwd"}
+
+
 @settings(max_examples=4, deadline=None)
 @given(kw=configs(), T=st.integers(1, 6), with_lengths=st.booleans(), k=st.integers(1, 4))
 def test_compiled_training_of_a_user_cell_in_chunks_matches_eager_with_every_option(kw, T, with_lengths, k):
