@@ -75,6 +75,7 @@ __all__ = ["loop", "applies", "register_kind", "flat", "nest", "DEFAULT_CHUNK"]
 
 DEFAULT_CHUNK = 8  # steps per compiled chunk: fewer compiled calls vs a bigger body (benchmarks/stack.py)
 CACHE_SIZE = 16  # compiled bodies kept per handle
+RESIDUALS = True  # False: every loop takes the recompute path (read while dynamo traces; a switch to compare)
 
 
 def _inductor(gm: torch.fx.GraphModule, args: list) -> Callable:
@@ -160,7 +161,7 @@ def loop(kind: str, owner: Any, spec: tuple, consts: list, carry: list, xs: list
     mask = sum(1 << i for i, a in enumerate(args) if a.requires_grad and a.is_floating_point())
     step_dims = [d for a in args[:len(consts) + len(carry)] for d in a.shape]
     step_dims += [d for a in args[len(consts) + len(carry):] for d in a.shape[1:]]
-    if remat or not all(_static(d) for d in step_dims):
+    if remat or not RESIDUALS or not all(_static(d) for d in step_dims):
         mask = 0
     out = _LoopFn.apply(handle, len(consts), len(carry), tuple(ys_grad), mask, *args)
     n_h = len(carry)
@@ -289,13 +290,14 @@ def _call(lp: _Loop, role: tuple, args: list, make: Callable) -> tuple:
 class _Plan:
     """One step's forward and backward graphs (``fw(*primals) -> (*outs, *saved)``,
     ``bw(*saved, *tangents) -> grads``), the primals ``(*consts, *carry, *x_t)``; what each saved
-    value is: ``("const", i)`` (a const: the backward op is given the consts), ``("x", i)`` (the
-    step's slice of ``xs[i]``), ``("step", i)`` (stored per step, ``[T, ...]``), ``("once", i)``
-    (read only the consts: the same every step, stored once)."""
+    value is, ``(kind, i, views)``: ``("const", i)`` (a const: the backward op is given the
+    consts) or ``("x", i)`` (the step's slice of ``xs[i]``), through the view ops ``views``
+    replayed; ``("step", i)`` (stored per step, ``[T, ...]``) or ``("once", i)`` (read only the
+    consts: the same every step, stored once), ``views`` ``("bool",)`` for a bool stored as int8."""
 
     def __init__(self, fw, bw, n_out, saved, step, once, wrt, n_tan):
         self.fw, self.bw, self.n_out, self.saved = fw, bw, n_out, saved
-        self.step, self.once = step, once  # [(shape, dtype)] of one step's stored residuals
+        self.step, self.once = step, once  # [(shape, stored dtype)] of one step's residuals
         self.wrt, self.n_tan = wrt, n_tan
 
 
@@ -392,13 +394,27 @@ def _partition(lp: _Loop, metas: tuple, mask: int) -> _Plan:
         elif base in primal_of and primal_of[base] >= n_c + n_h:
             saved.append(("x", primal_of[base] - n_c - n_h, views))
         elif n in varying:
-            saved.append(("step", len(step), ()))
-            step.append((tuple(v.shape), v.dtype))
+            saved.append(("step", len(step), ("bool",) if v.dtype == torch.bool else ()))
+            step.append((tuple(v.shape), _STORED.get(v.dtype, v.dtype)))
         else:
-            saved.append(("once", len(once), ()))
-            once.append((tuple(v.shape), v.dtype))
+            saved.append(("once", len(once), ("bool",) if v.dtype == torch.bool else ()))
+            once.append((tuple(v.shape), _STORED.get(v.dtype, v.dtype)))
     assert n_in == len(primal_of)
     return _Plan(fw, bw, len(outs), saved, step, once, wrt, n_tan)
+
+
+# a bool residual is stored as int8: inductor's CPU kernels write a bool output several times
+# slower than the int8 of a select (torch 2.13), and a training step writes one per ReLU
+_STORED = {torch.bool: torch.int8}
+
+
+def _store(v: torch.Tensor) -> torch.Tensor:
+    return torch.where(v, 1, 0).to(torch.int8) if v.dtype == torch.bool else v
+
+
+def _load(v: torch.Tensor, views: tuple) -> torch.Tensor:
+    """A stored residual as the backward reads it (``views``: ``("bool",)`` for a stored bool)."""
+    return v != 0 if views == ("bool",) else v
 
 
 def _view_chain(n: torch.fx.Node) -> tuple:
@@ -436,9 +452,9 @@ def _residual_forward(lp: _Loop, plan: _Plan, kc: int) -> Callable:
             out = plan.fw(*consts, *carry, *(x[j] for x in xs))
             carry, ys_steps[j] = list(out[:n_h]), out[n_h:plan.n_out]
             saved = out[plan.n_out:]
-            res_steps[j] = [v for v, kind in zip(saved, kinds) if kind == "step"]
+            res_steps[j] = [_store(v) for v, kind in zip(saved, kinds) if kind == "step"]
             if once is None:
-                once = [v for v, kind in zip(saved, kinds) if kind == "once"]
+                once = [_store(v) for v, kind in zip(saved, kinds) if kind == "once"]
         ys = [torch.stack([s[i] for s in ys_steps]) for i in range(len(ys_steps[0]))]
         res = [torch.stack([s[i] for s in res_steps]) for i in range(len(plan.step))]
         return (*carry, *ys, *res, *once)
@@ -465,7 +481,7 @@ def _residual_backward(lp: _Loop, plan: _Plan, kc: int) -> Callable:
         d_c, d_x = [None] * w_c, [[None] * kc for _ in range(len(plan.wrt) - w_c - w_h)]
         for j in (range(kc) if reverse else range(kc - 1, -1, -1)):
             saved = [_replay(consts[i], views) if kind == "const" else _replay(xs[i][j], views) if kind == "x"
-                     else res[i][j] if kind == "step" else once[i] for kind, i, views in plan.saved]
+                     else _load(res[i][j] if kind == "step" else once[i], views) for kind, i, views in plan.saved]
             grads = list(plan.bw(*saved, *d_h, *(d[j] for d in d_ys)))
             d_c = [v if acc is None else acc + v for acc, v in zip(d_c, grads[:w_c])]
             d_h = grads[w_c:w_c + w_h]
@@ -552,7 +568,7 @@ def _backward_impl(handle: int, mask: int, fmask: int, consts: list, carry: list
     else:  # the chunk VJP: w.r.t. the consts and xs asked for and every floating carry leaf
         vbits = (*bits[:n_c], *floating, *bits[n_c + n_h:])
     d_consts = [torch.zeros_like(v) if b else None for v, b in zip(consts, vbits[:n_c])]
-    d_xs = [torch.zeros_like(x) if b else None for x, b in zip(xs, vbits[n_c + n_h:])]
+    d_xs = [torch.empty_like(x) if b else None for x, b in zip(xs, vbits[n_c + n_h:])]  # every step written
     g = list(d_carry)
     chunks = lp.chunks(xs[0].shape[0])
     for c in range(len(chunks) - 1, -1, -1):
