@@ -79,7 +79,14 @@ RESIDUALS = True  # False: every loop takes the recompute path (read while dynam
 
 
 def _inductor(gm: torch.fx.GraphModule, args: list) -> Callable:
-    return torch._inductor.compile(gm, args)
+    """Inductor with its C++ wrapper (the chunk's kernel calls without a Python line each: a chunk
+    of small steps spends much of its time in the Python wrapper otherwise); the Python wrapper
+    where that fails."""
+    try:
+        with torch._inductor.config.patch(cpp_wrapper=True):
+            return torch._inductor.compile(gm, args)
+    except Exception:
+        return torch._inductor.compile(gm, args)
 
 
 COMPILER: Callable = _inductor  # (traced chunk graph, example inputs) -> callable; tests swap in the graph itself
