@@ -6,7 +6,8 @@ Cases (I=32, H=128, B=32): each kind at T=64 and 256; a 2-layer bidirectional LS
 LSTM compile time at T=16 and T=1024 (flat: the time loop is one op, not unrolled); an
 LSTMCell under the generic ``fnnet.scan``, forward only (torch's scan op), and trained as a
 user's cell in ``cells.Recurrent`` (``fnnet._loop``: compiled chunks of the step, flat in T) at
-T=16, 64 and 256; a long
+T=16, 64 and 256, with a row for the same step recomputing each chunk's forward in its backward
+(``fnnet._loop.RESIDUALS`` off) beside the default residual path; a long
 T=4096 LSTM with peak memory (CPU: peak RSS of a fresh process running one step; CUDA:
 ``max_memory_allocated``). With jax installed (the ``bench`` extra) a column for the same
 LSTM written with ``jax.lax.scan`` under ``jax.jit(value_and_grad)``. On CUDA also H=256,
@@ -39,6 +40,7 @@ from torch import nn
 
 import cells
 import fnnet as fn
+from fnnet import _loop
 
 from .common import first_call, row, sync, timeit
 
@@ -210,12 +212,26 @@ def _scan_training(T: int) -> list[dict]:
         native.zero_grad(set_to_none=True)
         native(x)[0].square().mean().backward()
 
-    compiled, ct = _compiled(fn.value_and_grad(lambda p, x: layer.apply(p, x)[0].square().mean()), p, x)
-    ms = _interleaved({"native": native_step, "loop": lambda: compiled(p, x)}, repeats=5)
+    step = fn.value_and_grad(lambda p, x: layer.apply(p, x)[0].square().mean())
+    compiled, ct = _compiled(step, p, x)
+    # the same step on the recompute path (each chunk's forward recomputed in the backward), for
+    # comparison: compiled with fnnet._loop.RESIDUALS off, and called with it off (dynamo's guard)
+    recompute = fn.jit(step, dynamic=False)
+
+    def without_residuals():
+        _loop.RESIDUALS = False
+        try:
+            return recompute(p, x)
+        finally:
+            _loop.RESIDUALS = True
+    without_residuals()
+    ms = _interleaved({"native": native_step, "loop": lambda: compiled(p, x), "recompute": without_residuals},
+                      repeats=5)
     desc = f"LSTMCell in Recurrent, fwd+bwd, I={I} H={H} B={B} T={T}"
     return [row("cells", desc, "nn.LSTM (native kernel)", ms["native"], ms["native"]),
             row("cells", desc, "Recurrent(cell) fn.jit (fnnet._loop)", ms["loop"], ms["native"],
-                compile_s=round(ct, 1))]
+                compile_s=round(ct, 1)),
+            row("cells", desc, "Recurrent(cell) fn.jit, recomputing backward", ms["recompute"], ms["native"])]
 
 
 def _one_step_peak(kind: str, impl: str, T: int, threads: int, queue) -> None:

@@ -7,6 +7,8 @@ rematerialization (``fn.checkpoint``) against storing activations.
   the first call (dynamo reset and inductor's caches off before each, so each compile is
   cold), ``ms`` the median step after warm-up, the two timed in turns. Goals (issue 15): compile time at 48 blocks
   <= 1.5x that at 4; step time <= 1.1x the unrolled Sequential's.
+  Training rows also time ``fn.Stacked(block, N, remat=True)``: the compiled loop recomputing
+  each chunk's forward in its backward instead of keeping each layer's residuals.
 - ``stack_train_16_wide``: the same with D=256, H=1024, batch 128.
 - ``remat_N``: bytes kept for the backward of one eager training step of N blocks (plain
   autograd): each storage counted once through ``saved_tensors_hooks`` on the CPU, peak
@@ -46,6 +48,8 @@ def _case(n: int, train: bool, repeats: int, d: int = D, h: int = H, b: int = B,
     params = stacked.init(random.key(0))
     x, target = torch.randn(b, d), torch.randn(b, d)
     impls = {"Sequential": (seq, stacked.unstack(params)), "Stacked": (stacked, params)}
+    if train:  # the recompute path (each chunk's forward recomputed in the backward) beside the residual one
+        impls["Stacked(remat=True)"] = (fn.Stacked(_block(d, h), n, remat=True), params)
     out = {}
     for name, (model, p) in impls.items():
         if train:

@@ -59,11 +59,13 @@ does: compiled inference traces the step once. A compiled training step (``fn.ji
 mode on, at most one level of ``fn.grad``, no ``vmap``) runs each layer and direction as
 ``fnnet._loop``'s loop instead: two opaque ops, the step compiled by inductor in chunks of
 ``fnnet._loop.DEFAULT_CHUNK`` steps (the cell's params its constants, the state its carry,
-``x`` and the lengths' mask its inputs), the backward by each chunk's compiled VJP recomputed
-from the state kept at the chunk's start; the outer graph and the compile time do not grow
-with T. Under compiled inference torch's scan op refuses a step that iterates over a params
-tensor (``a, b, c = params["w"]``: "Encountered aliasing during higher order op tracing",
-torch 2.13); ``params["w"].unbind(0)`` or indexing traces. The built-in cells run here step
+``x`` and the lengths' mask its inputs): the forward keeps each step's residuals (what the
+step's backward reads, ``[T, ...]``; the weights are not copied per step) and the backward runs
+the step's backward graph on them in compiled chunks, without recomputing the forward; the
+outer graph and the compile time do not grow with T. Under compiled inference torch's scan
+op refuses a step that iterates over a params tensor (``a, b, c = params["w"]``:
+"Encountered aliasing during higher order op tracing", torch 2.13); ``params["w"].unbind(0)``
+or indexing traces. The built-in cells run here step
 by step too; ``cells.RNN``, ``LSTM`` and ``GRU`` stay their fast path (the input projection
 hoisted out of the loop, a hand-written VJP behind an opaque op, oneDNN's LSTM) with the same
 numbers.

@@ -12,24 +12,43 @@ arguments are flat lists of tensors: ``consts`` are read by every step (a cell's
 Why: under ``fn.jit`` with gradients ``fnnet.scan`` unrolls (torch's scan op is not trusted
 with gradients, see ``fnnet.scan``), so the compiled step and its compile time would grow with
 ``T``. Here the loop is one autograd.Function over two custom ops the outer compile does not
-trace into (the pattern of ``cells.fused``), so the outer graph holds two nodes whatever ``T``:
+trace into (the pattern of ``cells.fused``), so the outer graph holds two nodes whatever ``T``.
 
-* ``fnnet::loop`` runs the steps in chunks of ``k``: each chunk is one inductor-compiled
-  function of ``k`` unrolled steps (inductor fuses inside a chunk), and keeps the carry at
-  each chunk boundary (``[ceil(T/k), ...]``) and the ``ys``;
-* ``fnnet::loop_backward`` walks the chunks in reverse: each chunk's VJP (the chunk's forward
-  recomputed from its boundary carry, then its backward: rematerialization, the activations of
-  one chunk at a time) is one compiled function that returns the gradients of the carry, of
-  the consts (summed over chunks) and of the chunk's ``xs``. Only the inputs whose gradient
-  autograd asks for are differentiated.
+**Residuals** (the default; what JAX's scan and aot_autograd do): one step's joint
+forward+backward graph (``torch.func.vjp`` of ``body``, traced by ``make_fx``) is split by
+torch's min-cut partitioner into ``fw_step(consts, carry, x_t) -> (carry, y_t, *saved)`` and
+``bw_step(*saved, *d_out) -> grads``:
+
+* ``fnnet::loop`` runs the steps in chunks of ``k``, each chunk one inductor-compiled function
+  of ``k`` copies of ``fw_step`` (inductor fuses inside a chunk), and returns the ``ys`` and
+  the residuals: each saved value that varies per step stacked ``[T, ...]``, a value computed
+  from the consts alone once. A saved value that is a const or a step's ``x_t`` (or a view of
+  one: a transposed weight) is not stored: the backward op is given the consts and ``xs`` and
+  replays the view;
+* ``fnnet::loop_backward`` walks the chunks in reverse, each chunk one compiled function of
+  ``k`` copies of ``bw_step`` in reverse on the chunk's residuals (the step's forward does not
+  run again): the carry's gradient carried down, the consts' summed, the ``xs``' written per
+  step.
+
+What is differentiated is fixed in the forward (the residuals depend on it): the floating
+inputs that require grad when dynamo traces the call (``mask``), and every floating carry leaf
+(its gradient flows to the steps below); autograd may ask for fewer.
+
+**Recompute** (``remat=True``, i.e. ``Stacked(..., remat=True)``; one step's shapes symbolic,
+a batch size after a recompile, where the residuals' shapes would be too; a step that does not
+partition, with one warning): ``fnnet::loop`` keeps only the carry at each chunk boundary
+(``[ceil(T/k), ...]``), and ``fnnet::loop_backward`` runs each chunk's VJP (the chunk's forward
+recomputed from its boundary carry, then its backward: the activations of one chunk at a time)
+as one compiled function.
 
 The chunk bodies are traced with ``make_fx`` (fake tensors: a body that reads a tensor's
 value, ``if x.sum() > 0``, cannot be traced, rather than being frozen to one value) and
 compiled with inductor directly: no dynamo, so no guards per call and no per-code-object
 recompile limit shared by every model. A compiled body is cached per (handle, role, chunk
-length, inputs' shapes/strides/dtypes/device, gradient mask), at most :data:`CACHE_SIZE`
-per handle (least recently used dropped). A body that does not trace or compile runs
-uncompiled instead (the same numbers), with one warning naming the error.
+length, inputs' shapes/strides/dtypes/device, gradient mask or partition), at most
+:data:`CACHE_SIZE` per handle (least recently used dropped), as are the partitions (per one
+step's input metadata and mask). A body that does not trace or compile runs uncompiled instead
+(the same numbers), with one warning naming the error.
 
 Inputs are made contiguous and 16-byte aligned before a compiled call (a chunk's slice of
 ``xs`` may start anywhere; inductor assumes what its example inputs showed and a compiled
@@ -56,10 +75,18 @@ __all__ = ["loop", "applies", "register_kind", "flat", "nest", "DEFAULT_CHUNK"]
 
 DEFAULT_CHUNK = 8  # steps per compiled chunk: fewer compiled calls vs a bigger body (benchmarks/stack.py)
 CACHE_SIZE = 16  # compiled bodies kept per handle
+RESIDUALS = True  # False: every loop takes the recompute path (read while dynamo traces; a switch to compare)
 
 
 def _inductor(gm: torch.fx.GraphModule, args: list) -> Callable:
-    return torch._inductor.compile(gm, args)
+    """Inductor with its C++ wrapper (the chunk's kernel calls without a Python line each: a chunk
+    of small steps spends much of its time in the Python wrapper otherwise); the Python wrapper
+    where that fails."""
+    try:
+        with torch._inductor.config.patch(cpp_wrapper=True):
+            return torch._inductor.compile(gm, args)
+    except Exception:
+        return torch._inductor.compile(gm, args)
 
 
 COMPILER: Callable = _inductor  # (traced chunk graph, example inputs) -> callable; tests swap in the graph itself
@@ -86,6 +113,7 @@ class _Loop:
         self.n_c, self.n_h, self.n_x = counts
         self.ys_grad = ys_grad
         self.compiled: collections.OrderedDict = collections.OrderedDict()
+        self.plans: collections.OrderedDict = collections.OrderedDict()  # (step metas, mask) -> _Plan | None
         self.warned = False
 
     def chunks(self, length: int) -> list:
@@ -124,17 +152,35 @@ def applies(x: Any) -> bool:
 
 
 def loop(kind: str, owner: Any, spec: tuple, consts: list, carry: list, xs: list, *, ys_grad: tuple,
-         reverse: bool = False, chunk: int | None = None) -> tuple[list, list]:
+         reverse: bool = False, chunk: int | None = None, remat: bool = False) -> tuple[list, list]:
     """``(final carry, ys)`` of the loop (see the module docstring); ``ys_grad[i]``: whether
-    ``ys[i]`` carries a gradient (a BatchNorm's new running statistics do not). Call it while
-    dynamo traces with grad mode on; the carry and ``xs`` are lists of tensors, ``xs`` non-empty."""
+    ``ys[i]`` carries a gradient (a BatchNorm's new running statistics do not); ``remat``: keep
+    only the chunk-boundary carries and recompute each chunk in the backward (no residuals).
+    Call it while dynamo traces with grad mode on; the carry and ``xs`` are lists of tensors,
+    ``xs`` non-empty."""
     k = chunk or DEFAULT_CHUNK  # the length is read when the op runs (it may be symbolic here)
     counts = (len(consts), len(carry), len(xs))
     handle = _handle(kind, owner, spec, k, reverse, counts, tuple(ys_grad))
     args = fresh_views(*consts, *carry, *xs, contiguous=True)
-    out = _LoopFn.apply(handle, len(consts), len(carry), tuple(ys_grad), *args)
+    # the residual path differentiates the floating inputs that require grad (read here, while
+    # dynamo traces); it needs one step's shapes to be static (a symbolic batch size after a
+    # recompile: the recompute path). mask 0: the recompute path.
+    mask = sum(1 << i for i, a in enumerate(args) if a.requires_grad and a.is_floating_point())
+    step_dims = [d for a in args[:len(consts) + len(carry)] for d in a.shape]
+    step_dims += [d for a in args[len(consts) + len(carry):] for d in a.shape[1:]]
+    if remat or not RESIDUALS or not all(_static(d) for d in step_dims):
+        mask = 0
+    out = _LoopFn.apply(handle, len(consts), len(carry), tuple(ys_grad), mask, *args)
     n_h = len(carry)
     return list(out[:n_h]), list(out[n_h:n_h + len(ys_grad)])
+
+
+def _static(d: Any) -> bool:
+    """Whether a size read while dynamo traces is a plain int: dynamo answers ``isinstance(d, int)``
+    and ``type(d)`` as if a symbolic size were one, but traces ``statically_known_true`` on the
+    symbol, and a size's symbol has no upper bound."""
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+    return statically_known_true(d < 2**62)
 
 
 def flat(tree: dict, prefix: tuple = ()) -> list:
@@ -209,6 +255,13 @@ def _chunk_vjp(lp: _Loop, kc: int, mask: tuple) -> Callable:
     return g
 
 
+def _warn(lp: _Loop, what: str, e: Exception) -> None:
+    if not lp.warned:
+        lp.warned = True
+        warnings.warn(f"fnnet: the compiled training loop ({lp.name}) could not {what} "
+                      f"({type(e).__name__}: {str(e)[:300]})", stacklevel=3)
+
+
 def _compiled(lp: _Loop, key: tuple, fn: Callable, args: list) -> Callable:
     """``fn`` traced by ``make_fx`` on fake tensors and compiled by inductor, cached under ``key``
     (the role and the inputs' metadata); uncompiled (one warning) if that fails."""
@@ -219,11 +272,7 @@ def _compiled(lp: _Loop, key: tuple, fn: Callable, args: list) -> Callable:
     except _CarryError:
         raise
     except Exception as e:  # any failure to trace or compile: the same function, eagerly
-        if not lp.warned:
-            lp.warned = True
-            warnings.warn(f"fnnet: the compiled training loop ({lp.name}) could not compile its step "
-                          f"({type(e).__name__}: {str(e)[:300]}); it runs uncompiled (the same numbers, slower)",
-                          stacklevel=2)
+        _warn(lp, "compile its step; it runs uncompiled (the same numbers, slower)", e)
         compiled = fn
     lp.compiled[key] = compiled
     if len(lp.compiled) > CACHE_SIZE:
@@ -231,16 +280,222 @@ def _compiled(lp: _Loop, key: tuple, fn: Callable, args: list) -> Callable:
     return compiled
 
 
-def _call(lp: _Loop, role: tuple, args: list) -> tuple:
-    """The compiled chunk ``role`` (``("fwd", k)`` or ``("vjp", k, mask)``) on ``args``."""
+def _call(lp: _Loop, role: tuple, args: list, make: Callable) -> tuple:
+    """The compiled chunk ``role`` (``("fwd", k)``, ``("vjp", k, mask)``, ``("rfwd", k, plan)``,
+    ``("rbwd", k, plan)``) on ``args``; ``make()`` builds its function on a miss."""
     args = [_aligned(a) for a in args]
     key = (role, _meta(args), COMPILER)
     fn = lp.compiled.get(key)
     if fn is None:
-        fn = _compiled(lp, key, _chunk_forward(lp, role[1]) if role[0] == "fwd" else _chunk_vjp(lp, *role[1:]), args)
+        fn = _compiled(lp, key, make(), args)
     else:
         lp.compiled.move_to_end(key)
     return tuple(fn(*args))
+
+
+# -- the residual path: one step's joint graph, partitioned ---------------------------------------
+class _Plan:
+    """One step's forward and backward graphs (``fw(*primals) -> (*outs, *saved)``,
+    ``bw(*saved, *tangents) -> grads``), the primals ``(*consts, *carry, *x_t)``; what each saved
+    value is, ``(kind, i, views)``: ``("const", i)`` (a const: the backward op is given the
+    consts) or ``("x", i)`` (the step's slice of ``xs[i]``), through the view ops ``views``
+    replayed; ``("step", i)`` (stored per step, ``[T, ...]``) or ``("once", i)`` (read only the
+    consts: the same every step, stored once), ``views`` ``("bool",)`` for a bool stored as int8."""
+
+    def __init__(self, fw, bw, n_out, saved, step, once, wrt, n_tan):
+        self.fw, self.bw, self.n_out, self.saved = fw, bw, n_out, saved
+        self.step, self.once = step, once  # [(shape, stored dtype)] of one step's residuals
+        self.wrt, self.n_tan = wrt, n_tan
+
+
+def _wrt(lp: _Loop, mask: int, carry_float: list) -> tuple:
+    """The primals differentiated: the consts and xs in ``mask`` and every floating carry leaf
+    (its gradient flows to the steps below)."""
+    n_c, n_h = lp.n_c, lp.n_h
+    return tuple(i for i in range(n_c + n_h + lp.n_x)
+                 if (carry_float[i - n_c] if n_c <= i < n_c + n_h else mask >> i & 1))
+
+
+def _joint(lp: _Loop, wrt: tuple, diff: tuple) -> Callable:
+    """``joint(primals, tangents) -> (outs, grads)``: one step and its VJP w.r.t. ``wrt``, the
+    outputs ``diff`` (indices into ``(*carry, *ys)``) differentiated."""
+    n_c, n_h = lp.n_c, lp.n_h
+
+    def joint(primals, tangents):
+        def f(*w):
+            full = list(primals)
+            for i, v in zip(wrt, w):
+                full[i] = v
+            new, y = lp.body(full[:n_c], full[n_c:n_c + n_h], full[n_c + n_h:])
+            _check_carry(lp, full[n_c:n_c + n_h], new)
+            outs = (*new, *y)
+            return tuple(outs[i] for i in diff), outs
+        _, vjp, outs = torch.func.vjp(f, *(primals[i] for i in wrt), has_aux=True)
+        return list(outs), list(vjp(tuple(tangents)))
+    return joint
+
+
+def _plan(lp: _Loop, metas: tuple, mask: int) -> _Plan | None:
+    """The partitioned step for one step's input metadata ``metas`` (``(shape, dtype, device)``
+    of ``(*consts, *carry, *x_t)``), cached; ``None`` (one warning) where tracing or partitioning
+    fails: the loop then keeps the recompute path (the same numbers)."""
+    key = (metas, mask)
+    if key in lp.plans:
+        lp.plans.move_to_end(key)
+        return lp.plans[key]
+    try:
+        # its own fake mode, outside any trace (the fake implementation runs under dynamo's)
+        with eager_island(grad=True), torch._guards.tracing(None):
+            plan = _partition(lp, metas, mask)
+    except _CarryError:
+        raise
+    except Exception as e:
+        _warn(lp, "partition its step into forward and backward; it recomputes each chunk in the "
+                  "backward instead (the same numbers, slower)", e)
+        plan = None
+    lp.plans[key] = plan
+    if len(lp.plans) > CACHE_SIZE:
+        lp.plans.popitem(last=False)
+    return plan
+
+
+def _partition(lp: _Loop, metas: tuple, mask: int) -> _Plan:
+    from torch._functorch.partitioners import min_cut_rematerialization_partition
+    from torch.fx.experimental.proxy_tensor import make_fx
+    n_c, n_h = lp.n_c, lp.n_h
+    primals = [torch.zeros(shape, dtype=dtype, device=device) for shape, dtype, device in metas]
+    with torch.no_grad():
+        new, y = lp.body(primals[:n_c], primals[n_c:n_c + n_h], primals[n_c + n_h:])
+    outs = [*new, *y]
+    diff = tuple(i for i, o in enumerate(outs) if o.is_floating_point() and (i < n_h or lp.ys_grad[i - n_h]))
+    wrt = _wrt(lp, mask, [h.is_floating_point() for h in primals[n_c:n_c + n_h]])
+    tangents = [torch.zeros_like(outs[i]) for i in diff]
+    gm = make_fx(_joint(lp, wrt, diff), tracing_mode="fake")(primals, tangents)
+    fw, bw = min_cut_rematerialization_partition(gm, [*primals, *tangents], num_fwd_outputs=len(outs))
+    fw_out = next(n for n in fw.graph.nodes if n.op == "output").args[0]
+    saved_nodes = list(fw_out[len(outs):])
+    bw_in = [n for n in bw.graph.nodes if n.op == "placeholder"]
+    n_tan = sum(n.name.startswith("tangents") for n in bw_in)
+    if (n_tan != len(diff) or [n.name for n in bw_in[:len(saved_nodes)]] != [n.name for n in saved_nodes]
+            or not all(isinstance(n.meta.get("val"), torch.Tensor) for n in saved_nodes)
+            or any(v is None for v in next(n for n in bw.graph.nodes if n.op == "output").args[0])):
+        raise RuntimeError("unexpected partition: saved values and backward inputs do not match")
+    n_in = len(primals)
+    primal_of = {n: i for i, n in enumerate(n for n in fw.graph.nodes if n.op == "placeholder")}
+    # the fw nodes that read a step's carry or x_t (or draw random numbers): their values vary per step
+    varying = set()
+    for n in fw.graph.nodes:
+        if n.op == "placeholder":
+            if primal_of[n] >= n_c:
+                varying.add(n)
+        elif n.op == "call_function" and (
+                any(a in varying for a in n.all_input_nodes)
+                or torch.Tag.nondeterministic_seeded in getattr(n.target, "tags", ())):
+            varying.add(n)
+    saved, step, once = [], [], []
+    for n in saved_nodes:
+        v = n.meta["val"]
+        base, views = _view_chain(n)
+        if base in primal_of and primal_of[base] < n_c:
+            saved.append(("const", primal_of[base], views))
+        elif base in primal_of and primal_of[base] >= n_c + n_h:
+            saved.append(("x", primal_of[base] - n_c - n_h, views))
+        elif n in varying:
+            saved.append(("step", len(step), ("bool",) if v.dtype == torch.bool else ()))
+            step.append((tuple(v.shape), _STORED.get(v.dtype, v.dtype)))
+        else:
+            saved.append(("once", len(once), ("bool",) if v.dtype == torch.bool else ()))
+            once.append((tuple(v.shape), _STORED.get(v.dtype, v.dtype)))
+    assert n_in == len(primal_of)
+    return _Plan(fw, bw, len(outs), saved, step, once, wrt, n_tan)
+
+
+# a bool residual is stored as int8: inductor's CPU kernels write a bool output several times
+# slower than the int8 of a select (torch 2.13), and a training step writes one per ReLU
+_STORED = {torch.bool: torch.int8}
+
+
+def _store(v: torch.Tensor) -> torch.Tensor:
+    return torch.where(v, 1, 0).to(torch.int8) if v.dtype == torch.bool else v
+
+
+def _load(v: torch.Tensor, views: tuple) -> torch.Tensor:
+    """A stored residual as the backward reads it (``views``: ``("bool",)`` for a stored bool)."""
+    return v != 0 if views == ("bool",) else v
+
+
+def _view_chain(n: torch.fx.Node) -> tuple:
+    """``(base, views)``: ``n`` is ``base`` through the view ops ``views`` (``[(op, args, kwargs)]``,
+    the first argument the previous value), replayed in the backward rather than stored."""
+    views = []
+    while (n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload) and n.target.is_view
+           and n.args and isinstance(n.args[0], torch.fx.Node) and n.all_input_nodes == [n.args[0]]):
+        views.append((n.target, tuple(n.args[1:]), dict(n.kwargs)))
+        n = n.args[0]
+    return n, tuple(reversed(views))
+
+
+def _replay(v: torch.Tensor, views: tuple) -> torch.Tensor:
+    for op, args, kwargs in views:
+        v = op(v, *args, **kwargs)
+    return v
+
+
+def _step_metas(consts: list, carry: list, xs: list) -> tuple:
+    return tuple((tuple(t.shape), t.dtype, t.device) for t in (*consts, *carry)) + tuple(
+        (tuple(x.shape[1:]), x.dtype, x.device) for x in xs)
+
+
+def _residual_forward(lp: _Loop, plan: _Plan, kc: int) -> Callable:
+    """``f(*consts, *carry, *xs_chunk) -> (*carry, *ys_chunk, *step residuals [kc, ...], *once)``:
+    ``kc`` steps of the forward graph unrolled."""
+    n_c, n_h, reverse = lp.n_c, lp.n_h, lp.reverse
+    kinds = [kind for kind, _, _ in plan.saved]
+
+    def f(*args):
+        consts, carry, xs = list(args[:n_c]), list(args[n_c:n_c + n_h]), args[n_c + n_h:]
+        ys_steps, res_steps, once = [None] * kc, [None] * kc, None
+        for j in (range(kc - 1, -1, -1) if reverse else range(kc)):
+            out = plan.fw(*consts, *carry, *(x[j] for x in xs))
+            carry, ys_steps[j] = list(out[:n_h]), out[n_h:plan.n_out]
+            saved = out[plan.n_out:]
+            res_steps[j] = [_store(v) for v, kind in zip(saved, kinds) if kind == "step"]
+            if once is None:
+                once = [_store(v) for v, kind in zip(saved, kinds) if kind == "once"]
+        ys = [torch.stack([s[i] for s in ys_steps]) for i in range(len(ys_steps[0]))]
+        res = [torch.stack([s[i] for s in res_steps]) for i in range(len(plan.step))]
+        return (*carry, *ys, *res, *once)
+    return f
+
+
+def _residual_backward(lp: _Loop, plan: _Plan, kc: int) -> Callable:
+    """``g(*consts, *once, *step residuals [kc, ...], *xs_chunk, *d_carry, *d_ys_chunk) ->
+    (*d_consts summed over the chunk, *d_carry, *d_xs_chunk)``: ``kc`` steps of the backward
+    graph in reverse; ``d_carry`` of the floating carry leaves, the grads of ``plan.wrt``."""
+    n_c, n_h, reverse = lp.n_c, lp.n_h, lp.reverse
+    n_once, n_step, n_x = len(plan.once), len(plan.step), lp.n_x
+    w_c = sum(i < n_c for i in plan.wrt)
+    w_h = sum(n_c <= i < n_c + n_h for i in plan.wrt)
+
+    def g(*args):
+        a = iter(args)
+        consts = [next(a) for _ in range(n_c)]
+        once = [next(a) for _ in range(n_once)]
+        res = [next(a) for _ in range(n_step)]
+        xs = [next(a) for _ in range(n_x)]
+        d_h = [next(a) for _ in range(w_h)]
+        d_ys = list(a)
+        d_c, d_x = [None] * w_c, [[None] * kc for _ in range(len(plan.wrt) - w_c - w_h)]
+        for j in (range(kc) if reverse else range(kc - 1, -1, -1)):
+            saved = [_replay(consts[i], views) if kind == "const" else _replay(xs[i][j], views) if kind == "x"
+                     else _load(res[i][j] if kind == "step" else once[i], views) for kind, i, views in plan.saved]
+            grads = list(plan.bw(*saved, *d_h, *(d[j] for d in d_ys)))
+            d_c = [v if acc is None else acc + v for acc, v in zip(d_c, grads[:w_c])]
+            d_h = grads[w_c:w_c + w_h]
+            for steps, v in zip(d_x, grads[w_c + w_h:]):
+                steps[j] = v
+        return (*d_c, *d_h, *(torch.stack(s) for s in d_x))
+    return g
 
 
 class _CarryError(ValueError):
@@ -261,24 +516,37 @@ def _unalias(outs: list, inputs: list) -> list:
     return [o.clone() if o.numel() and o.untyped_storage().data_ptr() in ptrs else o for o in outs]
 
 
-def _forward_impl(handle: int, consts: list, carry: list, xs: list) -> list:
+def _forward_impl(handle: int, mask: int, consts: list, carry: list, xs: list) -> list:
+    """``[*final carry, *ys, *saved]``: ``saved`` the residuals (``[T, ...]`` per step, then the
+    ones stored once) where ``mask`` asks for them and the step partitions, else the carry at
+    each chunk boundary (``[n_chunks, ...]``)."""
     lp = _REGISTRY[handle]
+    plan = _plan(lp, _step_metas(consts, carry, xs), mask) if mask else None
     length = xs[0].shape[0]
     chunks = lp.chunks(length)
-    bounds = [h.new_empty((len(chunks), *h.shape)) for h in carry]
-    ys = None
+    bounds = [] if plan else [h.new_empty((len(chunks), *h.shape)) for h in carry]
+    ys = res = once = None
     h = list(carry)
     for c, (lo, hi) in enumerate(chunks):
-        for b, v in zip(bounds, h):
-            b[c].copy_(v)
         kc = hi - lo
-        out = _call(lp, ("fwd", kc), [*consts, *h, *(x[lo:hi] for x in xs)])
-        h, y = list(out[:lp.n_h]), out[lp.n_h:]
+        args = [*consts, *h, *(x[lo:hi] for x in xs)]
+        if plan:
+            out = _call(lp, ("rfwd", kc, plan), args, lambda kc=kc: _residual_forward(lp, plan, kc))
+        else:
+            for b, v in zip(bounds, h):
+                b[c].copy_(v)
+            out = _call(lp, ("fwd", kc), args, lambda kc=kc: _chunk_forward(lp, kc))
+        h, out = list(out[:lp.n_h]), out[lp.n_h:]
         if ys is None:
-            ys = [v.new_empty((length, *v.shape[1:])) for v in y]
-        for buf, v in zip(ys, y):
+            n_y = len(out) - (len(plan.step) + len(plan.once) if plan else 0)
+            ys = [v.new_empty((length, *v.shape[1:])) for v in out[:n_y]]
+            if plan:
+                res = [v.new_empty((length, *v.shape[1:])) for v in out[n_y:n_y + len(plan.step)]]
+                once = [v.clone() for v in out[n_y + len(plan.step):]]
+        for buf, v in zip(ys + (res or []), out):
             buf[lo:hi].copy_(v)
-    return [*_unalias(h, [*consts, *carry, *xs]), *ys, *bounds]
+    saved = [*res, *once] if plan else bounds
+    return [*_unalias(h, [*consts, *carry, *xs]), *ys, *saved]
 
 
 def _ys_meta(lp: _Loop, consts: list, carry: list, xs: list) -> list:
@@ -288,31 +556,47 @@ def _ys_meta(lp: _Loop, consts: list, carry: list, xs: list) -> list:
     return list(y)
 
 
-def _backward_impl(handle: int, mask: int, consts: list, xs: list, bounds: list, d_carry: list,
-                   d_ys: list) -> list:
-    """The chunks in reverse: each chunk's VJP from its boundary carry, the carry's gradient carried
-    down (always, for the chunks below), the consts' summed, the xs' written at the chunk's steps."""
+def _backward_impl(handle: int, mask: int, fmask: int, consts: list, carry: list, xs: list, saved: list,
+                   d_carry: list, d_ys: list) -> list:
+    """The chunks in reverse, the carry's gradient carried down (always, for the chunks below),
+    the consts' summed, the xs' written at the chunk's steps: each chunk's backward graph on its
+    residuals, or (no residuals) each chunk's VJP from its boundary carry, recomputing it."""
     lp = _REGISTRY[handle]
     bits = _bits(lp, mask)
     n_c, n_h = lp.n_c, lp.n_h
-    # the chunk VJP: w.r.t. the consts and xs asked for and every floating carry leaf
-    vbits = (*bits[:n_c], *(b.is_floating_point() for b in bounds), *bits[n_c + n_h:])
-    d_consts = [torch.zeros_like(v) for v, b in zip(consts, bits[:n_c]) if b]
-    d_xs = [(j, torch.zeros_like(x)) for j, (x, b) in enumerate(zip(xs, bits[n_c + n_h:])) if b]
+    plan = _plan(lp, _step_metas(consts, carry, xs), fmask) if fmask else None
+    floating = [h.is_floating_point() for h in carry]
+    if plan:  # the residual path differentiates plan.wrt (what required grad in the forward)
+        vbits = tuple(i in plan.wrt for i in range(len(bits)))
+        if any(b and not v for b, v in zip(bits, vbits)):
+            raise RuntimeError(f"fnnet: the compiled training loop ({lp.name}) was asked for a gradient its "
+                               f"forward did not keep residuals for")
+        res, once = saved[:len(plan.step)], saved[len(plan.step):]
+    else:  # the chunk VJP: w.r.t. the consts and xs asked for and every floating carry leaf
+        vbits = (*bits[:n_c], *floating, *bits[n_c + n_h:])
+    d_consts = [torch.zeros_like(v) if b else None for v, b in zip(consts, vbits[:n_c])]
+    d_xs = [torch.empty_like(x) if b else None for x, b in zip(xs, vbits[n_c + n_h:])]  # every step written
     g = list(d_carry)
     chunks = lp.chunks(xs[0].shape[0])
     for c in range(len(chunks) - 1, -1, -1):
         lo, hi = chunks[c]
         kc = hi - lo
-        args = [*consts, *(b[c] for b in bounds), *(x[lo:hi] for x in xs), *g, *(d[lo:hi] for d in d_ys)]
-        out = iter(_call(lp, ("vjp", kc, vbits), args))
+        if plan:
+            args = [*consts, *once, *(r[lo:hi] for r in res), *(x[lo:hi] for x in xs),
+                    *(v for v, f in zip(g, floating) if f), *(d[lo:hi] for d in d_ys)]
+            out = iter(_call(lp, ("rbwd", kc, plan), args, lambda kc=kc: _residual_backward(lp, plan, kc)))
+        else:
+            args = [*consts, *(b[c] for b in saved), *(x[lo:hi] for x in xs), *g, *(d[lo:hi] for d in d_ys)]
+            out = iter(_call(lp, ("vjp", kc, vbits), args, lambda kc=kc: _chunk_vjp(lp, kc, vbits)))
         for buf in d_consts:
-            buf.add_(next(out))
-        g = [next(out) if b else v for v, b in zip(g, vbits[n_c:n_c + n_h])]
-        for _, buf in d_xs:
-            buf[lo:hi].copy_(next(out))
-    d_h = [v for v, b in zip(g, bits[n_c:n_c + n_h]) if b]
-    return _unalias([*d_consts, *d_h, *(buf for _, buf in d_xs)], [*consts, *xs, *bounds, *d_carry, *d_ys])
+            if buf is not None:
+                buf.add_(next(out))
+        g = [next(out) if f else v for v, f in zip(g, floating)]
+        for buf in d_xs:
+            if buf is not None:
+                buf[lo:hi].copy_(next(out))
+    picked = [*d_consts, *g, *d_xs]
+    return _unalias([v for v, b in zip(picked, bits) if b], [*consts, *carry, *xs, *saved, *d_carry, *d_ys])
 
 
 def _bits(lp: _Loop, mask: int) -> tuple:
@@ -320,35 +604,45 @@ def _bits(lp: _Loop, mask: int) -> tuple:
 
 
 @torch.library.custom_op("fnnet::loop", mutates_args=())
-def _forward_op(handle: int, consts: list[torch.Tensor], carry: list[torch.Tensor],
+def _forward_op(handle: int, mask: int, consts: list[torch.Tensor], carry: list[torch.Tensor],
                 xs: list[torch.Tensor]) -> list[torch.Tensor]:
     with eager_island(grad=False):
-        return _forward_impl(handle, consts, carry, xs)
+        return _forward_impl(handle, mask, consts, carry, xs)
 
 
 @_forward_op.register_fake
-def _(handle, consts, carry, xs):
+def _(handle, mask, consts, carry, xs):
     lp = _REGISTRY[handle]
     length = xs[0].shape[0]
-    n_chunks = (length + lp.chunk - 1) // lp.chunk
-    return [*(h.new_empty(h.shape) for h in carry),
-            *(y.new_empty((length, *y.shape)) for y in _ys_meta(lp, consts, carry, xs)),
-            *(h.new_empty((n_chunks, *h.shape)) for h in carry)]
+    ys = [y.new_empty((length, *y.shape)) for y in _ys_meta(lp, consts, carry, xs)]
+    metas = _step_metas(consts, carry, xs)
+    if mask and not all(isinstance(d, int) for shape, _, _ in metas for d in shape):
+        raise RuntimeError(f"fnnet: the compiled training loop ({lp.name}) was given symbolic step shapes "
+                           f"for its residuals ({[m[0] for m in metas]})")
+    plan = _plan(lp, metas, mask) if mask else None
+    if plan:
+        like = xs[0]
+        saved = [*(like.new_empty((length, *shape), dtype=dtype) for shape, dtype in plan.step),
+                 *(like.new_empty(shape, dtype=dtype) for shape, dtype in plan.once)]
+    else:
+        n_chunks = (length + lp.chunk - 1) // lp.chunk
+        saved = [h.new_empty((n_chunks, *h.shape)) for h in carry]
+    return [*(h.new_empty(h.shape) for h in carry), *ys, *saved]
 
 
 @torch.library.custom_op("fnnet::loop_backward", mutates_args=())
-def _backward_op(handle: int, mask: int, consts: list[torch.Tensor], xs: list[torch.Tensor],
-                 bounds: list[torch.Tensor], d_carry: list[torch.Tensor],
+def _backward_op(handle: int, mask: int, fmask: int, consts: list[torch.Tensor], carry: list[torch.Tensor],
+                 xs: list[torch.Tensor], saved: list[torch.Tensor], d_carry: list[torch.Tensor],
                  d_ys: list[torch.Tensor]) -> list[torch.Tensor]:
     with eager_island(grad=False):
-        return _backward_impl(handle, mask, consts, xs, bounds, d_carry, d_ys)
+        return _backward_impl(handle, mask, fmask, consts, carry, xs, saved, d_carry, d_ys)
 
 
 @_backward_op.register_fake
-def _(handle, mask, consts, xs, bounds, d_carry, d_ys):
+def _(handle, mask, fmask, consts, carry, xs, saved, d_carry, d_ys):
     lp = _REGISTRY[handle]
     bits = _bits(lp, mask)
-    like = [*consts, *d_carry, *xs]
+    like = [*consts, *carry, *xs]
     return [v.new_empty(v.shape) for v, b in zip(like, bits) if b]
 
 
@@ -366,15 +660,17 @@ class _LoopFn(torch.autograd.Function):
     not seen there): the counts come as arguments."""
 
     @staticmethod
-    def forward(handle, n_c, n_h, ys_grad, *args):
-        return tuple(_forward_op(handle, list(args[:n_c]), list(args[n_c:n_c + n_h]), list(args[n_c + n_h:])))
+    def forward(handle, n_c, n_h, ys_grad, mask, *args):
+        return tuple(_forward_op(handle, mask, list(args[:n_c]), list(args[n_c:n_c + n_h]),
+                                 list(args[n_c + n_h:])))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        handle, n_c, n_h, ys_grad, *args = inputs
+        handle, n_c, n_h, ys_grad, mask, *args = inputs
         n_y = len(ys_grad)
-        ctx.handle, ctx.counts, ctx.ys_grad = handle, (n_c, n_h, len(args) - n_c - n_h), ys_grad
-        ctx.save_for_backward(*args[:n_c], *args[n_c + n_h:], *output[n_h + n_y:])
+        ctx.handle, ctx.counts, ctx.ys_grad, ctx.mask = handle, (n_c, n_h, len(args) - n_c - n_h), ys_grad, mask
+        ctx.n_saved = len(output) - n_h - n_y
+        ctx.save_for_backward(*args, *output[n_h + n_y:])
         no_grad = [o for o, g in zip(output[n_h:n_h + n_y], ys_grad) if not g or not o.is_floating_point()]
         ctx.mark_non_differentiable(*no_grad, *output[n_h + n_y:],
                                     *(o for o in output[:n_h] if not o.is_floating_point()))
@@ -384,15 +680,17 @@ class _LoopFn(torch.autograd.Function):
         (n_c, n_h, n_x), ys_grad = ctx.counts, ctx.ys_grad
         n_y = len(ys_grad)
         saved = ctx.saved_tensors
-        consts, xs, bounds = saved[:n_c], saved[n_c:n_c + n_x], saved[n_c + n_x:]
-        needs = ctx.needs_input_grad[4:]
+        consts, carry, xs = saved[:n_c], saved[n_c:n_c + n_h], saved[n_c + n_h:n_c + n_h + n_x]
+        residuals = saved[n_c + n_h + n_x:]
+        needs = ctx.needs_input_grad[5:]
         mask = sum(1 << i for i, b in enumerate(needs) if b)
         if not mask:
-            return (None,) * (4 + len(needs))
-        d_carry = [g if g is not None else torch.zeros_like(b[0]) for g, b in zip(grads[:n_h], bounds)]
+            return (None,) * (5 + len(needs))
+        d_carry = [g if g is not None else torch.zeros_like(h) for g, h in zip(grads[:n_h], carry)]
         d_ys = [g for g, want in zip(grads[n_h:n_h + n_y], ys_grad) if want]
         if any(g is None for g in d_ys):
             raise RuntimeError("fnnet: the compiled training loop got no gradient tensor for an output it "
                                "differentiates")
-        out = iter(_backward_op(ctx.handle, mask, list(consts), list(xs), list(bounds), d_carry, d_ys))
-        return (None, None, None, None, *(next(out) if b else None for b in needs))
+        out = iter(_backward_op(ctx.handle, mask, ctx.mask, list(consts), list(carry), list(xs), list(residuals),
+                                d_carry, d_ys))
+        return (None, None, None, None, None, *(next(out) if b else None for b in needs))

@@ -24,9 +24,13 @@ How it runs:
   graph, and its compile time, would grow with ``n``. Instead the stack is ``fnnet._loop``'s
   loop: two opaque custom ops (``fnnet::loop``, ``fnnet::loop_backward``) running the layers in
   chunks of ``k``, each chunk one inductor-compiled function of ``k`` unrolled layers (fused
-  inside the chunk); the forward keeps the activation at each chunk boundary, the backward
-  recomputes each chunk from it under the chunk's compiled VJP (rematerialization: one more
-  forward of the block, the activations of one chunk at a time). The outer graph holds two
+  inside the chunk). The layer's joint forward+backward graph is partitioned once: the forward
+  keeps each layer's residuals (what its backward reads, stacked ``[n, ...]``; its params are
+  not copied), the backward runs ``k`` layers' backward graphs per compiled chunk, without
+  recomputing the forward. With ``remat=True`` the forward keeps the activation at each chunk
+  boundary only and the backward recomputes each chunk from it under the chunk's compiled VJP
+  (rematerialization: one more forward of the block, the activations of one chunk at a
+  time; also the path when a recompile made the batch size symbolic). The outer graph holds two
   nodes whatever ``n``; two chunk bodies are compiled (three when ``k`` does not divide ``n``:
   the last, shorter chunk), the first time the step runs. ``unroll=k`` (an int) sets ``k``;
   ``unroll=False`` takes ``fnnet._loop.DEFAULT_CHUNK`` (8, or ``n`` if smaller). Under
@@ -38,7 +42,7 @@ compile time grows with ``n``).
 
 ``remat=True`` wraps each layer in :func:`fnnet.checkpoint` on the eager path: the backward
 recomputes a layer's activations from its input, so a deep stack keeps the layer inputs
-instead of every intermediate (the compiled training path always keeps chunk inputs only).
+instead of every intermediate (on the compiled training path: the chunk inputs, above).
 
 ``unstack`` / ``stack`` convert between the stacked tree and a Sequential's ``{"0": ..., "1":
 ...}`` tree (``as_sequential()`` is that Sequential): the weights of a ``torch.nn.Sequential`` of
@@ -185,8 +189,9 @@ def _check_carry(model: Stacked, x: Any, y: Any) -> None:
 #
 # With gradients, fnnet.scan unrolls under fn.jit (torch's scan op is not trusted with them), so
 # the compiled step would grow with n. Instead the stack is fnnet._loop's loop: two custom ops the
-# outer compile does not trace into, running compiled chunks of k layers (forward keeping the
-# activation at each chunk boundary; backward recomputing each chunk under its compiled VJP).
+# outer compile does not trace into, running compiled chunks of k layers (the forward keeping
+# each layer's residuals, the backward running the layer's backward graph on them; with
+# remat=True the forward keeps chunk-boundary activations and the backward recomputes).
 # The block's per-layer params, state and key are the loop's xs; the activation is its carry;
 # the new state of each layer its ys.
 
@@ -221,7 +226,7 @@ def _stacked_op(model: Stacked, train: bool, x: torch.Tensor, xs: dict) -> tuple
     chunk = None if isinstance(model.unroll, bool) else model.unroll
     state_paths = [p[1:] for p in paths if p[0] == "state"]
     (y,), new = _loop.loop("stacked", model, (train, paths), [], [x], leaves, ys_grad=(False,) * len(state_paths),
-                           chunk=chunk)
+                           chunk=chunk, remat=model.remat)
     return y, (_nest(state_paths, new) if model.stateful else None)
 
 

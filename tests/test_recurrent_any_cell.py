@@ -420,6 +420,81 @@ class _chunks:
         _loop.DEFAULT_CHUNK, _loop.COMPILER = self.saved
 
 
+def test_compiled_training_stores_per_step_activations_not_copies_of_the_weights(monkeypatch):
+    """fnnet::loop keeps what one step's backward reads, stacked [T, ...]; the weights it reads (a
+    transposed weight included) go to the backward op as they are, never stored per step:
+    doubling T grows the forward op's outputs by a few activations per step, far less than a
+    copy of the weights per step; and the backward op runs the step's backward graph on them."""
+    from fnnet import _loop
+    sizes, real = [], _loop._forward_impl
+
+    def recording(*args):
+        out = real(*args)
+        sizes.append(sum(o.numel() for o in out))
+        return out
+    monkeypatch.setattr(_loop, "_forward_impl", recording)
+    layer = cells.Recurrent(PeepholeLSTMCell(64, 4))
+    params = layer.init(random.key(0))
+    weights = sum(v.numel() for v in fn.tree.leaves(params))
+    before = set(_loop._REGISTRY)
+    with _chunks(4, traced=True):
+        for T in (8, 16):
+            fn.jit(fn.grad(lambda p, x: layer.apply(p, x)[0].sum()), backend="aot_eager")(params, torch.randn(T, 2, 64))
+    per_step = (sizes[1] - sizes[0]) / 8
+    assert 0 < per_step < weights / 8, (per_step, weights)
+    roles = {key[0][0] for h, lp in _loop._REGISTRY.items() if h not in before for key in lp.compiled}
+    assert roles == {"rfwd", "rbwd"}
+
+
+@dataclass(frozen=True)
+class SquashedWeightCell(fn.Module):
+    """h' = sin([x, h] @ (tanh(w) * exp(scale))): a value of the weights alone that the backward reads."""
+
+    input_size: int
+    hidden_size: int
+
+    def init(self, key):
+        k = random.split(key, 2)
+        return {"w": fn.init.uniform(k[0], (self.input_size + self.hidden_size, self.hidden_size), 1.0),
+                "scale": fn.init.uniform(k[1], (self.hidden_size,), 1.0)}
+
+    def initial_state(self, batch, device=None, dtype=None):
+        return torch.zeros(batch, self.hidden_size, device=device, dtype=dtype)
+
+    def apply(self, params, x, h):
+        return torch.sin(torch.cat([x, h], -1) @ (torch.tanh(params["w"]) * params["scale"].exp()))
+
+
+def test_a_value_of_the_weights_alone_is_stored_once_not_per_step(monkeypatch):
+    """What the step's backward reads from the weights alone (``tanh(w) * exp(scale)``) is the same
+    every step: fnnet::loop stores it once; values and gradients (reverse, in chunks with a
+    remainder) equal eager."""
+    from fnnet import _loop
+    sizes, real = [], _loop._forward_impl
+
+    def recording(*args):
+        out = real(*args)
+        sizes.append(sum(o.numel() for o in out))
+        return out
+    monkeypatch.setattr(_loop, "_forward_impl", recording)
+    layer = cells.Recurrent(SquashedWeightCell(60, 4), reverse=True)
+    params = fn.tree.map(lambda p: p.double(), layer.init(random.key(0)))
+
+    def loss(p, x):
+        out, h = layer.apply(p, x)
+        return out.sin().sum() + h.square().sum()
+    step = fn.value_and_grad(loss, argnums=(0, 1))
+    with _chunks(3, traced=True):
+        for T in (7, 14):
+            x = torch.randn(T, 2, 60, dtype=torch.float64)
+            value, grads = fn.jit(step, backend="aot_eager")(params, x)
+            value_e, grads_e = step(params, x)
+            assert_close(value, value_e)
+            for a, b in zip(_leaves(grads), _leaves(grads_e)):
+                assert_close(a, b)
+    assert (sizes[1] - sizes[0]) / 7 < params["l0"]["w"].numel()
+
+
 @settings(max_examples=4, deadline=None)
 @given(kw=configs(), T=st.integers(1, 6), with_lengths=st.booleans(), k=st.integers(1, 4))
 def test_compiled_training_of_a_user_cell_in_chunks_matches_eager_with_every_option(kw, T, with_lengths, k):

@@ -227,6 +227,74 @@ def test_compiled_grad_of_grad_through_a_stack_equals_eager(traced_chunks):
     assert_trees_close(fn.jit(fn.grad(penalty))(params), eager)
 
 
+MLP = fn.Residual([fn.Linear(D, 16), fn.relu, fn.Linear(16, D)])  # two matmuls per layer forward
+
+
+def _matmuls(gm) -> int:
+    return sum(n.op == "call_function" and str(n.target).split(".")[1] in ("mm", "addmm", "bmm")
+               for n in gm.graph.nodes)
+
+
+def _chunk_graphs(step, *args) -> dict:
+    """``{(role, steps): matmuls}`` of the chunk graphs ``fnnet._loop`` traces for the loops a
+    compiled run of ``step`` creates (the chunks traced, not compiled)."""
+    before = set(_loop._REGISTRY)
+    fn.jit(step, backend="aot_eager")(*args)
+    new = [lp for h, lp in _loop._REGISTRY.items() if h not in before]
+    assert new, "the loop's handle existed before: use a model no other test uses"
+    return {key[0][:2]: _matmuls(gm) for lp in new for key, gm in lp.compiled.items()}
+
+
+def test_compiled_training_backward_runs_only_the_steps_backward_on_saved_residuals(traced_chunks):
+    """Each layer's forward runs once, in fnnet::loop, which keeps its residuals; fnnet::loop_backward
+    runs the backward part of the layer's partitioned step: its chunks hold the backward's two
+    matmuls per Linear (d input, d weight), none of the forward's (no recomputation)."""
+    model = fn.Stacked(MLP, 5, unroll=3)
+    params, x = f64(model.init(KEY)), x64(3, D)
+    step = fn.value_and_grad(lambda p, x: model.apply(p, x).sin().sum(), argnums=(0, 1))
+    assert _chunk_graphs(step, params, x) == {("rfwd", 3): 2 * 3, ("rfwd", 2): 2 * 2,
+                                              ("rbwd", 3): 4 * 3, ("rbwd", 2): 4 * 2}
+    v, g = step(params, x)
+    v_c, g_c = fn.jit(step, backend="aot_eager")(params, x)
+    assert_close(v_c, v)
+    assert_trees_close(g_c, g)
+
+
+def test_remat_true_keeps_recomputing_each_chunk_in_the_compiled_backward(traced_chunks):
+    """``remat=True`` asks for rematerialization: the forward keeps the chunk-boundary activations
+    only, and each backward chunk recomputes its forward (three matmuls per Linear); the same
+    numbers."""
+    model = fn.Stacked(MLP, 4, unroll=2, remat=True)
+    params, x = f64(model.init(KEY)), x64(3, D)
+    step = fn.value_and_grad(lambda p, x: model.apply(p, x).sin().sum(), argnums=(0, 1))
+    assert _chunk_graphs(step, params, x) == {("fwd", 2): 2 * 2, ("vjp", 2): 6 * 2}
+    v, g = step(params, x)
+    v_c, g_c = fn.jit(step, backend="aot_eager")(params, x)
+    assert_close(v_c, v)
+    assert_trees_close(g_c, g)
+
+
+def test_a_symbolic_batch_size_after_a_recompile_recomputes_with_the_same_numbers(traced_chunks):
+    """One step's residuals have the step's shapes; after a recompile over the batch size those are
+    symbolic, and the loop keeps the recompute path there (the same numbers)."""
+    model = fn.Stacked(MLP, 3, unroll=2)
+    params = f64(model.init(KEY))
+    torch._dynamo.reset()  # the first compile static (dynamo's automatic dynamic sizes start afresh)
+    step = fn.jit(fn.value_and_grad(lambda p, x: model.apply(p, x).sin().sum(), argnums=(0, 1)),
+                  backend="aot_eager")
+    roles = set()
+    for b in (2, 3, 5):
+        x = x64(b, D, seed=b)
+        before = {h: set(lp.compiled) for h, lp in _loop._REGISTRY.items()}
+        v_c, g_c = step(params, x)
+        v, g = fn.value_and_grad(lambda p, x: model.apply(p, x).sin().sum(), argnums=(0, 1))(params, x)
+        assert_close(v_c, v)
+        assert_trees_close(g_c, g, msg=f"batch {b}")
+        roles |= {key[0][0] for h, lp in _loop._REGISTRY.items() for key in lp.compiled
+                  if key not in before.get(h, ())}
+    assert {"rfwd", "rbwd", "fwd", "vjp"} <= roles
+
+
 @pytest.mark.slow  # traces 16 unrolled blocks twice (half a minute on 2 busy cores)
 def test_unrolled_graphs_grow_with_depth_the_sequential_and_unroll_true():
     x = torch.randn(4, D)
