@@ -239,7 +239,9 @@ def _chunk_graphs(step, *args) -> dict:
     """``{(role, steps): matmuls}`` of the chunk graphs ``fnnet._loop`` traces for the loops a
     compiled run of ``step`` creates (the chunks traced, not compiled)."""
     before = set(_loop._REGISTRY)
-    fn.jit(step, backend="aot_eager")(*args)
+    # static shapes: fn.value_and_grad's wrapper is one code object for every test in the process,
+    # and dynamo would make its sizes symbolic after another test's shapes (the recompute path)
+    fn.jit(step, backend="aot_eager", dynamic=False)(*args)
     new = [lp for h, lp in _loop._REGISTRY.items() if h not in before]
     assert new, "the loop's handle existed before: use a model no other test uses"
     return {key[0][:2]: _matmuls(gm) for lp in new for key, gm in lp.compiled.items()}
