@@ -19,7 +19,7 @@ from torch import nn
 
 import cells
 import fnnet as fn
-from fnnet import random
+from fnnet import _loop, random
 
 
 @dataclass(frozen=True)
@@ -394,8 +394,11 @@ def test_compiled_training_step_of_a_user_cell_matches_eager():
         out, (h, c) = layer.apply(p, x, state)
         return out.square().mean() + h.sum() + c.square().sum()
     step = fn.value_and_grad(loss, argnums=(0, 1, 2))
+    before = set(_loop._REGISTRY)
     with _chunks(4):
-        value, grads = fn.jit(step)(params, x, state)
+        # static shapes: a symbolic batch (after another test's shapes) would take the recompute path
+        value, grads = fn.jit(step, dynamic=False)(params, x, state)
+    assert _roles_since(before) == {"rfwd", "rbwd"}  # the residual path, compiled by inductor
     value_e, grads_e = step(params, x, state)
     assert_close(value, value_e)
     for a, b in zip(_leaves(grads), _leaves(grads_e)):
@@ -409,23 +412,18 @@ class _chunks:
         self.k, self.traced = k, traced
 
     def __enter__(self):
-        from fnnet import _loop
         self.saved = _loop.DEFAULT_CHUNK, _loop.COMPILER
         _loop.DEFAULT_CHUNK = self.k
         if self.traced:
             _loop.COMPILER = lambda gm, args: gm
 
     def __exit__(self, *exc):
-        from fnnet import _loop
         _loop.DEFAULT_CHUNK, _loop.COMPILER = self.saved
 
 
-def test_compiled_training_stores_per_step_activations_not_copies_of_the_weights(monkeypatch):
-    """fnnet::loop keeps what one step's backward reads, stacked [T, ...]; the weights it reads (a
-    transposed weight included) go to the backward op as they are, never stored per step:
-    doubling T grows the forward op's outputs by a few activations per step, far less than a
-    copy of the weights per step; and the backward op runs the step's backward graph on them."""
-    from fnnet import _loop
+@pytest.fixture
+def forward_output_sizes(monkeypatch):
+    """The total size of fnnet::loop's outputs (ys and what it stores for the backward), per call."""
     sizes, real = [], _loop._forward_impl
 
     def recording(*args):
@@ -433,6 +431,21 @@ def test_compiled_training_stores_per_step_activations_not_copies_of_the_weights
         sizes.append(sum(o.numel() for o in out))
         return out
     monkeypatch.setattr(_loop, "_forward_impl", recording)
+    return sizes
+
+
+def _roles_since(before: set) -> set:
+    """The chunk roles compiled for the loops created since ``before`` (``rfwd``/``rbwd``: the
+    residual path; ``fwd``/``vjp``: the recompute path)."""
+    return {key[0][0] for h, lp in _loop._REGISTRY.items() if h not in before for key in lp.compiled}
+
+
+def test_compiled_training_stores_per_step_activations_not_copies_of_the_weights(forward_output_sizes):
+    """fnnet::loop keeps what one step's backward reads, stacked [T, ...]; the weights it reads (a
+    transposed weight included) go to the backward op as they are, never stored per step:
+    doubling T grows the forward op's outputs by a few activations per step, far less than a
+    copy of the weights per step; and the backward op runs the step's backward graph on them."""
+    sizes = forward_output_sizes
     layer = cells.Recurrent(PeepholeLSTMCell(64, 4))
     params = layer.init(random.key(0))
     weights = sum(v.numel() for v in fn.tree.leaves(params))
@@ -444,8 +457,7 @@ def test_compiled_training_stores_per_step_activations_not_copies_of_the_weights
                 params, torch.randn(T, 2, 64))
     per_step = (sizes[1] - sizes[0]) / 8
     assert 0 < per_step < weights / 8, (per_step, weights)
-    roles = {key[0][0] for h, lp in _loop._REGISTRY.items() if h not in before for key in lp.compiled}
-    assert roles == {"rfwd", "rbwd"}
+    assert _roles_since(before) == {"rfwd", "rbwd"}
 
 
 @dataclass(frozen=True)
@@ -467,18 +479,11 @@ class SquashedWeightCell(fn.Module):
         return torch.sin(torch.cat([x, h], -1) @ (torch.tanh(params["w"]) * params["scale"].exp()))
 
 
-def test_a_value_of_the_weights_alone_is_stored_once_not_per_step(monkeypatch):
+def test_a_value_of_the_weights_alone_is_stored_once_not_per_step(forward_output_sizes):
     """What the step's backward reads from the weights alone (``tanh(w) * exp(scale)``) is the same
     every step: fnnet::loop stores it once; values and gradients (reverse, in chunks with a
     remainder) equal eager."""
-    from fnnet import _loop
-    sizes, real = [], _loop._forward_impl
-
-    def recording(*args):
-        out = real(*args)
-        sizes.append(sum(o.numel() for o in out))
-        return out
-    monkeypatch.setattr(_loop, "_forward_impl", recording)
+    sizes = forward_output_sizes
     layer = cells.Recurrent(SquashedWeightCell(60, 4), reverse=True)
     params = fn.tree.map(lambda p: p.double(), layer.init(random.key(0)))
 
@@ -486,15 +491,18 @@ def test_a_value_of_the_weights_alone_is_stored_once_not_per_step(monkeypatch):
         out, h = layer.apply(p, x)
         return out.sin().sum() + h.square().sum()
     step = fn.value_and_grad(loss, argnums=(0, 1))
+    before = set(_loop._REGISTRY)
     with _chunks(3, traced=True):
         for T in (7, 14):
             x = torch.randn(T, 2, 60, dtype=torch.float64)
-            value, grads = fn.jit(step, backend="aot_eager")(params, x)
+            # static shapes: a symbolic batch (dynamo's automatic dynamic) takes the recompute path
+            value, grads = fn.jit(step, backend="aot_eager", dynamic=False)(params, x)
             value_e, grads_e = step(params, x)
             assert_close(value, value_e)
             for a, b in zip(_leaves(grads), _leaves(grads_e)):
                 assert_close(a, b)
     assert (sizes[1] - sizes[0]) / 7 < params["l0"]["w"].numel()
+    assert _roles_since(before) == {"rfwd", "rbwd"}
 
 
 @settings(max_examples=4, deadline=None)
