@@ -30,6 +30,13 @@ torch's min-cut partitioner into ``fw_step(consts, carry, x_t) -> (carry, y_t, *
   run again): the carry's gradient carried down, the consts' summed, the ``xs``' written per
   step.
 
+Within a chunk, what does not depend on the carry runs once for its ``k`` steps, as nn.LSTM
+does: the part of ``fw_step`` that reads ``x_t`` but not the carry (a cell's input projection)
+under ``vmap``, one matmul over ``k*B`` rows (:func:`_hoist`), and each const gradient of the
+form ``g^T h`` (a weight's gradient, summed over steps) as one matmul over the chunk's rows
+(:func:`_factor`). The chunks write their ``[T, ...]`` outputs and sums into the loop's
+buffers in place (:func:`_into`).
+
 What is differentiated is fixed in the forward (the residuals depend on it): the floating
 inputs that require grad when dynamo traces the call (``mask``), and every floating carry leaf
 (its gradient flows to the steps below); autograd may ask for fewer.
@@ -114,6 +121,7 @@ class _Loop:
         self.ys_grad = ys_grad
         self.compiled: collections.OrderedDict = collections.OrderedDict()
         self.plans: collections.OrderedDict = collections.OrderedDict()  # (step metas, mask) -> _Plan | None
+        self.ys_metas: dict = {}  # step metas -> [(shape, dtype)] of a step's ys
         self.warned = False
 
     def chunks(self, length: int) -> list:
@@ -280,17 +288,39 @@ def _compiled(lp: _Loop, key: tuple, fn: Callable, args: list) -> Callable:
     return compiled
 
 
-def _call(lp: _Loop, role: tuple, args: list, make: Callable) -> tuple:
+def _call(lp: _Loop, role: tuple, args: list, bufs: list, kinds: tuple, make: Callable) -> tuple:
     """The compiled chunk ``role`` (``("fwd", k)``, ``("vjp", k, mask)``, ``("rfwd", k, plan)``,
-    ``("rbwd", k, plan)``) on ``args``; ``make()`` builds its function on a miss."""
+    ``("rbwd", k, plan)``) on ``args``, its outputs by ``kinds`` (see :func:`_into`) into
+    ``bufs``; ``make()`` builds the chunk's function on a miss. A buffer is passed where it is:
+    where inductor assumed an aligned one, it writes an unaligned one through an aligned copy
+    (torch's own check)."""
     args = [_aligned(a) for a in args]
-    key = (role, _meta(args), COMPILER)
+    key = (role, _meta(args), _meta(bufs), COMPILER)
     fn = lp.compiled.get(key)
     if fn is None:
-        fn = _compiled(lp, key, make(), args)
+        fn = _compiled(lp, key, _into(make(), len(args), kinds), [*args, *bufs])
     else:
         lp.compiled.move_to_end(key)
-    return tuple(fn(*args))
+    return tuple(fn(*args, *bufs))
+
+
+def _into(f: Callable, n_args: int, kinds: tuple) -> Callable:
+    """``g(*args, *bufs)``: ``f(*args)``'s outputs by ``kinds``, one per output: ``"ret"``
+    returned, ``"write"`` copied into the next buffer, ``"add"`` added to it. Compiled, the
+    chunk's kernels write the loop's ``[T, ...]`` outputs and sums in place: no copy after each
+    chunk (the copies of a chunk's stacked outputs into the loop's buffers took about a tenth
+    of a small LSTM's training step)."""
+    def g(*a):
+        bufs, out = iter(a[n_args:]), []
+        for v, kind in zip(f(*a[:n_args]), kinds, strict=True):
+            if kind == "ret":
+                out.append(v)
+            elif kind == "write":
+                next(bufs).copy_(v)
+            else:
+                next(bufs).add_(v)
+        return tuple(out)
+    return g
 
 
 # -- the residual path: one step's joint graph, partitioned ---------------------------------------
@@ -302,8 +332,10 @@ class _Plan:
     replayed; ``("step", i)`` (stored per step, ``[T, ...]``) or ``("once", i)`` (read only the
     consts: the same every step, stored once), ``views`` ``("bool",)`` for a bool stored as int8."""
 
-    def __init__(self, fw, bw, n_out, saved, step, once, wrt, n_tan):
+    def __init__(self, fw, bw, n_out, saved, step, once, wrt, n_tan, hoisted, factored):
         self.fw, self.bw, self.n_out, self.saved = fw, bw, n_out, saved
+        self.hoisted = hoisted  # (pre, post) of the forward graph (see _hoist), or None
+        self.factored = factored  # (bw', {const grad: views}) (see _factor), or None
         self.step, self.once = step, once  # [(shape, stored dtype)] of one step's residuals
         self.wrt, self.n_tan = wrt, n_tan
 
@@ -407,7 +439,93 @@ def _partition(lp: _Loop, metas: tuple, mask: int) -> _Plan:
             saved.append(("once", len(once), ("bool",) if v.dtype == torch.bool else ()))
             once.append((tuple(v.shape), _STORED.get(v.dtype, v.dtype)))
     assert n_in == len(primal_of)
-    return _Plan(fw, bw, len(outs), saved, step, once, wrt, n_tan)
+    w_c = sum(i < n_c for i in wrt)
+    return _Plan(fw, bw, len(outs), saved, step, once, wrt, n_tan, _hoist(fw, n_c, n_h), _factor(bw, w_c))
+
+
+def _factor(bw: torch.fx.GraphModule, w_c: int) -> tuple | None:
+    """``(bw', {i: views})``: the step's backward graph with each const gradient ``i`` of the form
+    ``views(mm(t(a), b))`` (a weight's gradient, the batch contracted: ``g^T h``) left out of its
+    outputs and its factors ``a, b`` appended, so that a chunk sums it as one matmul over its
+    ``k*B`` rows, ``views(cat(a)^T @ cat(b))``, rather than ``k`` small ones added up (what
+    nn.LSTM's backward does for its weights). ``None`` where no gradient has that form."""
+    output = next(n for n in bw.graph.nodes if n.op == "output")
+    outs = list(output.args[0])
+    factored, factors = {}, []
+    for i in range(w_c):
+        node, views = _view_chain(outs[i])
+        if node.op == "call_function" and node.target is torch.ops.aten.mm.default:
+            left, right = node.args
+            if (left.op == "call_function" and left.target is torch.ops.aten.t.default
+                    and len(left.args[0].meta["val"].shape) == 2):
+                factored[i] = views
+                factors += [left.args[0], right]
+    if not factored:
+        return None
+    kept = [o for i, o in enumerate(outs) if i not in factored]
+    return torch.fx.GraphModule(bw, _rebuild(bw.graph, kept + factors)), factored
+
+
+def _rebuild(graph: torch.fx.Graph, outs: list) -> torch.fx.Graph:
+    """A copy of ``graph`` returning ``outs`` (nodes of ``graph``); what they do not read is dropped."""
+    new, env = torch.fx.Graph(), {}
+    for n in graph.nodes:
+        if n.op == "output":
+            new.output(tuple(env[o] for o in outs))
+        else:
+            env[n] = new.node_copy(n, lambda a: env[a])
+    new.eliminate_dead_code()
+    return new
+
+
+# the ops worth batching over a chunk's steps: the input projections of a recurrent cell
+_GEMMS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
+          torch.ops.aten.baddbmm.default, torch.ops.aten.convolution.default}
+
+
+def _hoist(fw: torch.fx.GraphModule, n_c: int, n_h: int) -> tuple | None:
+    """``(pre, post)``: the step's forward graph split so that its part that reads ``x_t`` but not
+    the carry, ``pre(*consts, *x_t) -> values``, runs for all the chunk's steps at once (under
+    ``vmap``: a cell's input projection one matmul over ``[k*B, I]`` rather than ``k`` small
+    ones, what nn.LSTM does), and ``post(*consts, *carry, *x_t, *values) -> fw's outputs`` steps.
+    ``None`` where that part holds no matmul or convolution (nothing to gain)."""
+    nodes = list(fw.graph.nodes)
+    phs = [n for n in nodes if n.op == "placeholder"]
+    const_ph, x_ph = set(phs[:n_c]), set(phs[n_c + n_h:])
+    consts_only, pre = set(const_ph), {}  # pre: node -> reads x_t and not the carry
+    for n in nodes:
+        if n.op != "call_function":
+            continue
+        ins = n.all_input_nodes
+        if torch.Tag.nondeterministic_seeded in getattr(n.target, "tags", ()):
+            continue
+        if all(a in consts_only for a in ins):
+            consts_only.add(n)
+        elif all(a in consts_only or a in x_ph or a in pre for a in ins):
+            pre[n] = True
+    if not any(n.target in _GEMMS for n in pre):
+        return None
+    output = next(n for n in nodes if n.op == "output")
+    boundary = [n for n in pre if any(u not in pre for u in n.users)]
+    # pre: the consts, x_t; the carry-free nodes and the const-only nodes they read
+    g_pre, env = torch.fx.Graph(), {}
+    for n in phs[:n_c] + phs[n_c + n_h:]:
+        env[n] = g_pre.placeholder(n.name)
+    for n in nodes:
+        if n.op == "call_function" and (n in pre or (n in consts_only and any(u in pre for u in n.users))):
+            env[n] = g_pre.node_copy(n, lambda a: env[a])
+    g_pre.output(tuple(env[n] for n in boundary))
+    # post: every node but the carry-free ones, which it reads as placeholders
+    g_post, env = torch.fx.Graph(), {}
+    for n in phs:
+        env[n] = g_post.placeholder(n.name)
+    for n in boundary:
+        env[n] = g_post.placeholder(f"pre_{n.name}")
+    for n in nodes:
+        if n.op == "call_function" and n not in pre:
+            env[n] = g_post.node_copy(n, lambda a: env[a])
+    g_post.output(torch.fx.node.map_arg(output.args[0], lambda a: env[a]))
+    return torch.fx.GraphModule(fw, g_pre), torch.fx.GraphModule(fw, g_post)
 
 
 # a bool residual is stored as int8: inductor's CPU kernels write a bool output several times
@@ -455,8 +573,14 @@ def _residual_forward(lp: _Loop, plan: _Plan, kc: int) -> Callable:
     def f(*args):
         consts, carry, xs = list(args[:n_c]), list(args[n_c:n_c + n_h]), args[n_c + n_h:]
         ys_steps, res_steps, once = [None] * kc, [None] * kc, None
+        if plan.hoisted:  # the steps' carry-free part, batched over the chunk's steps
+            pre, post = plan.hoisted
+            batched = torch.func.vmap(pre, in_dims=(None,) * n_c + (0,) * len(xs))(*consts, *xs)
         for j in (range(kc - 1, -1, -1) if reverse else range(kc)):
-            out = plan.fw(*consts, *carry, *(x[j] for x in xs))
+            if plan.hoisted:
+                out = post(*consts, *carry, *(x[j] for x in xs), *(b[j] for b in batched))
+            else:
+                out = plan.fw(*consts, *carry, *(x[j] for x in xs))
             carry, ys_steps[j] = list(out[:n_h]), out[n_h:plan.n_out]
             saved = out[plan.n_out:]
             res_steps[j] = [_store(v) for v, kind in zip(saved, kinds) if kind == "step"]
@@ -477,6 +601,9 @@ def _residual_backward(lp: _Loop, plan: _Plan, kc: int) -> Callable:
     w_c = sum(i < n_c for i in plan.wrt)
     w_h = sum(n_c <= i < n_c + n_h for i in plan.wrt)
 
+    bw, factored = plan.factored or (plan.bw, {})
+    n_grads = len(plan.wrt) - len(factored)
+
     def g(*args):
         a = iter(args)
         consts = [next(a) for _ in range(n_c)]
@@ -486,14 +613,23 @@ def _residual_backward(lp: _Loop, plan: _Plan, kc: int) -> Callable:
         d_h = [next(a) for _ in range(w_h)]
         d_ys = list(a)
         d_c, d_x = [None] * w_c, [[None] * kc for _ in range(len(plan.wrt) - w_c - w_h)]
+        factors = [[] for _ in range(2 * len(factored))]
         for j in (range(kc) if reverse else range(kc - 1, -1, -1)):
             saved = [_replay(consts[i], views) if kind == "const" else _replay(xs[i][j], views) if kind == "x"
                      else _load(res[i][j] if kind == "step" else once[i], views) for kind, i, views in plan.saved]
-            grads = list(plan.bw(*saved, *d_h, *(d[j] for d in d_ys)))
-            d_c = [v if acc is None else acc + v for acc, v in zip(d_c, grads[:w_c])]
-            d_h = grads[w_c:w_c + w_h]
-            for steps, v in zip(d_x, grads[w_c + w_h:]):
+            out = list(bw(*saved, *d_h, *(d[j] for d in d_ys)))
+            grads = iter(out[:n_grads])
+            for i in range(w_c):
+                if i not in factored:
+                    v = next(grads)
+                    d_c[i] = v if d_c[i] is None else d_c[i] + v
+            d_h = [next(grads) for _ in range(w_h)]
+            for steps, v in zip(d_x, grads):
                 steps[j] = v
+            for fs, v in zip(factors, out[n_grads:]):
+                fs.append(v)
+        for (i, views), a_, b_ in zip(factored.items(), factors[::2], factors[1::2]):
+            d_c[i] = _replay(torch.cat(a_).t() @ torch.cat(b_), views)  # one matmul over the chunk's rows
         return (*d_c, *d_h, *(torch.stack(s) for s in d_x))
     return g
 
@@ -521,32 +657,42 @@ def _forward_impl(handle: int, mask: int, consts: list, carry: list, xs: list) -
     ones stored once) where ``mask`` asks for them and the step partitions, else the carry at
     each chunk boundary (``[n_chunks, ...]``)."""
     lp = _REGISTRY[handle]
-    plan = _plan(lp, _step_metas(consts, carry, xs), mask) if mask else None
-    length = xs[0].shape[0]
+    metas = _step_metas(consts, carry, xs)
+    plan = _plan(lp, metas, mask) if mask else None
+    length, like = xs[0].shape[0], xs[0]
     chunks = lp.chunks(length)
+    per_step = _ys_metas(lp, metas) + (plan.step if plan else [])  # written by the chunks, [T, ...]
+    outs = [like.new_empty((length, *shape), dtype=dtype) for shape, dtype in per_step]
     bounds = [] if plan else [h.new_empty((len(chunks), *h.shape)) for h in carry]
-    ys = res = once = None
+    once = None
     h = list(carry)
     for c, (lo, hi) in enumerate(chunks):
         kc = hi - lo
-        args = [*consts, *h, *(x[lo:hi] for x in xs)]
+        args, bufs = [*consts, *h, *(x[lo:hi] for x in xs)], [o[lo:hi] for o in outs]
         if plan:
-            out = _call(lp, ("rfwd", kc, plan), args, lambda kc=kc: _residual_forward(lp, plan, kc))
+            kinds = ("ret",) * lp.n_h + ("write",) * len(outs) + ("ret",) * len(plan.once)
+            out = _call(lp, ("rfwd", kc, plan), args, bufs, kinds, lambda kc=kc: _residual_forward(lp, plan, kc))
+            h, once = list(out[:lp.n_h]), once if once is not None else list(out[lp.n_h:])
         else:
             for b, v in zip(bounds, h):
                 b[c].copy_(v)
-            out = _call(lp, ("fwd", kc), args, lambda kc=kc: _chunk_forward(lp, kc))
-        h, out = list(out[:lp.n_h]), out[lp.n_h:]
-        if ys is None:
-            n_y = len(out) - (len(plan.step) + len(plan.once) if plan else 0)
-            ys = [v.new_empty((length, *v.shape[1:])) for v in out[:n_y]]
-            if plan:
-                res = [v.new_empty((length, *v.shape[1:])) for v in out[n_y:n_y + len(plan.step)]]
-                once = [v.clone() for v in out[n_y + len(plan.step):]]
-        for buf, v in zip(ys + (res or []), out):
-            buf[lo:hi].copy_(v)
-    saved = [*res, *once] if plan else bounds
-    return [*_unalias(h, [*consts, *carry, *xs]), *ys, *saved]
+            kinds = ("ret",) * lp.n_h + ("write",) * len(outs)
+            h = list(_call(lp, ("fwd", kc), args, bufs, kinds, lambda kc=kc: _chunk_forward(lp, kc)))
+    n_y = len(outs) - (len(plan.step) if plan else 0)
+    saved = [*outs[n_y:], *(v.clone() for v in once)] if plan else bounds  # once: the first chunk's
+    return [*_unalias(h, [*consts, *carry, *xs]), *outs[:n_y], *saved]
+
+
+def _ys_metas(lp: _Loop, metas: tuple) -> list:
+    """``[(shape, dtype)]`` of one step's ys for one step's input metadata: one step run on
+    zeros, once (cached)."""
+    if metas not in lp.ys_metas:
+        primals = [torch.zeros(shape, dtype=dtype, device=device) for shape, dtype, device in metas]
+        n_c, n_h = lp.n_c, lp.n_h
+        with torch.no_grad():
+            _, y = lp.body(primals[:n_c], primals[n_c:n_c + n_h], primals[n_c + n_h:])
+        lp.ys_metas[metas] = [(tuple(v.shape), v.dtype) for v in y]
+    return lp.ys_metas[metas]
 
 
 def _ys_meta(lp: _Loop, consts: list, carry: list, xs: list) -> list:
@@ -578,23 +724,22 @@ def _backward_impl(handle: int, mask: int, fmask: int, consts: list, carry: list
     d_xs = [torch.empty_like(x) if b else None for x, b in zip(xs, vbits[n_c + n_h:])]  # every step written
     g = list(d_carry)
     chunks = lp.chunks(xs[0].shape[0])
+    # the chunk adds its consts' gradients into d_consts and writes its xs' into d_xs
+    n_h_diff = sum(floating)
+    kinds = (("add",) * sum(b is not None for b in d_consts) + ("ret",) * n_h_diff
+             + ("write",) * sum(b is not None for b in d_xs))
     for c in range(len(chunks) - 1, -1, -1):
         lo, hi = chunks[c]
         kc = hi - lo
+        bufs = [*(b for b in d_consts if b is not None), *(b[lo:hi] for b in d_xs if b is not None)]
         if plan:
             args = [*consts, *once, *(r[lo:hi] for r in res), *(x[lo:hi] for x in xs),
                     *(v for v, f in zip(g, floating) if f), *(d[lo:hi] for d in d_ys)]
-            out = iter(_call(lp, ("rbwd", kc, plan), args, lambda kc=kc: _residual_backward(lp, plan, kc)))
+            out = iter(_call(lp, ("rbwd", kc, plan), args, bufs, kinds, lambda kc=kc: _residual_backward(lp, plan, kc)))
         else:
             args = [*consts, *(b[c] for b in saved), *(x[lo:hi] for x in xs), *g, *(d[lo:hi] for d in d_ys)]
-            out = iter(_call(lp, ("vjp", kc, vbits), args, lambda kc=kc: _chunk_vjp(lp, kc, vbits)))
-        for buf in d_consts:
-            if buf is not None:
-                buf.add_(next(out))
+            out = iter(_call(lp, ("vjp", kc, vbits), args, bufs, kinds, lambda kc=kc: _chunk_vjp(lp, kc, vbits)))
         g = [next(out) if f else v for v, f in zip(g, floating)]
-        for buf in d_xs:
-            if buf is not None:
-                buf[lo:hi].copy_(next(out))
     picked = [*d_consts, *g, *d_xs]
     return _unalias([v for v, b in zip(picked, bits) if b], [*consts, *carry, *xs, *saved, *d_carry, *d_ys])
 

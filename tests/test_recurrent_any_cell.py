@@ -460,6 +460,60 @@ def test_compiled_training_stores_per_step_activations_not_copies_of_the_weights
     assert _roles_since(before) == {"rfwd", "rbwd"}
 
 
+def _gemm_rows(gm) -> list:
+    """``[rows of the left operand]`` of each matmul in a traced chunk graph, in graph order."""
+    return [n.args[-2].meta["val"].shape[0] for n in gm.graph.nodes
+            if n.op == "call_function" and n.target in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)]
+
+
+def test_the_input_projection_and_the_weight_gradients_run_once_per_chunk_not_per_step():
+    """What a step computes from ``x_t`` without the carry (``x_t @ W_ih^T``) runs for the chunk's
+    ``k`` steps as one matmul over ``k*B`` rows, as nn.LSTM does; in the backward, each weight's
+    gradient (``g^T h`` summed over steps) is one matmul over the chunk's ``k*B`` rows, and only
+    ``dh = g @ W_hh`` (and ``dx``, which reads no carry either, per step) remains per step.
+    The numbers stay eager's."""
+    k, B = 4, 3
+    layer = cells.Recurrent(PeepholeLSTMCell(5, 4))
+    params = fn.tree.map(lambda p: p.double(), layer.init(random.key(0)))
+    x = torch.randn(8, B, 5, dtype=torch.float64)
+    step = fn.value_and_grad(lambda p, x: layer.apply(p, x)[0].sin().sum())
+    before = set(_loop._REGISTRY)
+    with _chunks(k, traced=True):
+        value, grads = fn.jit(step, backend="aot_eager", dynamic=False)(params, x)
+    graphs = {key[0][0]: gm for h, lp in _loop._REGISTRY.items() if h not in before
+              for key, gm in lp.compiled.items()}
+    assert sorted(_gemm_rows(graphs["rfwd"])) == [B] * k + [k * B]  # h @ W_hh^T per step, x @ W_ih^T once
+    assert sorted(_gemm_rows(graphs["rbwd"])) == [B] * k + [4 * 4] * 2  # dh per step; dW_hh, dW_ih: [4H, k*B] @ [k*B, .]
+    value_e, grads_e = step(params, x)
+    assert_close(value, value_e)
+    for a, b in zip(_leaves(grads), _leaves(grads_e)):
+        assert_close(a, b)
+
+
+def test_compiled_chunks_write_outputs_at_unaligned_offsets_in_place():
+    """The chunks write their steps' outputs and residuals straight into the loop's ``[T, ...]``
+    buffers; with one step 12 bytes (B=1, H=3, float32), the chunks of 2 steps start at steps 0
+    and 2: the first one's slices are 16-byte aligned and the second one's are not, where the
+    chunk compiled for the first assumed alignment (default inductor, fullgraph): values and
+    gradients equal eager."""
+    layer = cells.Recurrent(PeepholeLSTMCell(2, 3))
+    params = layer.init(random.key(0))
+    x = torch.randn(5, 1, 2)
+
+    def loss(p, x):
+        out, (_, c) = layer.apply(p, x)
+        return out.sin().sum() + c.square().sum()
+    step = fn.value_and_grad(loss, argnums=(0, 1))
+    before = set(_loop._REGISTRY)
+    with _chunks(2):
+        value, grads = fn.jit(step, dynamic=False)(params, x)
+    assert _roles_since(before) == {"rfwd", "rbwd"}
+    value_e, grads_e = step(params, x)
+    assert_close(value, value_e)
+    for a, b in zip(_leaves(grads), _leaves(grads_e)):
+        assert_close(a, b)
+
+
 @dataclass(frozen=True)
 class SquashedWeightCell(fn.Module):
     """h' = sin([x, h] @ (tanh(w) * exp(scale))): a value of the weights alone that the backward reads."""
