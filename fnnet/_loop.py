@@ -440,7 +440,14 @@ def _partition(lp: _Loop, metas: tuple, mask: int) -> _Plan:
             once.append((tuple(v.shape), _STORED.get(v.dtype, v.dtype)))
     assert n_in == len(primal_of)
     w_c = sum(i < n_c for i in wrt)
-    return _Plan(fw, bw, len(outs), saved, step, once, wrt, n_tan, _hoist(fw, n_c, n_h), _factor(bw, w_c))
+    hoisted = _hoist(fw, n_c, n_h)
+    if hoisted:  # its batched form must run: else the step is not split (the chunk compiles unbatched)
+        try:
+            torch.func.vmap(hoisted[0], in_dims=(None,) * n_c + (0,) * lp.n_x)(
+                *primals[:n_c], *(torch.stack([x, x]) for x in primals[n_c + n_h:]))
+        except Exception:
+            hoisted = None
+    return _Plan(fw, bw, len(outs), saved, step, once, wrt, n_tan, hoisted, _factor(bw, w_c))
 
 
 def _factor(bw: torch.fx.GraphModule, w_c: int) -> tuple | None:
@@ -457,7 +464,7 @@ def _factor(bw: torch.fx.GraphModule, w_c: int) -> tuple | None:
         if node.op == "call_function" and node.target is torch.ops.aten.mm.default:
             left, right = node.args
             if (left.op == "call_function" and left.target is torch.ops.aten.t.default
-                    and len(left.args[0].meta["val"].shape) == 2):
+                    and getattr(left.args[0].meta.get("val"), "ndim", 0) == 2):
                 factored[i] = views
                 factors += [left.args[0], right]
     if not factored:
@@ -684,12 +691,13 @@ def _forward_impl(handle: int, mask: int, consts: list, carry: list, xs: list) -
 
 
 def _ys_metas(lp: _Loop, metas: tuple) -> list:
-    """``[(shape, dtype)]`` of one step's ys for one step's input metadata: one step run on
-    zeros, once (cached)."""
+    """``[(shape, dtype)]`` of one step's ys for one step's input metadata: one step run on fake
+    tensors, once (cached)."""
     if metas not in lp.ys_metas:
-        primals = [torch.zeros(shape, dtype=dtype, device=device) for shape, dtype, device in metas]
+        from torch._subclasses.fake_tensor import FakeTensorMode
         n_c, n_h = lp.n_c, lp.n_h
-        with torch.no_grad():
+        with FakeTensorMode(), torch.no_grad():  # shapes only: no arithmetic, no value checks
+            primals = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype, device in metas]
             _, y = lp.body(primals[:n_c], primals[n_c:n_c + n_h], primals[n_c + n_h:])
         lp.ys_metas[metas] = [(tuple(v.shape), v.dtype) for v in y]
     return lp.ys_metas[metas]

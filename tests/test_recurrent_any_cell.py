@@ -490,6 +490,30 @@ def test_the_input_projection_and_the_weight_gradients_run_once_per_chunk_not_pe
         assert_close(a, b)
 
 
+def test_a_carry_free_part_that_vmap_cannot_batch_runs_per_step_with_eager_numbers(monkeypatch, recwarn):
+    """Where ``vmap`` cannot batch the step's carry-free part (an op with no batching rule; here
+    every vmap refuses), the chunks run it per step: no warning, still the residual path, and
+    eager's numbers."""
+    def refusing_vmap(*args, **kwargs):
+        raise RuntimeError("no batching rule")
+    monkeypatch.setattr(torch.func, "vmap", refusing_vmap)
+    layer = cells.Recurrent(EquinoxGRUCell(3, 4))
+    params = fn.tree.map(lambda p: p.double(), layer.init(random.key(0)))
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    step = fn.value_and_grad(lambda p, x: layer.apply(p, x)[0].sin().sum(), argnums=(0, 1))
+    before = set(_loop._REGISTRY)
+    with _chunks(4, traced=True):
+        value, grads = fn.jit(step, backend="aot_eager", dynamic=False)(params, x)
+    assert _roles_since(before) == {"rfwd", "rbwd"}
+    plans = [plan for h, lp in _loop._REGISTRY.items() if h not in before for plan in lp.plans.values()]
+    assert plans and all(plan.hoisted is None for plan in plans)
+    assert not [w for w in recwarn if "fnnet" in str(w.message)]
+    value_e, grads_e = step(params, x)
+    assert_close(value, value_e)
+    for a, b in zip(_leaves(grads), _leaves(grads_e)):
+        assert_close(a, b)
+
+
 def test_compiled_chunks_write_outputs_at_unaligned_offsets_in_place():
     """The chunks write their steps' outputs and residuals straight into the loop's ``[T, ...]``
     buffers; with one step 12 bytes (B=1, H=3, float32), the chunks of 2 steps start at steps 0
