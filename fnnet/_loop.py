@@ -692,14 +692,20 @@ def _forward_impl(handle: int, mask: int, consts: list, carry: list, xs: list) -
 
 def _ys_metas(lp: _Loop, metas: tuple) -> list:
     """``[(shape, dtype)]`` of one step's ys for one step's input metadata: one step run on fake
-    tensors, once (cached)."""
+    tensors (on zeros where the body reads a value), once (cached)."""
     if metas not in lp.ys_metas:
         from torch._subclasses.fake_tensor import FakeTensorMode
-        n_c, n_h = lp.n_c, lp.n_h
-        with FakeTensorMode(), torch.no_grad():  # shapes only: no arithmetic, no value checks
-            primals = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype, device in metas]
-            _, y = lp.body(primals[:n_c], primals[n_c:n_c + n_h], primals[n_c + n_h:])
-        lp.ys_metas[metas] = [(tuple(v.shape), v.dtype) for v in y]
+
+        def run(make):
+            primals = [make(shape, dtype=dtype, device=device) for shape, dtype, device in metas]
+            _, y = lp.body(primals[:lp.n_c], primals[lp.n_c:lp.n_c + lp.n_h], primals[lp.n_c + lp.n_h:])
+            return [(tuple(v.shape), v.dtype) for v in y]
+        with torch.no_grad():
+            try:
+                with FakeTensorMode():  # shapes only: no arithmetic on values (a Cholesky of zeros)
+                    lp.ys_metas[metas] = run(torch.empty)
+            except Exception:  # a body that reads a value (an eager check): on zeros
+                lp.ys_metas[metas] = run(torch.zeros)
     return lp.ys_metas[metas]
 
 
