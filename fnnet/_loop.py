@@ -24,7 +24,9 @@ torch's min-cut partitioner into ``fw_step(consts, carry, x_t) -> (carry, y_t, *
   the residuals: each saved value that varies per step stacked ``[T, ...]``, a value computed
   from the consts alone once. A saved value that is a const or a step's ``x_t`` (or a view of
   one: a transposed weight) is not stored: the backward op is given the consts and ``xs`` and
-  replays the view;
+  replays the view. The outputs of transcendental ops (``tanh``, ``sigmoid``, ``exp``, ...)
+  are saved rather than recomputed (:func:`_save_transcendentals`): the backward reads a
+  cell's gates as nn.LSTM's reads its workspace;
 * ``fnnet::loop_backward`` walks the chunks in reverse, each chunk one compiled function of
   ``k`` copies of ``bw_step`` in reverse on the chunk's residuals (the step's forward does not
   run again): the carry's gradient carried down, the consts' summed, the ``xs``' written per
@@ -403,7 +405,8 @@ def _partition(lp: _Loop, metas: tuple, mask: int) -> _Plan:
     wrt = _wrt(lp, mask, [h.is_floating_point() for h in primals[n_c:n_c + n_h]])
     tangents = [torch.zeros_like(outs[i]) for i in diff]
     gm = make_fx(_joint(lp, wrt, diff), tracing_mode="fake")(primals, tangents)
-    fw, bw = min_cut_rematerialization_partition(gm, [*primals, *tangents], num_fwd_outputs=len(outs))
+    fw, bw = min_cut_rematerialization_partition(_save_transcendentals(gm), [*primals, *tangents],
+                                                 num_fwd_outputs=len(outs))
     fw_out = next(n for n in fw.graph.nodes if n.op == "output").args[0]
     saved_nodes = list(fw_out[len(outs):])
     bw_in = [n for n in bw.graph.nodes if n.op == "placeholder"]
@@ -448,6 +451,30 @@ def _partition(lp: _Loop, metas: tuple, mask: int) -> _Plan:
         except Exception:
             hoisted = None
     return _Plan(fw, bw, len(outs), saved, step, once, wrt, n_tan, hoisted, _factor(bw, w_c))
+
+
+# forward ops the backward graph reads the outputs of rather than recomputing them: the min-cut
+# partitioner counts every pointwise op as free to recompute, but a transcendental is a
+# polynomial per element (inductor's CPU tanh costs several sigmoids), and a loop's backward
+# recomputed a step's gates for every step, as nn.LSTM's stored workspace does not
+_TRANSCENDENTAL = {getattr(torch.ops.aten, name).default for name in (
+    "tanh", "sigmoid", "exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "erf", "erfc", "erfinv",
+    "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh",
+    "gelu", "silu", "mish", "softplus", "elu", "selu", "celu", "lgamma", "digamma")}
+
+
+def _save_transcendentals(joint: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """``joint`` with its forward's transcendental ops marked never to be recomputed (the
+    partitioner's own mark, ``CheckpointPolicy.MUST_SAVE``): a saved value is then the gate's
+    output, and the backward graph evaluates no transcendental."""
+    from torch.utils.checkpoint import CheckpointPolicy
+    backward = set()  # what reads a tangent
+    for n in joint.graph.nodes:
+        if (n.op == "placeholder" and n.name.startswith("tangents")) or any(a in backward for a in n.all_input_nodes):
+            backward.add(n)
+        elif n.op == "call_function" and n.target in _TRANSCENDENTAL:
+            n.meta["recompute"] = CheckpointPolicy.MUST_SAVE
+    return joint
 
 
 def _factor(bw: torch.fx.GraphModule, w_c: int) -> tuple | None:

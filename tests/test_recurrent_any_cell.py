@@ -490,6 +490,32 @@ def test_the_input_projection_and_the_weight_gradients_run_once_per_chunk_not_pe
         assert_close(a, b)
 
 
+def test_the_backward_chunks_read_the_gates_the_forward_computed_and_evaluate_no_transcendental():
+    """The backward of ``sigmoid``/``tanh`` needs their outputs; the forward chunks store those
+    (as nn.LSTM stores its gates) rather than the pre-activations the partitioner would pick to
+    recompute them from: a tanh per element costs several multiply-adds, every step. The
+    numbers stay eager's."""
+    layer = cells.Recurrent(PeepholeLSTMCell(5, 4))
+    params = fn.tree.map(lambda p: p.double(), layer.init(random.key(0)))
+    x = torch.randn(6, 3, 5, dtype=torch.float64)
+    step = fn.value_and_grad(lambda p, x: layer.apply(p, x)[0].sin().sum())
+    before = set(_loop._REGISTRY)
+    with _chunks(3, traced=True):
+        value, grads = fn.jit(step, backend="aot_eager", dynamic=False)(params, x)
+    graphs = {key[0][0]: gm for h, lp in _loop._REGISTRY.items() if h not in before
+              for key, gm in lp.compiled.items()}
+
+    def transcendental(gm):
+        return sorted(n.target.__name__ for n in gm.graph.nodes if n.op == "call_function"
+                      and n.target in (torch.ops.aten.tanh.default, torch.ops.aten.sigmoid.default))
+    assert transcendental(graphs["rfwd"])  # the cell's gates
+    assert transcendental(graphs["rbwd"]) == []
+    value_e, grads_e = step(params, x)
+    assert_close(value, value_e)
+    for a, b in zip(_leaves(grads), _leaves(grads_e)):
+        assert_close(a, b)
+
+
 def test_a_carry_free_part_that_vmap_cannot_batch_runs_per_step_with_eager_numbers(monkeypatch, recwarn):
     """Where ``vmap`` cannot batch the step's carry-free part (an op with no batching rule; here
     every vmap refuses), the chunks run it per step: no warning, still the residual path, and
