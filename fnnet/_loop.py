@@ -70,14 +70,13 @@ callers do not come here.
 from __future__ import annotations
 
 import collections
-import itertools
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from . import _compat
+from . import _compat, _handles
 from ._island import eager_island, fresh_views
 
 __all__ = ["loop", "applies", "register_kind", "flat", "nest", "DEFAULT_CHUNK"]
@@ -103,7 +102,7 @@ COMPILER: Callable = _inductor  # (traced chunk graph, example inputs) -> callab
 _KINDS: dict[str, Callable] = {}  # kind -> make_body(owner, spec) -> body(consts, carry, x_t) -> (carry, ys)
 _HANDLES: dict = {}
 _REGISTRY: dict = {}  # handle -> _Loop
-_COUNTER = itertools.count()
+_COUNTER = _handles.counter()  # this process's own numbers (see fnnet._handles)
 
 
 def register_kind(kind: str, make_body: Callable) -> None:

@@ -53,7 +53,6 @@ How it runs (each route forced by what torch supports):
 from __future__ import annotations
 
 import functools
-import itertools
 import types
 import warnings
 from typing import Any
@@ -64,7 +63,7 @@ import torch.utils.checkpoint as _torch_checkpoint
 from torch._C._functorch import TransformType
 from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
-from . import _compat
+from . import _compat, _handles
 from . import tree as T
 from ._island import eager_island, fresh_views
 from .transforms import inside_functorch
@@ -295,7 +294,7 @@ class _RematVjp(torch.autograd.Function):
 
 _REGISTRY: dict = {}  # handle -> _Call
 _HANDLES: dict = {}  # (f, spec, constants) -> handle, when hashable
-_COUNTER = itertools.count()
+_COUNTER = _handles.counter()  # this process's own numbers (see fnnet._handles)
 
 
 class _Call:

@@ -371,3 +371,36 @@ def test_params_and_inputs_that_do_not_fit_are_clear_errors(n, other, width, ran
                        match="the block must map its input to an output of the same", suite="stack")
     expect_clear_error(lambda: fn.Stacked(BN_BLOCK, n).apply(fn.Stacked(BN_BLOCK, n).init(KEY), torch.ones(3, D)),
                        match="pass state=model.init_state", suite="stack")
+
+
+_OTHER_PROCESS = """
+import sys, torch
+import fnnet as fn
+from fnnet import _loop, random
+_loop.COMPILER = lambda gm, args: gm  # the chunks uncompiled: only the step's outer graph goes to inductor
+model = fn.Stacked(fn.Sequential([fn.Linear(3, 3), fn.tanh]), 8, remat=True, unroll=int(sys.argv[1]))
+params, x = model.init(random.key(0)), torch.randn(2, 3)
+step = fn.value_and_grad(lambda p, x: model.apply(p, x).square().sum())
+compiled, eager = fn.jit(step, dynamic=False)(params, x), step(params, x)
+torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+"""
+
+
+def test_a_step_compiled_in_another_process_is_not_taken_for_this_ones_loop(tmp_path):
+    """Inductor caches a compiled graph on disk keyed by its code and constants, and a loop's
+    handle is one of them; what the graph cannot see (here the chunk length, which sets how many
+    boundary carries the forward op returns) differs between two processes. The second process,
+    with the first one's cache, compiles its own step (default inductor) and gets eager's
+    numbers; with handles numbered 0, 1, ... in every process it ran the first one's graph and
+    failed on its output sizes."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+    root = pathlib.Path(__file__).resolve().parent.parent
+    env = os.environ | {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path), "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",
+                        "TORCHINDUCTOR_AUTOGRAD_CACHE": "1", "PYTHONPATH": str(root)}
+    for unroll in (2, 4):
+        out = subprocess.run([sys.executable, "-c", _OTHER_PROCESS, str(unroll)], cwd=root, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
