@@ -33,7 +33,7 @@ How it runs:
   time; also the path when a recompile made the batch size symbolic). The outer graph holds two
   nodes whatever ``n``; two chunk bodies are compiled (three when ``k`` does not divide ``n``:
   the last, shorter chunk), the first time the step runs. ``unroll=k`` (an int) sets ``k``;
-  ``unroll=False`` takes ``fnnet._loop.DEFAULT_CHUNK`` (8, or ``n`` if smaller). Under
+  ``unroll=False`` takes ``fnnet._loop.DEFAULT_CHUNK`` (4, or ``n`` if smaller). Under
   ``fn.grad`` of ``fn.grad`` (a second derivative) and a compiled ``vmap`` the stack runs the
   unrolled scan instead (the opaque backward cannot be differentiated again).
 
