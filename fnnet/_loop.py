@@ -81,9 +81,9 @@ from ._island import eager_island, fresh_views
 
 __all__ = ["loop", "applies", "register_kind", "flat", "nest", "DEFAULT_CHUNK"]
 
-# steps per compiled chunk: fewer compiled calls vs a bigger body to compile. Measured on one thread
-# (a user LSTMCell at T=64, Stacked of 48 MLP blocks, interleaved in one process): 4 runs level
-# with 8 (within 2%), its compile about a third shorter (the chunk's inductor codegen grows with k)
+# steps per compiled chunk: fewer compiled calls vs a bigger body to compile. Measured (a user
+# LSTMCell, Stacked of small blocks; README): 4 runs level with 8 and compiles shorter, as a
+# chunk's inductor codegen grows with its length
 DEFAULT_CHUNK = 4
 CACHE_SIZE = 16  # compiled bodies kept per handle
 RESIDUALS = True  # False: every loop takes the recompute path (read while dynamo traces; a switch to compare)
@@ -455,10 +455,10 @@ def _partition(lp: _Loop, metas: tuple, mask: int) -> _Plan:
     return _Plan(fw, bw, len(outs), saved, step, once, wrt, n_tan, hoisted, _factor(bw, w_c))
 
 
-# forward ops the backward graph reads the outputs of rather than recomputing them: the min-cut
+# forward ops whose outputs the backward graph reads rather than recomputes: the min-cut
 # partitioner counts every pointwise op as free to recompute, but a transcendental is a
-# polynomial per element (inductor's CPU tanh costs several sigmoids), and a loop's backward
-# recomputed a step's gates for every step, as nn.LSTM's stored workspace does not
+# polynomial per element (on CPU inductor's tanh costs several sigmoids), and a loop's backward
+# would recompute a step's gates at every step, where nn.LSTM reads its stored workspace
 _TRANSCENDENTAL = {getattr(torch.ops.aten, name).default for name in (
     "tanh", "sigmoid", "exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "erf", "erfc", "erfinv",
     "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh",
