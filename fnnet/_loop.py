@@ -292,19 +292,24 @@ def _compiled(lp: _Loop, key: tuple, fn: Callable, args: list) -> Callable:
     return compiled
 
 
-def _call(lp: _Loop, role: tuple, args: list, bufs: list, kinds: tuple, make: Callable) -> tuple:
+def _call(lp: _Loop, role: tuple, args: list, bufs: list, kinds: tuple, make: Callable, seen: dict) -> tuple:
     """The compiled chunk ``role`` (``("fwd", k)``, ``("vjp", k, mask)``, ``("rfwd", k, plan)``,
     ``("rbwd", k, plan)``) on ``args``, its outputs by ``kinds`` (see :func:`_into`) into
     ``bufs``; ``make()`` builds the chunk's function on a miss. A buffer is passed where it is:
     where inductor assumed an aligned one, it writes an unaligned one through an aligned copy
-    (torch's own check)."""
+    (torch's own check). ``seen`` (one per run of the loop) keeps the function found for each
+    role: within a run, the chunks of one role have the same inputs' metadata (the same consts,
+    the carry's shapes kept by the body, slices of one length), so it is looked up once."""
     args = [_aligned(a) for a in args]
-    key = (role, _meta(args), _meta(bufs), COMPILER)
-    fn = lp.compiled.get(key)
+    fn = seen.get(role)
     if fn is None:
-        fn = _compiled(lp, key, _into(make(), len(args), kinds), [*args, *bufs])
-    else:
-        lp.compiled.move_to_end(key)
+        key = (role, _meta(args), _meta(bufs), COMPILER)
+        fn = lp.compiled.get(key)
+        if fn is None:
+            fn = _compiled(lp, key, _into(make(), len(args), kinds), [*args, *bufs])
+        else:
+            lp.compiled.move_to_end(key)
+        seen[role] = fn
     return tuple(fn(*args, *bufs))
 
 
@@ -700,20 +705,20 @@ def _forward_impl(handle: int, mask: int, consts: list, carry: list, xs: list) -
     per_step = _ys_metas(lp, metas) + (plan.step if plan else [])  # written by the chunks, [T, ...]
     outs = [like.new_empty((length, *shape), dtype=dtype) for shape, dtype in per_step]
     bounds = [] if plan else [h.new_empty((len(chunks), *h.shape)) for h in carry]
-    once = None
+    once, seen = None, {}
     h = list(carry)
     for c, (lo, hi) in enumerate(chunks):
         kc = hi - lo
         args, bufs = [*consts, *h, *(x[lo:hi] for x in xs)], [o[lo:hi] for o in outs]
         if plan:
             kinds = ("ret",) * lp.n_h + ("write",) * len(outs) + ("ret",) * len(plan.once)
-            out = _call(lp, ("rfwd", kc, plan), args, bufs, kinds, lambda kc=kc: _residual_forward(lp, plan, kc))
+            out = _call(lp, ("rfwd", kc, plan), args, bufs, kinds, lambda kc=kc: _residual_forward(lp, plan, kc), seen)
             h, once = list(out[:lp.n_h]), once if once is not None else list(out[lp.n_h:])
         else:
             for b, v in zip(bounds, h):
                 b[c].copy_(v)
             kinds = ("ret",) * lp.n_h + ("write",) * len(outs)
-            h = list(_call(lp, ("fwd", kc), args, bufs, kinds, lambda kc=kc: _chunk_forward(lp, kc)))
+            h = list(_call(lp, ("fwd", kc), args, bufs, kinds, lambda kc=kc: _chunk_forward(lp, kc), seen))
     n_y = len(outs) - (len(plan.step) if plan else 0)
     saved = [*outs[n_y:], *(v.clone() for v in once)] if plan else bounds  # once: the first chunk's
     return [*_unalias(h, [*consts, *carry, *xs]), *outs[:n_y], *saved]
@@ -765,7 +770,7 @@ def _backward_impl(handle: int, mask: int, fmask: int, consts: list, carry: list
         vbits = (*bits[:n_c], *floating, *bits[n_c + n_h:])
     d_consts = [torch.zeros_like(v) if b else None for v, b in zip(consts, vbits[:n_c])]
     d_xs = [torch.empty_like(x) if b else None for x, b in zip(xs, vbits[n_c + n_h:])]  # every step written
-    g = list(d_carry)
+    g, seen = list(d_carry), {}
     chunks = lp.chunks(xs[0].shape[0])
     # the chunk adds its consts' gradients into d_consts and writes its xs' into d_xs
     n_h_diff = sum(floating)
@@ -778,10 +783,11 @@ def _backward_impl(handle: int, mask: int, fmask: int, consts: list, carry: list
         if plan:
             args = [*consts, *once, *(r[lo:hi] for r in res), *(x[lo:hi] for x in xs),
                     *(v for v, f in zip(g, floating) if f), *(d[lo:hi] for d in d_ys)]
-            out = iter(_call(lp, ("rbwd", kc, plan), args, bufs, kinds, lambda kc=kc: _residual_backward(lp, plan, kc)))
+            out = iter(_call(lp, ("rbwd", kc, plan), args, bufs, kinds,
+                             lambda kc=kc: _residual_backward(lp, plan, kc), seen))
         else:
             args = [*consts, *(b[c] for b in saved), *(x[lo:hi] for x in xs), *g, *(d[lo:hi] for d in d_ys)]
-            out = iter(_call(lp, ("vjp", kc, vbits), args, bufs, kinds, lambda kc=kc: _chunk_vjp(lp, kc, vbits)))
+            out = iter(_call(lp, ("vjp", kc, vbits), args, bufs, kinds, lambda kc=kc: _chunk_vjp(lp, kc, vbits), seen))
         g = [next(out) if f else v for v, f in zip(g, floating)]
     picked = [*d_consts, *g, *d_xs]
     return _unalias([v for v, b in zip(picked, bits) if b], [*consts, *carry, *xs, *saved, *d_carry, *d_ys])
