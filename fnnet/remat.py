@@ -152,6 +152,8 @@ def checkpoint(f: Callable, policy: Any = None) -> Callable:
         if torch.compiler.is_compiling():
             if _compat.DYNAMO_PASSES_OBJECTS and torch.is_grad_enabled() and _one_grad_level():
                 return _opaque(f, args, kwargs, policy is not None)
+            if policy is not None:
+                _warn_inline_at_trace()
             return f(*args, **kwargs)
         if policy is not None:
             _warn_policy_ignored()
@@ -174,6 +176,19 @@ def _warn_policy_ignored() -> None:
     warnings.warn("fn.checkpoint: inside torch.func transforms (fn.grad, fn.vmap), eager or compiled, a "
                   "policy cannot be honoured (torch.func refuses saved-tensor hooks): everything is "
                   "recomputed", stacklevel=3)
+
+
+@torch.compiler.assume_constant_result  # run for real while dynamo traces: warns once
+def _warn_inline_at_trace() -> int:
+    _warn_inline()
+    return 0
+
+
+@functools.cache
+def _warn_inline() -> None:
+    warnings.warn("fn.checkpoint: compiled inside a grad of grad or a vmap, or on torch < 2.12, f is traced "
+                  "inline: it is not rematerialized and its policy is not applied (the step stores f's "
+                  "activations as it would without checkpoint; the numbers are the same)", stacklevel=3)
 
 
 def _recomputed(f: Callable, args: tuple, kwargs: dict) -> Any:

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 import fnnet as fn
 from fnnet import random, tree
+from fnnet._compat import DYNAMO_PASSES_OBJECTS
 from badinput import expect_clear_error
 from conftest import assert_close, assert_trees_close
 
@@ -191,8 +192,9 @@ def test_a_compiled_fn_grad_step_with_inductor_recomputes_in_its_backward_and_eq
     before = counting.calls
     value, g = step(PARAMS, X, K)
     # compiled, f runs inside fnnet::remat (each block's forward) and fnnet::remat_backward (each
-    # block recomputed); traced into the graph, dynamo would replay only the forward's 2 calls
-    assert counting.calls - before == 4
+    # block recomputed); traced into the graph, dynamo would replay only the forward's 2 calls,
+    # which is what torch < 2.12 does (dynamo cannot hand it the ops: f inline, documented)
+    assert counting.calls - before == (4 if DYNAMO_PASSES_OBJECTS else 2)
     ref_value, ref_g = fn.value_and_grad(loss_with(block))(PARAMS, X, K)
     assert_close(value, ref_value)
     assert_trees_close(g, ref_g)
@@ -211,9 +213,13 @@ def test_compiled_fn_grad_refuses_what_the_ops_cannot_differentiate_and_takes_co
 
     p = torch.ones(D, dtype=torch.float64)
     # a tensor from outside the step that requires grad would lose its gradient connection
-    with pytest.raises(RuntimeError, match="'.*reads_w' reads a tensor that requires grad and is not one "
-                                           "of its arguments"):
-        fn.jit(fn.grad(lambda p, x: fn.checkpoint(reads_w)(p, x).sum()))(p, X)
+    if DYNAMO_PASSES_OBJECTS:
+        with pytest.raises(RuntimeError, match="'.*reads_w' reads a tensor that requires grad and is not one "
+                                               "of its arguments"):
+            fn.jit(fn.grad(lambda p, x: fn.checkpoint(reads_w)(p, x).sum()))(p, X)
+    else:  # torch < 2.12: f inline, its gradients are the graph's own
+        g = fn.jit(fn.grad(lambda p, x: fn.checkpoint(reads_w)(p, x).sum()))(p, X)
+        assert_close(g, fn.grad(lambda p, x: reads_w(p, x).sum())(p, X))
     # one that does not is a constant, read when the step runs, as eagerly
     g = fn.jit(fn.grad(lambda p, x: fn.checkpoint(reads_constant)(p, x).sum()))(p, X)
     assert_close(g, fn.grad(lambda p, x: reads_constant(p, x).sum())(p, X))
@@ -225,6 +231,9 @@ def test_pin_a_closure_over_a_traced_tensor_does_not_compile_under_fn_grad():
     # reaches w through fnnet::remat before relaxing the test.
     w = torch.randn(D, D, dtype=torch.float64)
     step = fn.jit(fn.grad(lambda w, x: fn.checkpoint(lambda h: torch.tanh(h @ w))(x).sum()))
+    if not DYNAMO_PASSES_OBJECTS:  # torch < 2.12: f inline, the gradient reaches w through the graph
+        assert_close(step(w, X), fn.grad(lambda w, x: torch.tanh(x @ w).sum())(w, X))
+        return
     with pytest.raises(Exception, match="closure"):
         step(w, X)
 
@@ -236,8 +245,8 @@ def test_pin_torch_checkpoint_does_not_trace_inside_a_compiled_torch_func_grad()
     def loss(params, x, key):
         return torch.utils.checkpoint.checkpoint(block, params, x, key, use_reentrant=False,
                                                  preserve_rng_state=False).sum()
-    try:
-        with pytest.raises(Exception, match="saved tensor hooks"):
+    try:  # (torch 2.11 stops earlier, at the side effect of fnnet's apply inside the checkpoint HOP)
+        with pytest.raises(Exception, match="saved tensor hooks|Mutating a variable from outside the scope"):
             torch.compile(torch.func.grad(loss), backend="aot_eager", fullgraph=True)(PARAMS, X, K)
     finally:
         # the failed compile leaves torch.func's "hooks disabled" state behind (its context manager
@@ -336,9 +345,12 @@ def test_a_policy_on_the_first_float32_matmuls_of_a_process_equals_no_checkpoint
 def test_a_policy_inside_a_compiled_fn_grad_warns_and_recomputes_everything():
     from fnnet import remat
     remat._warn_policy_ignored.cache_clear()  # once per process: the eager route may have warned
+    remat._warn_inline.cache_clear()
     step = fn.jit(fn.value_and_grad(loss_with(fn.checkpoint(dots_block, policy=fn.checkpoint_policies
                                                             .dots_saveable))), backend="aot_eager")
-    with pytest.warns(UserWarning, match="eager or compiled, a policy cannot be honoured"):
+    # torch < 2.12 traces f inline (dynamo cannot hand it the ops): the policy is not applied either
+    match = "eager or compiled, a policy cannot be honoured" if DYNAMO_PASSES_OBJECTS else "f is traced inline"
+    with pytest.warns(UserWarning, match=match):
         value, g = step(POLICY_PARAMS, X, K)
     ref_value, ref_g = fn.value_and_grad(loss_with(dots_block))(POLICY_PARAMS, X, K)
     assert_close(value, ref_value)
