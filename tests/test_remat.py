@@ -357,6 +357,19 @@ def test_a_policy_inside_a_compiled_fn_grad_warns_and_recomputes_everything():
     assert_trees_close(g, ref_g)
 
 
+def test_a_policy_where_compiled_f_runs_inline_warns_rather_than_being_dropped():
+    """Compiled under vmap (or a grad of grad, or on torch < 2.12) f is traced inline: neither
+    rematerialized nor saved by its policy. Saying so once beats ignoring the policy silently;
+    the values are eager's."""
+    from fnnet import remat
+    remat._warn_inline.cache_clear()
+    xs = torch.stack([X, 2 * X])
+    f = fn.checkpoint(lambda x: torch.tanh(x @ W3[0]), policy=fn.checkpoint_policies.dots_saveable)
+    with pytest.warns(UserWarning, match="f is traced inline: it is not rematerialized and its policy is not applied"):
+        out = fn.jit(fn.vmap(f), backend="aot_eager")(xs)
+    assert_close(out, torch.tanh(xs @ W3[0]))
+
+
 @pytest.mark.slow  # inductor with torch's selective checkpoint: a minute on 2 busy cores
 def test_a_named_policy_compiled_with_inductor_under_plain_autograd_equals_eager():
     _, ref_grads, _ = backward_ops(dots_block)
