@@ -47,7 +47,7 @@ How it runs (each route forced by what torch supports):
   requires grad is refused in the backward, naming ``f``. Pass tensors as arguments.
 * **Other compiled transforms** (``fn.vmap``, grad of grad, torch older than 2.12, whose dynamo
   cannot hand ``f`` to the ops): ``f`` as it is: the same values and gradients, the memory of
-  inductor's plan for the whole step.
+  inductor's plan for the whole step; a policy is not applied (warning).
 """
 
 from __future__ import annotations
