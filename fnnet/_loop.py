@@ -707,17 +707,17 @@ def _forward_impl(handle: int, mask: int, consts: list, carry: list, xs: list) -
     bounds = [] if plan else [h.new_empty((len(chunks), *h.shape)) for h in carry]
     once, seen = None, {}
     h = list(carry)
+    # the chunk returns its carry (and the values stored once), writes its ys and residuals
+    kinds = ("ret",) * lp.n_h + ("write",) * len(outs) + (("ret",) * len(plan.once) if plan else ())
     for c, (lo, hi) in enumerate(chunks):
         kc = hi - lo
         args, bufs = [*consts, *h, *(x[lo:hi] for x in xs)], [o[lo:hi] for o in outs]
         if plan:
-            kinds = ("ret",) * lp.n_h + ("write",) * len(outs) + ("ret",) * len(plan.once)
             out = _call(lp, ("rfwd", kc, plan), args, bufs, kinds, lambda kc=kc: _residual_forward(lp, plan, kc), seen)
             h, once = list(out[:lp.n_h]), once if once is not None else list(out[lp.n_h:])
         else:
             for b, v in zip(bounds, h):
                 b[c].copy_(v)
-            kinds = ("ret",) * lp.n_h + ("write",) * len(outs)
             h = list(_call(lp, ("fwd", kc), args, bufs, kinds, lambda kc=kc: _chunk_forward(lp, kc), seen))
     n_y = len(outs) - (len(plan.step) if plan else 0)
     saved = [*outs[n_y:], *(v.clone() for v in once)] if plan else bounds  # once: the first chunk's

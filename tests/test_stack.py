@@ -11,6 +11,11 @@ inductor equals eager.
 
 from __future__ import annotations
 
+import os
+import pathlib
+import subprocess
+import sys
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -393,10 +398,6 @@ def test_a_step_compiled_in_another_process_is_not_taken_for_this_ones_loop(tmp_
     with the first one's cache, compiles its own step (default inductor) and gets eager's
     numbers; with handles numbered 0, 1, ... in every process it ran the first one's graph and
     failed on its output sizes."""
-    import os
-    import pathlib
-    import subprocess
-    import sys
     root = pathlib.Path(__file__).resolve().parent.parent
     env = os.environ | {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path), "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",
                         "TORCHINDUCTOR_AUTOGRAD_CACHE": "1", "PYTHONPATH": str(root)}
