@@ -5,6 +5,7 @@ are nested dicts named as ``torch.nn`` names them; transforms come from ``torch.
 """
 
 from . import _compat  # first: on a torch older than the floor, an ImportError naming both
+from . import _cache_key
 from . import init, io, random, tree
 from .interop import functional, params_from_module, state_from_module, to_state_dict
 from .layers import *
@@ -17,5 +18,7 @@ from .stack import Stacked
 from .summary import summary
 from .transforms import grad, hessian, jacfwd, jacrev, jit, jvp, value_and_grad, vjp, vmap
 from . import optim
+
+_cache_key.tag_with_source(__file__)  # compiled graphs cached on disk are keyed by this source
 
 __version__ = "0.1.0"

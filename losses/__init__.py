@@ -1,6 +1,8 @@
 """Losses at parity with ``torch.nn.functional`` (same ``reduction=`` semantics, no silent
 broadcasting), GAN losses, WGAN-GP / R1 gradient penalties through ``torch.func``, metrics."""
 
+from fnnet._cache_key import tag_with_source
+
 from .classification import binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy, kl_div, nll
 from .ctc import ctc
 from .gan import discriminator_loss, generator_loss
@@ -12,6 +14,8 @@ from .metrics import accuracy, binary_accuracy
 from .penalty import gradient_penalty, interpolate, r1_penalty, safe_norm
 from .regression import huber, l1, mse, smooth_l1
 from .vae import gaussian_kl
+
+tag_with_source(__file__)  # compiled graphs cached on disk are keyed by this source
 
 __all__ = [
     "accuracy", "binary_accuracy", "binary_cross_entropy", "binary_cross_entropy_with_logits",
