@@ -182,7 +182,10 @@ def loop(kind: str, owner: Any, spec: tuple, consts: list, carry: list, xs: list
     step_dims += [d for a in args[len(consts) + len(carry):] for d in a.shape[1:]]
     if remat or not RESIDUALS or not all(_static(d) for d in step_dims):
         mask = 0
-    out = _LoopFn.apply(handle, len(consts), len(carry), tuple(ys_grad), mask, *args)
+    if any(a.requires_grad for a in args):
+        out = _LoopFn.apply(handle, len(consts), len(carry), tuple(ys_grad), mask, *args)
+    else:  # nothing to differentiate (dynamo fails on the Function then): the forward op alone
+        out = _LoopFn.forward(handle, len(consts), len(carry), tuple(ys_grad), 0, *args)
     n_h = len(carry)
     return list(out[:n_h]), list(out[n_h:n_h + len(ys_grad)])
 

@@ -840,3 +840,19 @@ def test_apply_refuses_bad_input_naming_the_layer(case):
     match, call = case
     err = expect_clear_error(call, match=match)
     assert "Recurrent" in str(err)
+
+
+def test_a_loop_with_nothing_to_differentiate_runs_compiled_under_grad():
+    """Under fn.jit(fn.grad(f)) where the loop's params, state and input need no gradient (the
+    gradient is w.r.t. something else), the loop runs forward alone; dynamo failed on the loop's
+    autograd.Function there ("no attribute 'proxy'")."""
+    layer = cells.Recurrent(cells.LSTMCell(3, 4))
+    params, x = layer.init(fn.random.key(0)), torch.randn(5, 2, 3)
+
+    def f(scale):
+        return layer.apply(params, x)[0].sum() * scale.sum()
+    before = set(_loop._REGISTRY)
+    with _chunks(4, traced=True):
+        got = fn.jit(fn.grad(f), backend="aot_eager")(torch.ones(2))
+    assert set(_loop._REGISTRY) != before  # the loop ran
+    assert_close(got, fn.grad(f)(torch.ones(2)))
