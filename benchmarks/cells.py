@@ -30,6 +30,7 @@ long-sequence compile runs first). On a shared 2-core machine run it with
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import resource
 import statistics
@@ -214,6 +215,11 @@ def _scan_training(T: int) -> list[dict]:
 
     step = fn.value_and_grad(lambda p, x: layer.apply(p, x)[0].square().mean())
     compiled, ct = _compiled(step, p, x)
+
+    def scan_loss(p, x):  # the same cell under a bare fn.scan, its params named by a partial
+        h = x.new_zeros(B, H)
+        return fn.scan(functools.partial(_lstm_step, layer.cell, p["l0"]), (h, h), x)[1].square().mean()
+    scanned, sct = _compiled(fn.value_and_grad(scan_loss), p, x)
     # the same step on the recompute path (each chunk's forward recomputed in the backward), for
     # comparison: compiled with fnnet._loop.RESIDUALS off, and called with it off (dynamo's guard)
     recompute = fn.jit(step, dynamic=False)
@@ -225,13 +231,21 @@ def _scan_training(T: int) -> list[dict]:
         finally:
             _loop.RESIDUALS = True
     without_residuals()
-    ms = _interleaved({"native": native_step, "loop": lambda: compiled(p, x), "recompute": without_residuals},
-                      repeats=5)
+    ms = _interleaved({"native": native_step, "loop": lambda: compiled(p, x), "recompute": without_residuals,
+                       "scan": lambda: scanned(p, x)}, repeats=5)
     desc = f"LSTMCell in Recurrent, fwd+bwd, I={I} H={H} B={B} T={T}"
     return [row("cells", desc, "nn.LSTM (native kernel)", ms["native"], ms["native"]),
             row("cells", desc, "Recurrent(cell) fn.jit (fnnet._loop)", ms["loop"], ms["native"],
                 compile_s=round(ct, 1)),
-            row("cells", desc, "Recurrent(cell) fn.jit, recomputing backward", ms["recompute"], ms["native"])]
+            row("cells", desc, "Recurrent(cell) fn.jit, recomputing backward", ms["recompute"], ms["native"]),
+            row("cells", desc, "fn.scan(partial(step, cell, params)) fn.jit (fnnet._loop)", ms["scan"],
+                ms["native"], compile_s=round(sct, 1))]
+
+
+def _lstm_step(cell, p, state, x_t):
+    """One step of ``cell`` as a scan body: ``(state, x_t) -> (state, h)``."""
+    new = cell.apply(p, x_t, state)
+    return new, new[0]
 
 
 def _one_step_peak(kind: str, impl: str, T: int, threads: int, queue) -> None:

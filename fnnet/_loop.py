@@ -1,4 +1,5 @@
-"""An opaque, chunked, compiled loop for compiled training (internal; ``Stacked``, ``cells.Recurrent``).
+"""An opaque, chunked, compiled loop for compiled training (internal; ``Stacked``, ``cells.Recurrent``,
+``fnnet.scan`` of a ``functools.partial``).
 
     carry, ys = loop(kind, owner, spec, consts, carry, xs, ys_grad=...)
 
@@ -103,22 +104,25 @@ def _inductor(gm: torch.fx.GraphModule, args: list) -> Callable:
 COMPILER: Callable = _inductor  # (traced chunk graph, example inputs) -> callable; tests swap in the graph itself
 
 _KINDS: dict[str, Callable] = {}  # kind -> make_body(owner, spec) -> body(consts, carry, x_t) -> (carry, ys)
+_NAMES: dict[str, Callable] = {}  # kind -> name(owner): what errors and warnings call the loop
 _HANDLES: dict = {}
 _REGISTRY: dict = {}  # handle -> _Loop
 _COUNTER = _handles.counter()  # this process's own numbers (see fnnet._handles)
 
 
-def register_kind(kind: str, make_body: Callable) -> None:
+def register_kind(kind: str, make_body: Callable, name: Callable | None = None) -> None:
     """``make_body(owner, spec)`` builds the step ``body(consts, carry, x_t) -> (carry, y_t)``
-    (lists of tensors) of the loops of ``kind``; called once per handle."""
+    (lists of tensors) of the loops of ``kind``; called once per handle. ``name(owner)``: what
+    errors call the loop (default ``"<kind> of <owner's type>"``)."""
     _KINDS[kind] = make_body
+    _NAMES[kind] = name or (lambda owner: f"{kind} of {type(owner).__name__}")
 
 
 class _Loop:
     """What a handle stands for: the body and the loop's constants, with its compiled chunks."""
 
     def __init__(self, kind, owner, spec, chunk, reverse, counts, ys_grad):
-        self.name = f"{kind} of {type(owner).__name__}"
+        self.name = _NAMES[kind](owner)
         self.body = _KINDS[kind](owner, spec)
         self.chunk, self.reverse = chunk, reverse
         self.n_c, self.n_h, self.n_x = counts
@@ -135,7 +139,12 @@ class _Loop:
 
 
 @_compat.assume_constant_result  # run for real while dynamo traces: registers, the handle is a constant
-def _handle(kind: str, owner: Any, spec: tuple, chunk: int, reverse: bool, counts: tuple, ys_grad: tuple) -> int:
+def _handle(kind: str, owner: Any, spec: tuple, chunk: int, reverse: bool, counts: tuple, ys_grad: tuple,
+            fresh: bool) -> int:
+    if fresh:  # a handle of its own for this trace (see loop's fresh)
+        handle = next(_COUNTER)
+        _REGISTRY[handle] = _Loop(kind, owner, spec, chunk, reverse, counts, ys_grad)
+        return handle
     key = (kind, owner, spec, chunk, reverse, counts, ys_grad)
     if key not in _HANDLES:
         _HANDLES[key] = handle = next(_COUNTER)
@@ -164,15 +173,19 @@ def applies(x: Any) -> bool:
 
 
 def loop(kind: str, owner: Any, spec: tuple, consts: list, carry: list, xs: list, *, ys_grad: tuple,
-         reverse: bool = False, chunk: int | None = None, remat: bool = False) -> tuple[list, list]:
+         reverse: bool = False, chunk: int | None = None, remat: bool = False, fresh: bool = False
+         ) -> tuple[list, list]:
     """``(final carry, ys)`` of the loop (see the module docstring); ``ys_grad[i]``: whether
     ``ys[i]`` carries a gradient (a BatchNorm's new running statistics do not); ``remat``: keep
-    only the chunk-boundary carries and recompute each chunk in the backward (no residuals).
+    only the chunk-boundary carries and recompute each chunk in the backward (no residuals);
+    ``fresh``: a handle (and compiled chunks) for this trace alone, for a body whose behaviour
+    ``(owner, spec)`` does not pin down (a user's function, reading globals): dynamo's guards on
+    the trace around the loop then decide when it is compiled again, not a key.
     Call it while dynamo traces with grad mode on; the carry and ``xs`` are lists of tensors,
     ``xs`` non-empty."""
     k = chunk or DEFAULT_CHUNK  # the length is read when the op runs (it may be symbolic here)
     counts = (len(consts), len(carry), len(xs))
-    handle = _handle(kind, owner, spec, k, reverse, counts, tuple(ys_grad))
+    handle = _handle(kind, owner, spec, k, reverse, counts, tuple(ys_grad), fresh)
     args = fresh_views(*consts, *carry, *xs, contiguous=True)
     # the residual path differentiates the floating inputs that require grad (read here, while
     # dynamo traces); it needs one step's shapes to be static (a symbolic batch size after a
@@ -747,9 +760,18 @@ def _ys_metas(lp: _Loop, metas: tuple) -> list:
 
 
 def _ys_meta(lp: _Loop, consts: list, carry: list, xs: list) -> list:
-    """The ys of one step, run on the fake tensors the fake implementation is given."""
-    with torch.no_grad():
-        _, y = lp.body(list(consts), list(carry), [x[0] for x in xs])
+    """The ys of one step, run on the fake tensors the fake implementation is given. A body that
+    reads a real tensor here read it from outside its inputs (a closure, a global): the loop
+    could not differentiate it, so that is an error."""
+    try:
+        with torch.no_grad():
+            _, y = lp.body(list(consts), list(carry), [x[0] for x in xs])
+    except AssertionError as e:
+        if "convert all Tensors to FakeTensors" not in str(e):
+            raise
+        raise RuntimeError(f"fnnet: the step of the {lp.name} reads a tensor that is not one of its inputs (a "
+                           "closure's or a global's): the compiled loop can neither differentiate nor update it. Pass "
+                           "every tensor the step reads as an argument (for fn.scan, one of the partial's)") from None
     return list(y)
 
 

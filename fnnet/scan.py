@@ -23,8 +23,15 @@ How it runs (the numbers live in ``benchmarks/cells.py`` and the README table):
 * **Under ``fn.jit`` without gradients** (``torch.no_grad()``, or nothing the loop touches
   requires grad: inference): torch's ``scan`` op (``torch._higher_order_ops.scan``), the body
   traced once (``unroll=k``: a body of k steps), so compile time does not grow with the length.
-* **Under ``fn.jit`` with gradients, and inside ``torch.func`` transforms**: the loop unrolled,
-  so compile time grows with the length. Whether a loop needs gradients shows on its first
+* **Under ``fn.jit`` with gradients, ``f = functools.partial(g, params, ...)``** (``g`` a plain
+  function; torch >= 2.12; at most one level of gradients, no ``vmap``/``jvp`` around):
+  ``fnnet._loop``'s compiled chunks, the tensors among the partial's arguments the loop's
+  constants, so compile time does not grow with the length. ``g`` must be given every tensor it
+  reads (one it reads from a closure or a global is an error: the chunks could not differentiate
+  it). What else ``g`` reads from outside (a global number) dynamo's guards watch on one traced
+  step, and a change compiles the loop again, as an unrolled loop would be.
+* **Otherwise under ``fn.jit`` with gradients, and inside ``torch.func`` transforms**: the loop
+  unrolled, so compile time grows with the length. Whether a loop needs gradients shows on its first
   step: if what that step returns does not require grad, no later step's does (same function,
   same closure), and the rest of the loop goes to the op. ``FNNET_SCAN_HOP=0`` turns the op off.
 
@@ -46,24 +53,30 @@ installed torch no longer needs it):
   (``tests/test_scan_vjp.py``);
 * an opaque op that runs the loop and its VJP outside the graph (what ``fnnet.Stacked`` and
   ``cells.fused`` do) needs the body's weights as explicit inputs; weights a closure reads
-  are visible only to dynamo, which lifts them for its own higher-order ops alone.
+  are visible only to dynamo, which lifts them for its own higher-order ops alone. A
+  ``functools.partial`` names them: that is the case the chunks take.
 
 The recurrent layers of ``cells`` run their recurrence as hand-written VJPs behind opaque ops
 (``cells.fused``, ``cells.native``): flat compile time with gradients, at native speed. A
-user's cell in ``cells.Recurrent`` and a ``fnnet.Stacked`` train compiled through
-``fnnet._loop``: the step compiled in chunks behind two opaque ops, its VJP by inductor
+user's cell in ``cells.Recurrent``, a ``fnnet.Stacked`` and a ``scan`` of a partial train compiled
+through ``fnnet._loop``: the step compiled in chunks behind two opaque ops, its VJP by inductor
 (flat compile time; speed in ``benchmarks/cells.py`` and ``benchmarks/stack.py``).
 """
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
+import functools
 import os
+import types
 from typing import Any
 from collections.abc import Callable
 
 import torch
 
-from . import _check
+from . import _check, _compat
+from . import _loop as _chunked_loop
 from . import tree as T
 from .transforms import inside_functorch
 
@@ -83,8 +96,8 @@ def scan(f: Callable[[Any, Any], tuple[Any, Any]], carry: Any, xs: Any = None, r
 
     f: ``(carry, x_t) -> (carry, y_t)``, carry keeping its structure, shapes and dtypes.
     xs: pytree of ``[T, ...]`` tensors, or ``None`` (then ``x_t`` is ``None``; give ``length``).
-    unroll: under ``fn.jit`` without gradients, steps per traced body (``True``: the whole
-    loop unrolled).
+    unroll: under ``fn.jit`` without gradients, steps per traced body; with gradients and ``f``
+    a partial, steps per compiled chunk (``True``: the whole loop unrolled).
     Returns ``(carry, ys)``, ys a pytree of ``[T, ...]`` tensors (``None`` if f's y is None).
     """
     if not isinstance(unroll, bool):
@@ -109,8 +122,10 @@ def scan(f: Callable[[Any, Any], tuple[Any, Any]], carry: Any, xs: Any = None, r
                                  f"{path!r} has shape {list(x.shape)}")
         if length is not None and length != n:
             raise ValueError(f"scan: length={length} but xs has leading length {n}")
-    f = _checked(f, carry)
+    f_given, f = f, _checked(f, carry)
     steps = n if unroll is True else max(int(unroll), 1)  # False: one step per body
+    if steps < n and _chunks_apply(f_given, carry, flat, xs):
+        return _chunked(f_given, f, carry, flat, spec, xs, n, reverse, steps if steps > 1 else None)
     if steps >= n or not _op_applies():
         return _loop(f, carry, flat, spec, n, reverse)
     # Gradients may be needed: torch's scan op cannot be trusted with them (see the module
@@ -225,3 +240,98 @@ def _traced_once(f, carry, flat, spec, n, reverse, k, has_ys):
 
 def _has_tensors(tree: Any) -> bool:
     return any(isinstance(leaf, torch.Tensor) for leaf in T.leaves(tree))
+
+
+# -- under fn.jit with gradients: f = functools.partial(g, *args, **kw) as compiled chunks ---------
+_SLOT = ("tensor",)
+
+
+def _skeleton(tree: Any) -> Any:
+    """``tree`` as nested tuples that dynamo can pass as a constant (a treespec it cannot): a
+    tensor as a slot, a module (a dataclass) by its id, dicts, lists and tuples by their items.
+    None where some node is none of these and no number, string, bool, dtype or None."""
+    if isinstance(tree, torch.Tensor):
+        return _SLOT
+    if type(tree) is dict:
+        items = tuple((k, _skeleton(v)) for k, v in tree.items())
+        return None if any(v is None for _, v in items) else ("dict", items)
+    if type(tree) in (list, tuple):
+        items = tuple(_skeleton(v) for v in tree)
+        return None if any(v is None for v in items) else (type(tree).__name__, items)
+    if tree is None or isinstance(tree, (bool, int, float, str, torch.dtype)):
+        return ("leaf", tree)
+    if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
+        return ("object", id(tree))  # looked up once, while dynamo traces (the object is alive then)
+    return None
+
+
+def _resolve(skel: Any) -> Any:
+    """``skel`` with its objects looked up by id: called while dynamo traces."""
+    if skel == _SLOT:
+        return skel
+    kind, body = skel
+    if kind == "object":
+        return ("leaf", ctypes.cast(body, ctypes.py_object).value)
+    return (kind, tuple((k, _resolve(v)) for k, v in body)) if kind == "dict" else \
+        (kind, tuple(_resolve(v) for v in body)) if kind in ("list", "tuple") else skel
+
+
+def _fill(skel: Any, leaves: Any) -> Any:
+    """The tree ``skel`` was made from, its slots taken in order from the iterator ``leaves``."""
+    if skel == _SLOT:
+        return next(leaves)
+    kind, body = skel
+    if kind == "leaf":
+        return body
+    if kind == "dict":
+        return {k: _fill(v, leaves) for k, v in body}
+    items = [_fill(v, leaves) for v in body]
+    return items if kind == "list" else tuple(items)
+
+
+def _chunks_apply(f: Any, carry: Any, flat: list, xs: Any) -> bool:
+    """Whether the loop runs as fnnet._loop's compiled chunks: compiling with gradients (at most
+    one level of them, no vmap/jvp around), ``xs`` given, ``f`` a ``functools.partial`` of a
+    plain function, and its arguments, the carry and ``xs`` trees :func:`_skeleton` can pass."""
+    return (_compat.DYNAMO_PASSES_OBJECTS and isinstance(f, functools.partial)
+            and isinstance(f.func, types.FunctionType) and bool(flat) and _chunked_loop.applies(flat[0])
+            and all(_skeleton(t) is not None for t in (f.args, f.keywords, carry, xs)))
+
+
+def _chunked(f: functools.partial, checked: Callable, carry: Any, flat: list, spec: Any, xs: Any, n: int,
+             reverse: bool, chunk: int | None) -> tuple[Any, Any]:
+    """The loop as fnnet._loop's compiled chunks: the tensors among ``f``'s arguments are the
+    loop's consts (what it differentiates besides the carry and ``xs``), the carry's and ``xs``'
+    leaves its carry and xs; ``chunk`` steps per compiled chunk (None: the default). One step is
+    traced first for what it tells (the ys' structure and
+    dtypes; the carry checked); its values are not used, and the compiler drops it. A handle per
+    trace: the body reads what ``f.func`` reads (globals, closures), which dynamo's guards on
+    that step watch, so a change compiles the loop again."""
+    first = [x[n - 1:] if reverse else x[:1] for x in flat]
+    _, y_like = _loop(checked, carry, first, spec, 1, reverse)
+    owner = (f.func, _skeleton(f.args), _skeleton(f.keywords), _skeleton(carry), _skeleton(xs))
+    consts = [leaf for leaf in T.leaves((f.args, f.keywords)) if isinstance(leaf, torch.Tensor)]
+    ys_like = T.leaves(y_like) if y_like is not None else []
+    new, ys = _chunked_loop.loop("scan", owner, (), consts, T.leaves(carry), list(flat), reverse=reverse,
+                                 ys_grad=tuple(bool(y.is_floating_point()) for y in ys_like), chunk=chunk,
+                                 fresh=True)
+    carry = T.unflatten(T.structure(carry), new)
+    return carry, (T.unflatten(T.structure(y_like), ys) if y_like is not None else None)
+
+
+def _scan_body(owner: tuple, spec: tuple) -> Callable:
+    """``body(consts, carry, x_t)`` of a :func:`_chunked` loop: ``f.func`` on the partial's
+    arguments with the consts in their slots, checked as the unrolled loop checks each step."""
+    func, args, keywords, carry_skel, xs_skel = owner[0], *map(_resolve, owner[1:])
+
+    def body(consts, carry, x_t):
+        leaves = iter(consts)
+        f = functools.partial(func, *_fill(args, leaves), **_fill(keywords, leaves))
+        c = _fill(carry_skel, iter(carry))
+        new, y = _checked(f, c)(c, _fill(xs_skel, iter(x_t)))
+        return T.leaves(new), (T.leaves(y) if y is not None else [])
+    return body
+
+
+_chunked_loop.register_kind("scan", _scan_body,
+                            name=lambda owner: f"fn.scan of functools.partial({owner[0].__qualname__}, ...)")
