@@ -265,6 +265,17 @@ def _skeleton(tree: Any) -> Any:
     return None
 
 
+def _tensors(tree: Any) -> list:
+    """The tensors of ``tree`` in the order :func:`_skeleton` puts their slots."""
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if type(tree) is dict:
+        return [t for v in tree.values() for t in _tensors(v)]
+    if type(tree) in (list, tuple):
+        return [t for v in tree for t in _tensors(v)]
+    return []
+
+
 def _resolve(skel: Any) -> Any:
     """``skel`` with its objects looked up by id: called while dynamo traces."""
     if skel == _SLOT:
@@ -310,7 +321,7 @@ def _chunked(f: functools.partial, checked: Callable, carry: Any, flat: list, sp
     first = [x[n - 1:] if reverse else x[:1] for x in flat]
     _, y_like = _loop(checked, carry, first, spec, 1, reverse)
     owner = (f.func, _skeleton(f.args), _skeleton(f.keywords), _skeleton(carry), _skeleton(xs))
-    consts = [leaf for leaf in T.leaves((f.args, f.keywords)) if isinstance(leaf, torch.Tensor)]
+    consts = [*_tensors(f.args), *_tensors(f.keywords)]
     ys_like = T.leaves(y_like) if y_like is not None else []
     new, ys = _chunked_loop.loop("scan", owner, (), consts, T.leaves(carry), list(flat), reverse=reverse,
                                  ys_grad=tuple(bool(y.is_floating_point()) for y in ys_like), chunk=chunk,

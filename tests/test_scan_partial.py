@@ -202,3 +202,31 @@ def test_unroll_k_sets_the_steps_per_compiled_chunk():
     assert {key[0][1] for h, lp in _loop._REGISTRY.items() if h not in before for key in lp.compiled} == {3, 1}
     for a, b in zip(fn.tree.leaves(grad), fn.tree.leaves(fn.grad(loss)(p))):
         assert_close(a, b)
+
+
+def two_weight_step(scale, c, x_t, *, weights, bias):
+    c = torch.tanh(c @ weights["z"]["hh"] + x_t @ weights["a"] * scale + bias)
+    return c, (c, weights["z"]["hh"].sum())
+
+
+def test_tensors_given_by_keyword_and_in_nested_dicts_reach_their_own_slots():
+    """Weights of one shape under keys out of sorted order, by keyword and nested: each reaches
+    the slot it came from (a swap would be silent here: the shapes agree), gradients eager's."""
+    g = torch.Generator().manual_seed(3)
+    weights = {"z": {"hh": torch.randn(3, 3, generator=g, dtype=torch.float64)},
+               "a": torch.randn(3, 3, generator=g, dtype=torch.float64)}
+    bias, x = torch.randn(3, generator=g, dtype=torch.float64), torch.randn(6, 2, 3, generator=g, dtype=torch.float64)
+
+    def loss(weights, bias):
+        f = functools.partial(two_weight_step, 0.5, weights=weights, bias=bias)
+        c, (cs, sums) = fn.scan(f, torch.zeros(2, 3, dtype=torch.float64), x)
+        return cs.square().sum() + c.sum() + sums.sum()
+    step = fn.value_and_grad(loss, argnums=(0, 1))
+    before = set(_loop._REGISTRY)
+    with traced_chunks():
+        value, grads = fn.jit(step, backend="aot_eager", dynamic=False)(weights, bias)
+    assert roles_since(before) == PATH
+    value_e, grads_e = step(weights, bias)
+    assert_close(value, value_e)
+    for a, b in zip(fn.tree.leaves(grads), fn.tree.leaves(grads_e)):
+        assert_close(a, b)
