@@ -314,19 +314,19 @@ def _chunked(f: functools.partial, checked: Callable, carry: Any, flat: list, sp
     """The loop as fnnet._loop's compiled chunks: the tensors among ``f``'s arguments are the
     loop's consts (what it differentiates besides the carry and ``xs``), the carry's and ``xs``'
     leaves its carry and xs; ``chunk`` steps per compiled chunk (None: the default). One step is
-    traced first for what it tells (the ys' structure and
-    dtypes; the carry checked); its values are not used, and the compiler drops it. A handle per
-    trace: the body reads what ``f.func`` reads (globals, closures), which dynamo's guards on
-    that step watch, so a change compiles the loop again."""
+    traced first for what it tells (the ys' structure and dtypes; the carry checked); its values
+    are not used, and the compiler drops it. A handle per trace: the body reads what ``f.func``
+    reads (globals, closures), which dynamo's guards on that step watch, so a change compiles
+    the loop again. Trees cross as :func:`_skeleton` and :func:`_tensors` walk them, one order."""
     first = [x[n - 1:] if reverse else x[:1] for x in flat]
     _, y_like = _loop(checked, carry, first, spec, 1, reverse)
     owner = (f.func, _skeleton(f.args), _skeleton(f.keywords), _skeleton(carry), _skeleton(xs))
     consts = [*_tensors(f.args), *_tensors(f.keywords)]
     ys_like = T.leaves(y_like) if y_like is not None else []
-    new, ys = _chunked_loop.loop("scan", owner, (), consts, T.leaves(carry), list(flat), reverse=reverse,
+    new, ys = _chunked_loop.loop("scan", owner, (), consts, _tensors(carry), _tensors(xs), reverse=reverse,
                                  ys_grad=tuple(bool(y.is_floating_point()) for y in ys_like), chunk=chunk,
                                  fresh=True)
-    carry = T.unflatten(T.structure(carry), new)
+    carry = _fill(owner[3], iter(new))
     return carry, (T.unflatten(T.structure(y_like), ys) if y_like is not None else None)
 
 
@@ -340,7 +340,7 @@ def _scan_body(owner: tuple, spec: tuple) -> Callable:
         f = functools.partial(func, *_fill(args, leaves), **_fill(keywords, leaves))
         c = _fill(carry_skel, iter(carry))
         new, y = _checked(f, c)(c, _fill(xs_skel, iter(x_t)))
-        return T.leaves(new), (T.leaves(y) if y is not None else [])
+        return _tensors(new), (T.leaves(y) if y is not None else [])
     return body
 
 
