@@ -124,8 +124,9 @@ def scan(f: Callable[[Any, Any], tuple[Any, Any]], carry: Any, xs: Any = None, r
             raise ValueError(f"scan: length={length} but xs has leading length {n}")
     f_given, f = f, _checked(f, carry)
     steps = n if unroll is True else max(int(unroll), 1)  # False: one step per body
-    if steps < n and _chunks_apply(f_given, carry, flat, xs):
-        return _chunked(f_given, f, carry, flat, spec, xs, n, reverse, steps if steps > 1 else None)
+    owner = _chunks_owner(f_given, carry, flat, xs) if steps < n else None
+    if owner is not None:
+        return _chunked(owner, f_given, f, carry, flat, spec, xs, n, reverse, steps if steps > 1 else None)
     if steps >= n or not _op_applies():
         return _loop(f, carry, flat, spec, n, reverse)
     # Gradients may be needed: torch's scan op cannot be trusted with them (see the module
@@ -300,17 +301,20 @@ def _fill(skel: Any, leaves: Any) -> Any:
     return items if kind == "list" else tuple(items)
 
 
-def _chunks_apply(f: Any, carry: Any, flat: list, xs: Any) -> bool:
-    """Whether the loop runs as fnnet._loop's compiled chunks: compiling with gradients (at most
-    one level of them, no vmap/jvp around), ``xs`` given, ``f`` a ``functools.partial`` of a
-    plain function, and its arguments, the carry and ``xs`` trees :func:`_skeleton` can pass."""
-    return (_compat.DYNAMO_PASSES_OBJECTS and isinstance(f, functools.partial)
-            and isinstance(f.func, types.FunctionType) and bool(flat) and _chunked_loop.applies(flat[0])
-            and all(_skeleton(t) is not None for t in (f.args, f.keywords, carry, xs)))
+def _chunks_owner(f: Any, carry: Any, flat: list, xs: Any) -> tuple | None:
+    """``(f.func, skeletons of f's args, keywords, the carry, xs)`` where the loop runs as
+    fnnet._loop's compiled chunks: compiling with gradients (at most one level of them, no
+    vmap/jvp around), ``xs`` given, ``f`` a ``functools.partial`` of a plain function, and every
+    tree one :func:`_skeleton` can pass. None elsewhere."""
+    if not (_compat.DYNAMO_PASSES_OBJECTS and isinstance(f, functools.partial)
+            and isinstance(f.func, types.FunctionType) and flat and _chunked_loop.applies(flat[0])):
+        return None
+    skeletons = tuple(_skeleton(t) for t in (f.args, f.keywords, carry, xs))
+    return None if any(sk is None for sk in skeletons) else (f.func, *skeletons)
 
 
-def _chunked(f: functools.partial, checked: Callable, carry: Any, flat: list, spec: Any, xs: Any, n: int,
-             reverse: bool, chunk: int | None) -> tuple[Any, Any]:
+def _chunked(owner: tuple, f: functools.partial, checked: Callable, carry: Any, flat: list, spec: Any, xs: Any,
+             n: int, reverse: bool, chunk: int | None) -> tuple[Any, Any]:
     """The loop as fnnet._loop's compiled chunks: the tensors among ``f``'s arguments are the
     loop's consts (what it differentiates besides the carry and ``xs``), the carry's and ``xs``'
     leaves its carry and xs; ``chunk`` steps per compiled chunk (None: the default). One step is
@@ -320,7 +324,6 @@ def _chunked(f: functools.partial, checked: Callable, carry: Any, flat: list, sp
     the loop again. Trees cross as :func:`_skeleton` and :func:`_tensors` walk them, one order."""
     first = [x[n - 1:] if reverse else x[:1] for x in flat]
     _, y_like = _loop(checked, carry, first, spec, 1, reverse)
-    owner = (f.func, _skeleton(f.args), _skeleton(f.keywords), _skeleton(carry), _skeleton(xs))
     consts = [*_tensors(f.args), *_tensors(f.keywords)]
     ys_like = T.leaves(y_like) if y_like is not None else []
     new, ys = _chunked_loop.loop("scan", owner, (), consts, _tensors(carry), _tensors(xs), reverse=reverse,
